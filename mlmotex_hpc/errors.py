@@ -1,0 +1,12 @@
+"""Errors that reach the user as one clear line and exit code 2."""
+
+
+class InputError(Exception):
+    """A problem with the user's input (config, structure or data file).
+
+    The command line prints ``mlmotex-hpc: error: <message>`` on rank 0 and exits with
+    code 2, without a traceback. Messages name the key or file, the offending value and
+    what is allowed.
+    """
+
+    exit_code = 2
