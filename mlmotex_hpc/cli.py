@@ -1,0 +1,117 @@
+"""The ``mlmotex-hpc`` command line. It only parses; the work lives in the stages.
+
+    mlmotex-hpc run CONFIG.yaml [--out DIR] [--until fit|learn|explain]
+    mlmotex-hpc pdf MODEL.xyz -o OUT.gr [options]
+    mlmotex-hpc info
+
+Bad input ends with ``mlmotex-hpc: error: <one line>`` on rank 0 and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
+
+
+def launcher_rank() -> int:
+    """This process's rank as the MPI launcher announced it (0 outside MPI).
+
+    Read from the environment so that argument errors, found before MPI starts, are
+    still printed by one rank only.
+    """
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+def report_error(message: str) -> None:
+    if launcher_rank() == 0:
+        print(f"mlmotex-hpc: error: {message}", file=sys.stderr, flush=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line from one rank, exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        report_error(f"{message} (see '{self.prog} --help')")
+        raise SystemExit(2)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .parallel.comm import get_comm, root_then_bcast
+    from .parallel.driver import run
+
+    comm = get_comm()
+    config = root_then_bcast(lambda: load_config(args.config), comm)
+    out = Path(args.out).resolve() if args.out else None
+    run(config, comm, out_dir=out, until=args.until, quiet=args.quiet)
+    return 0
+
+
+def cmd_pdf(args: argparse.Namespace) -> int:
+    from .pdf import command
+
+    return command.main(args)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import software_stack
+
+    for name, value in software_stack():
+        if launcher_rank() == 0:
+            print(f"{name:22s} {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mlmotex-hpc",
+        description="Structural motif extraction from PDF data with explainable ML, on MPI.",
+    )
+    parser.add_argument("--version", action="version", version=f"mlmotex-hpc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run the four ML-MotEx steps from a YAML config")
+    run.add_argument("config", help="YAML config file")
+    run.add_argument("--out", help="output folder (default: the config's output.dir)")
+    run.add_argument("--until", choices=("fit", "learn", "explain"), default="explain",
+                     help="last stage to run (default: explain)")
+    run.add_argument("--quiet", action="store_true", help="no progress messages")
+    run.set_defaults(func=cmd_run)
+
+    pdf = sub.add_parser("pdf", help="compute a structure model's G(r)")
+    from .pdf import command
+
+    command.add_arguments(pdf)
+    pdf.set_defaults(func=cmd_pdf)
+
+    info = sub.add_parser("info", help="print the software stack")
+    info.add_argument("--short", action="store_true", help="one line per key component")
+    info.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        report_error(str(exc))
+        return InputError.exit_code
+    except KeyboardInterrupt:
+        report_error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The run configuration: a frozen, validated dataclass tree built from YAML.
+
+Rank 0 builds it with :func:`load_config`; the driver broadcasts it. Every error is an
+:class:`~mlmotex_hpc.errors.InputError` that names the key, the value and what is allowed.
+Relative paths resolve against the folder of the config file.
+
+Example
+-------
+.. code-block:: yaml
+
+    structure: 109725.xyz
+    data: DanMAX_AlphaKeggin.gr
+    permute: [W]
+    bond_threshold: 2.6
+    catalogue: {size: 2000, seed: 0}
+    pdf: {calculator: debye, qmin: 0.7, qmax: 20, qdamp: 0.04, uiso: {W: 0.005, O: 0.005}}
+    fit: {rmin: 1.6, rmax: 10, refine: [scale, zoom], zoom_bounds: [0.99, 1.01]}
+    learn: {test_fraction: 0.2, cv_folds: 5, search_iterations: 50, seed: 0}
+    output: {dir: out}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+REFINABLE = ("scale", "zoom", "uiso", "delta2")
+
+
+def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
+    """Field metadata: the value's kind, a one-line description and its limits."""
+    return {"kind": kind, "doc": doc, **limits}
+
+
+@dataclass(frozen=True)
+class CatalogueConfig:
+    """Step 1: how candidate motifs are drawn."""
+
+    size: int = field(default=2000, metadata=_spec("int", "number of motifs", minimum=1))
+    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0))
+    masks_file: Path | None = field(
+        default=None, metadata=_spec("file", "text file of 0/1 rows: fit exactly these motifs")
+    )
+    batch_size: int = field(
+        default=64, metadata=_spec("int", "motifs per work unit handed to a rank", minimum=1)
+    )
+
+
+@dataclass(frozen=True)
+class PDFConfig:
+    """Step 2: how each motif's PDF is computed."""
+
+    calculator: str = field(
+        default="debye", metadata=_spec("choice", "PDF calculator", choices=("debye", "realspace"))
+    )
+    radiation: str = field(
+        default="xray", metadata=_spec("choice", "radiation", choices=("xray", "neutron"))
+    )
+    qmin: float = field(default=0.7, metadata=_spec("float", "Qmin (Å⁻¹)", minimum=0.0))
+    qmax: float = field(default=20.0, metadata=_spec("float", "Qmax (Å⁻¹)", exclusive_min=0.0))
+    qdamp: float = field(default=0.04, metadata=_spec("float", "qdamp (Å⁻¹)", minimum=0.0))
+    qbroad: float = field(default=0.0, metadata=_spec("float", "qbroad (Å⁻¹)", minimum=0.0))
+    uiso: tuple[tuple[str, float], ...] = field(
+        default=(), metadata=_spec("uiso", "isotropic displacement per element (Å²)")
+    )
+    default_uiso: float = field(
+        default=0.005, metadata=_spec("float", "Uiso of elements not in uiso (Å²)", minimum=0.0)
+    )
+    delta2: float = field(default=0.0, metadata=_spec("float", "delta2 (Å²)", minimum=0.0))
+    qstep: float | None = field(
+        default=None,
+        metadata=_spec("float?", "Q step (Å⁻¹); empty: DiffPy's grid", exclusive_min=0.0),
+    )
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Step 2: the fit of each motif's PDF to the data."""
+
+    rmin: float = field(default=1.6, metadata=_spec("float", "fit range start (Å)", minimum=0.0))
+    rmax: float = field(default=10.0, metadata=_spec("float", "fit range end (Å)", minimum=0.0))
+    refine: tuple[str, ...] = field(
+        default=("scale", "zoom"), metadata=_spec("names", "refined parameters", choices=REFINABLE)
+    )
+    zoom_bounds: tuple[float, float] = field(
+        default=(0.99, 1.01), metadata=_spec("bounds", "zoom range (isotropic expansion)")
+    )
+    weights: str = field(
+        default="unit", metadata=_spec("choice", "fit weights", choices=("unit", "dG"))
+    )
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """Steps 3-4: the XGBoost model of Rw and its SHAP explanation."""
+
+    test_fraction: float = field(
+        default=0.2, metadata=_spec("float", "held-out test fraction", exclusive_min=0.0, maximum=0.5)
+    )
+    cv_folds: int = field(default=5, metadata=_spec("int", "cross-validation folds", minimum=2))
+    search_iterations: int = field(
+        default=50, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
+    )
+    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0))
+    params: tuple[tuple[str, Any], ...] = field(
+        default=(), metadata=_spec("params", "fixed XGBoost parameters (skip the search)")
+    )
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go."""
+
+    dir: Path = field(default=Path("out"), metadata=_spec("dir", "output folder"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated run configuration."""
+
+    structure: Path = field(metadata=_spec("file", "starting model (.xyz, Å)"))
+    data: tuple[Path, ...] = field(metadata=_spec("files", "measured PDF file(s) or a glob"))
+    permute: tuple[str, ...] = field(metadata=_spec("elements", "permutable elements"))
+    bond_threshold: float = field(
+        default=2.6, metadata=_spec("float", "bond length (Å) keeping non-permuted atoms",
+                                    exclusive_min=0.0)
+    )
+    catalogue: CatalogueConfig = CatalogueConfig()
+    pdf: PDFConfig = PDFConfig()
+    fit: FitConfig = FitConfig()
+    learn: LearnConfig = LearnConfig()
+    output: OutputConfig = OutputConfig()
+    source: str = field(default="", compare=False, metadata={"internal": True})
+
+    @property
+    def uiso(self) -> dict[str, float]:
+        return dict(self.pdf.uiso)
+
+
+_SECTIONS = {
+    "catalogue": CatalogueConfig,
+    "pdf": PDFConfig,
+    "fit": FitConfig,
+    "learn": LearnConfig,
+    "output": OutputConfig,
+}
+
+
+def _fail(key: str, value: Any, allowed: str) -> InputError:
+    shown = repr(value) if not isinstance(value, Path) else str(value)
+    return InputError(f"config key '{key}' = {shown}: {allowed}")
+
+
+def _number(key: str, value: Any, meta: dict[str, Any], integer: bool) -> float | int:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, value, f"expected {kind} ({meta['doc']})")
+    if integer and not (isinstance(value, int) or float(value).is_integer()):
+        raise _fail(key, value, f"expected {kind} ({meta['doc']})")
+    if not math.isfinite(value):
+        raise _fail(key, value, f"expected a finite number ({meta['doc']})")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise _fail(key, value, f"must be ≥ {meta['minimum']} ({meta['doc']})")
+    if "exclusive_min" in meta and value <= meta["exclusive_min"]:
+        raise _fail(key, value, f"must be > {meta['exclusive_min']} ({meta['doc']})")
+    if "maximum" in meta and value > meta["maximum"]:
+        raise _fail(key, value, f"must be ≤ {meta['maximum']} ({meta['doc']})")
+    return int(value) if integer else float(value)
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort key that orders frame_2 before frame_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _readable_file(key: str, value: Any, base: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(key, value, "expected a file path")
+    path = (base / value).expanduser().resolve()
+    if not path.is_file():
+        raise _fail(key, value, f"no such file ({path})")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise _fail(key, value, f"cannot read the file ({exc.strerror})") from None
+    return path
+
+
+def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
+    """Check one value against its field's metadata and convert it."""
+    kind = meta["kind"]
+    if kind in ("int", "float"):
+        return _number(key, value, meta, integer=kind == "int")
+    if kind == "float?":
+        return None if value is None else _number(key, value, meta, integer=False)
+    if kind == "choice":
+        if value not in meta["choices"]:
+            raise _fail(key, value, f"expected one of {', '.join(meta['choices'])}")
+        return value
+    if kind == "file":
+        return None if value is None and key != "structure" else _readable_file(key, value, base)
+    if kind == "files":
+        items = value if isinstance(value, list) else [value]
+        paths: list[Path] = []
+        for item in items:
+            if isinstance(item, str) and any(ch in item for ch in "*?["):
+                matches = sorted((Path(p) for p in glob.glob(str(base / item))), key=_natural_key)
+                if not matches:
+                    raise _fail(key, item, "the pattern matches no file")
+                paths += [_readable_file(key, str(p), base) for p in matches]
+            else:
+                paths.append(_readable_file(key, item, base))
+        if not paths:
+            raise _fail(key, value, "expected at least one data file")
+        return tuple(paths)
+    if kind == "dir":
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(key, value, "expected a folder path")
+        return (base / value).expanduser().resolve()
+    if kind == "elements":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items or not all(isinstance(e, str) for e in items):
+            raise _fail(key, value, "expected a list of element symbols, e.g. [W]")
+        return tuple(dict.fromkeys(e.strip().capitalize() for e in items))
+    if kind == "names":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or any(v not in meta["choices"] for v in items):
+            raise _fail(key, value, f"expected a list drawn from {', '.join(meta['choices'])}")
+        if "scale" not in items:
+            raise _fail(key, value, "the scale factor is always refined: include 'scale'")
+        return tuple(dict.fromkeys(items))
+    if kind == "bounds":
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= 1 <= value[1]
+        ):
+            raise _fail(key, value, "expected [low, high] with 0 < low ≤ 1 ≤ high, e.g. [0.99, 1.01]")
+        return (float(value[0]), float(value[1]))
+    if kind == "uiso":
+        if not isinstance(value, dict):
+            raise _fail(key, value, "expected a mapping element: Uiso in Å², e.g. {W: 0.005}")
+        out = []
+        for element, u in value.items():
+            limits = {"doc": f"Uiso of {element} (Å²)", "minimum": 0.0}
+            out.append((str(element).capitalize(), _number(f"{key}.{element}", u, limits, False)))
+        return tuple(out)
+    if kind == "params":
+        if not isinstance(value, dict):
+            raise _fail(key, value, "expected a mapping of XGBoost parameters, e.g. {max_depth: 4}")
+        return tuple(sorted(value.items()))
+    raise AssertionError(f"unknown field kind {kind}")
+
+
+def _build(cls: type, raw: Any, prefix: str, base: Path) -> Any:
+    """Build the dataclass ``cls`` from the mapping ``raw``, checking every key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(prefix.rstrip("."), raw, "expected a mapping of keys")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in raw if k not in fields]
+    if unknown:
+        allowed = ", ".join(fields)
+        raise InputError(f"unknown config key '{prefix}{unknown[0]}': allowed keys are {allowed}")
+    values = {}
+    for name, f in fields.items():
+        key = prefix + name
+        if name in _SECTIONS and prefix == "":
+            values[name] = _build(_SECTIONS[name], raw.get(name), f"{name}.", base)
+        elif name in raw:
+            values[name] = _convert(key, raw[name], f.metadata, base)
+        elif f.default is dataclasses.MISSING:
+            raise InputError(f"config key '{key}' is missing: {f.metadata['doc']}")
+    return cls(**values)
+
+
+def _check_consistency(config: Config) -> None:
+    """Relations between keys that single-key checks cannot see."""
+    if config.pdf.qmax <= config.pdf.qmin:
+        raise _fail("pdf.qmax", config.pdf.qmax, f"must exceed pdf.qmin = {config.pdf.qmin}")
+    if config.fit.rmax <= config.fit.rmin:
+        raise _fail("fit.rmax", config.fit.rmax, f"must exceed fit.rmin = {config.fit.rmin}")
+    if config.catalogue.masks_file is None and config.catalogue.size < 10:
+        raise _fail("catalogue.size", config.catalogue.size,
+                    "need at least 10 motifs to learn from")
+
+
+def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
+    """Build a :class:`Config` from YAML text; relative paths resolve against ``base``."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise InputError(f"config {name}{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"config {name}: expected a mapping of keys at the top level")
+    config = _build(Config, raw, "", base)
+    config = dataclasses.replace(config, source=text)
+    _check_consistency(config)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config file {path}: {exc}") from None
+    return parse_config(text, path.resolve().parent, str(path))

@@ -1,0 +1,204 @@
+"""Steps 3-4 on finished fits, and the files a user opens afterwards.
+
+Runs on one rank with ``motex.h5`` open: trains the model of Rw for every frame, computes
+SHAP values and atom contributions, stores them, and writes ``atom_contributions.csv``,
+``motif.xyz`` and the printed summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..io.structure import Structure, write_xyz
+from ..learn.explain import atom_contributions, contribution_sums, shap_values
+from ..learn.model import LearnSettings, features, train_rw_model
+from ..parallel.comm import get_comm, inject_fault
+
+METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
+ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
+
+
+def learn_settings(config, n_jobs: int | None = None) -> LearnSettings:
+    lc = config.learn
+    if n_jobs is None:
+        n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return LearnSettings(
+        test_fraction=lc.test_fraction, cv_folds=lc.cv_folds,
+        search_iterations=lc.search_iterations, seed=lc.seed, params=lc.params, n_jobs=n_jobs,
+    )
+
+
+def motif_structure(structure: Structure, atom_mask: np.ndarray, name: str) -> Structure:
+    sub = structure.subset(atom_mask)
+    return Structure(sub.elements, sub.xyz, f"{name}: extracted motif, {len(sub)} atoms")
+
+
+def _replace(group: h5py.Group, name: str, data: np.ndarray, **kw) -> h5py.Dataset:
+    if name in group:
+        del group[name]
+    return group.create_dataset(name, data=data, **kw)
+
+
+def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: Callable) -> dict:
+    """Steps 3-4 for every frame of an open ``motex.h5``; results are stored in the file.
+
+    Returns per-frame metrics and timings.
+    """
+    masks = h5["catalogue/mask"][:].astype(bool)
+    rw_all = h5["fits/rw"][:]
+    n_frames, n_motifs = rw_all.shape
+    n_perm = masks.shape[1]
+    X = features(masks)
+    metrics = {k: np.full(n_frames, np.nan) for k in METRICS}
+    params, histories = [], []
+    atoms = {k: np.full((n_frames, n_perm), np.nan) for k in ATOM_FIELDS}
+    shap_ds = base_ds = None
+    t_learn = t_explain = 0.0
+    if until == "explain":
+        grp = h5.require_group("shap")
+        for name in ("values", "base_value"):
+            if name in grp:
+                del grp[name]
+        chunk = (1, min(n_motifs, 4096), X.shape[1])
+        shap_ds = grp.create_dataset("values", (n_frames, n_motifs, X.shape[1]), "f4",
+                                     chunks=chunk)
+        base_ds = grp.create_dataset("base_value", (n_frames, n_motifs), "f4")
+    for f in range(n_frames):
+        y = rw_all[f]
+        ok = np.isfinite(y)
+        t = time.perf_counter()
+        label = f" (frame {f})" if n_frames > 1 else ""
+        log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
+        model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"))
+        t_learn += time.perf_counter() - t
+        for key in METRICS:
+            metrics[key][f] = model.metrics.get(key, np.nan)
+        params.append(model.params)
+        histories.append(model.history)
+        if until != "explain":
+            continue
+        t = time.perf_counter()
+        log(f"step 4: SHAP values for {n_motifs} motifs{label}")
+        phi = shap_values(model, X)
+        shap_ds[f] = phi[:, : X.shape[1]].astype(np.float32)
+        base_ds[f] = phi[:, -1].astype(np.float32)
+        contrib = atom_contributions(contribution_sums(masks[ok], phi[ok]))
+        for key in ATOM_FIELDS:
+            atoms[key][f] = getattr(contrib, key)
+        t_explain += time.perf_counter() - t
+    ml = h5.require_group("ml")
+    for key, values in metrics.items():
+        ml.attrs[key] = values if n_frames > 1 else values[0]
+    ml.attrs["params"] = json.dumps(params if n_frames > 1 else params[0], default=str)
+    ml.attrs["history"] = json.dumps(histories if n_frames > 1 else histories[0], default=str)
+    ml.attrs["settings"] = json.dumps(
+        {k: v for k, v in vars(settings).items() if k != "params"} | {"params": dict(settings.params)},
+        default=str,
+    )
+    if until == "explain":
+        grp = h5.require_group("atoms")
+        for key, values in atoms.items():
+            _replace(grp, key, values)
+        _replace(grp, "in_motif", atoms["contribution"] < 0)
+        _replace(grp, "index", h5["catalogue/permutable"][:])
+        grp.attrs["definition"] = (
+            "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
+            "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "
+            "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma"
+        )
+    return {"metrics": metrics, "params": params, "learn": t_learn, "explain": t_explain}
+
+
+def write_contributions_csv(
+    path: Path, structure: Structure, permutable: np.ndarray, atoms: dict[str, np.ndarray]
+) -> None:
+    """``atom_contributions.csv``: one row per frame and permutable atom."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["frame", "index", "element", "x", "y", "z",
+                         "contribution", "uncertainty", "confidence", "in_motif"])
+        for f in range(atoms["contribution"].shape[0]):
+            for i, idx in enumerate(permutable):
+                x, y, z = structure.xyz[idx]
+                acv = atoms["contribution"][f, i]
+                writer.writerow([
+                    f, int(idx), structure.elements[idx], f"{x:.6f}", f"{y:.6f}", f"{z:.6f}",
+                    f"{acv:.8g}", f"{atoms['uncertainty'][f, i]:.8g}",
+                    f"{atoms['confidence'][f, i]:.8g}", int(bool(acv < 0)),
+                ])
+
+
+def finish_outputs(
+    h5: h5py.File,
+    inputs,
+    config,
+    out_dir: Path,
+    *,
+    until: str,
+    timings: dict[str, float],
+    n_ranks: int,
+    t_start: float,
+    log: Callable,
+) -> dict:
+    """Steps 3-4 and every output file; returns the summary (rank 0)."""
+    comm = get_comm()
+    files = [out_dir / "motex.h5"]
+    summary: dict = {"fits": int(np.isfinite(h5["fits/rw"][:]).sum()),
+                     "fits_per_second": timings["fits_per_second"]}
+    if until != "fit":
+        inject_fault("learn", comm)
+        result = learn_and_explain(h5, learn_settings(config), until, log)
+        timings["learn"] = result["learn"]
+        timings["explain"] = result["explain"]
+        summary["test_mae"] = float(np.atleast_1d(result["metrics"]["test_mae"])[0])
+        summary["test_r2"] = float(np.atleast_1d(result["metrics"]["test_r2"])[0])
+    if until == "explain":
+        atoms = {k: h5[f"atoms/{k}"][:] for k in ATOM_FIELDS}
+        permutable = h5["catalogue/permutable"][:]
+        csv_path = out_dir / "atom_contributions.csv"
+        write_contributions_csv(csv_path, inputs.structure, permutable, atoms)
+        files.append(csv_path)
+        n_frames = atoms["contribution"].shape[0]
+        motifs = []
+        for f in range(n_frames):
+            in_motif = atoms["contribution"][f] < 0
+            atom_mask = inputs.space.atom_masks(in_motif[None, :])[0]
+            name = "motif.xyz" if n_frames == 1 else f"motif_{f:05d}.xyz"
+            write_xyz(out_dir / name, motif_structure(inputs.structure, atom_mask, name))
+            files.append(out_dir / name)
+            motifs.append(permutable[in_motif])
+        summary["motif"] = [int(i) for i in motifs[0]]
+        summary["motif_atoms"] = int(inputs.space.atom_masks(
+            (atoms["contribution"][0] < 0)[None, :])[0].sum())
+        summary["contributions"] = atoms["contribution"][0]
+        summary["permutable"] = permutable
+    timings["total"] = time.perf_counter() - t_start
+    h5.require_group("timings").attrs.update(
+        {**{k: float(v) for k, v in timings.items()}, "ranks": n_ranks}
+    )
+    summary["files"] = [str(p) for p in files]
+    print_summary(summary, inputs.structure, log)
+    return summary
+
+
+def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
+    log("")
+    log(f"fits done          {summary['fits']}")
+    log(f"fits per second    {summary['fits_per_second']:,.0f}")
+    if "test_mae" in summary:
+        log(f"test MAE (Rw)      {summary['test_mae']:.4f}   (R² {summary['test_r2']:.3f})")
+    if "motif" in summary:
+        atoms = " ".join(f"{structure.elements[i]}{i}" for i in summary["motif"])
+        log(f"extracted motif    {len(summary['motif'])} permutable atoms "
+            f"({summary['motif_atoms']} with bonded atoms): {atoms}")
+    log("files written:")
+    for path in summary["files"]:
+        log(f"  {path}")

@@ -1,0 +1,322 @@
+"""The MPI driver: one :func:`run` serves 1 rank and 256.
+
+1. Rank 0 validates every input and builds the catalogue; the result is broadcast.
+2. Motif batches go to ranks on demand through a one-sided MPI counter; each rank fits
+   its batches and writes them into ``motex.h5``.
+3-4. Rank 0 trains the model of Rw, computes SHAP values and the atom contributions
+   (the other ranks sleep meanwhile), then writes the CSV, the motif and the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util.sync import Counter
+
+from ..catalogue import MotifSpace, build_catalogue
+from ..config import Config
+from ..errors import InputError
+from ..fit.fitter import FitSettings, fit_motif
+from ..io.pdfdata import read_pdf_data
+from ..io.structure import Structure, read_xyz
+from ..pdf import PDFSettings, make_calculator
+from .comm import abort_on_error, get_comm, inject_fault, root_then_bcast, wait_idle
+from .store import ResultsStore, announce_fallback, open_results
+
+STAGES = ("fit", "learn", "explain")
+PROGRESS_INTERVAL = 10.0  # seconds between progress lines
+
+
+@dataclass(frozen=True, eq=False)
+class Frame:
+    """One measured PDF restricted to the fit range."""
+
+    name: str
+    r: np.ndarray
+    g: np.ndarray
+    weights: np.ndarray | None
+
+
+@dataclass(frozen=True, eq=False)
+class Inputs:
+    """Everything rank 0 validated, as broadcast to every rank."""
+
+    structure: Structure
+    space: MotifSpace
+    frames: list[Frame]
+    packed_masks: np.ndarray
+    n_permutable: int
+
+    @property
+    def masks(self) -> np.ndarray:
+        return np.unpackbits(self.packed_masks, axis=1, count=self.n_permutable).astype(bool)
+
+
+def pdf_settings(config: Config) -> PDFSettings:
+    p = config.pdf
+    return PDFSettings(
+        calculator=p.calculator, radiation=p.radiation, qmin=p.qmin, qmax=p.qmax,
+        qdamp=p.qdamp, qbroad=p.qbroad, uiso=p.uiso, default_uiso=p.default_uiso,
+        delta2=p.delta2, qstep=p.qstep,
+    )
+
+
+def fit_settings(config: Config, structure: Structure) -> FitSettings:
+    return FitSettings(
+        refine=config.fit.refine,
+        zoom_bounds=config.fit.zoom_bounds,
+        uiso_elements=tuple(dict.fromkeys(structure.elements)),
+    )
+
+
+def refined_extra(config: Config, structure: Structure) -> tuple[str, ...]:
+    """Names of the extra ``/fits`` datasets for freed Uiso and delta2."""
+    extra: tuple[str, ...] = ()
+    if "uiso" in config.fit.refine:
+        extra += tuple(f"uiso_{el}" for el in dict.fromkeys(structure.elements))
+    if "delta2" in config.fit.refine:
+        extra += ("delta2",)
+    return extra
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create the output folder and check that it is writable."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".mlmotex-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"config key 'output.dir' = {out_dir}: the folder is not writable ({exc.strerror})"
+        ) from None
+
+
+def load_inputs(config: Config, out_dir: Path) -> Inputs:
+    """Read and check every input (rank 0 only): errors are :class:`InputError`."""
+    structure = read_xyz(config.structure)
+    missing = [el for el in config.permute if el not in structure.elements]
+    if missing:
+        present = ", ".join(dict.fromkeys(structure.elements))
+        raise InputError(
+            f"config key 'permute' = {list(config.permute)}: element {missing[0]} is not in "
+            f"{config.structure.name} (it has {present})"
+        )
+    unknown_uiso = [el for el, _ in config.pdf.uiso if el not in structure.elements]
+    if unknown_uiso:
+        raise InputError(
+            f"config key 'pdf.uiso' names {unknown_uiso[0]}, which is not in "
+            f"{config.structure.name}"
+        )
+    frames = []
+    for path in config.data:
+        data = read_pdf_data(path)
+        try:
+            sl = data.fit_range(config.fit.rmin, config.fit.rmax)
+        except InputError as exc:
+            raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
+        weights = data.weights(sl) if config.fit.weights == "dG" else None
+        frames.append(Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights))
+    space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    masks = build_catalogue(
+        space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
+    )
+    if len(masks) < 10:
+        raise InputError(
+            f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "
+            "atoms): at least 10 are needed to learn from"
+        )
+    prepare_output_dir(out_dir)
+    return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
+
+
+class Log:
+    """Messages from rank 0 only, flushed at once (cluster logs are files)."""
+
+    def __init__(self, comm: MPI.Comm, stream=None, quiet: bool = False):
+        self.enabled = comm.rank == 0 and not quiet
+        self.stream = stream or sys.stdout
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=self.stream, flush=True)
+
+
+def fit_batch(
+    masks: np.ndarray,
+    space: MotifSpace,
+    calculators: list,
+    frames: list[Frame],
+    settings: FitSettings,
+    base_uiso: dict[str, float],
+    extra: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    """Fit every motif of a batch to every frame: arrays of shape (F, batch)."""
+    n_frames, count = len(frames), len(masks)
+    out = {name: np.empty((n_frames, count)) for name in ("rw", "scale", "zoom") + extra}
+    out["status"] = np.empty((n_frames, count), dtype=np.int8)
+    atom_masks = space.atom_masks(masks)
+    for j, atom_mask in enumerate(atom_masks):
+        prepared = {}  # one prepared motif per r grid, reused by every frame on it
+        for f, (frame, calc) in enumerate(zip(frames, calculators, strict=True)):
+            if id(calc) not in prepared:
+                prepared[id(calc)] = calc.prepare(atom_mask)
+            res = fit_motif(calc, prepared[id(calc)], frame.g, settings, frame.weights, base_uiso)
+            out["rw"][f, j], out["scale"][f, j], out["zoom"][f, j] = res.rw, res.scale, res.zoom
+            out["status"][f, j] = res.status
+            for name in extra:
+                if name == "delta2":
+                    out[name][f, j] = np.nan if res.delta2 is None else res.delta2
+                else:
+                    out[name][f, j] = res.uiso.get(name[5:], np.nan)
+    return out
+
+
+def make_calculators(inputs: Inputs, settings: PDFSettings) -> list:
+    """One calculator per distinct r grid; frames on the same grid share it."""
+    by_grid: dict[bytes, object] = {}
+    calcs = []
+    for frame in inputs.frames:
+        key = frame.r.tobytes()
+        if key not in by_grid:
+            by_grid[key] = make_calculator(
+                inputs.structure.elements, inputs.structure.xyz, settings, frame.r
+            )
+        calcs.append(by_grid[key])
+    return calcs
+
+
+def run_fits(
+    inputs: Inputs, config: Config, store: ResultsStore, comm: MPI.Comm, log: Callable
+) -> int:
+    """Step 2 on every rank: batches on demand, results into the store. Returns fits done."""
+    settings = pdf_settings(config)
+    calculators = make_calculators(inputs, settings)
+    fsettings = fit_settings(config, inputs.structure)
+    extra = refined_extra(config, inputs.structure)
+    masks = inputs.masks
+    n_motifs, batch_size = len(masks), config.catalogue.batch_size
+    n_batches = math.ceil(n_motifs / batch_size)
+    direct = store.parallel or comm.size == 1
+    pending = []  # serial fallback: results that rank 0 writes at the end
+    counter = Counter(comm=comm)
+    started = last = time.perf_counter()
+    done_here = 0
+    try:
+        while (batch := counter.next()) < n_batches:
+            inject_fault("fit", comm)
+            start = batch * batch_size
+            stop = min(n_motifs, start + batch_size)
+            results = fit_batch(
+                masks[start:stop], inputs.space, calculators, inputs.frames, fsettings,
+                config.uiso, extra,
+            )
+            done_here += stop - start
+            if direct:
+                store.write_batch(start, results, batch)
+            else:
+                pending.append((batch, start, results))
+            now = time.perf_counter()
+            if comm.rank == 0 and now - last >= PROGRESS_INTERVAL:
+                last = now
+                frac = min(1.0, (batch + 1) / n_batches)
+                rate = frac * n_motifs * len(inputs.frames) / (now - started)
+                eta = (now - started) * (1 - frac) / max(frac, 1e-9)
+                log(f"  fit: {100 * frac:5.1f} % of {n_motifs} motifs, "
+                    f"{rate:,.0f} fits/s, ETA {eta:,.0f} s")
+    finally:
+        counter.free()
+    if not direct:
+        gathered = comm.gather(pending, root=0)
+        if comm.rank == 0:
+            for part in gathered:
+                for batch, start, results in part:
+                    store.write_batch(start, results, batch)
+    return comm.allreduce(done_here) * len(inputs.frames)
+
+
+def run(
+    config: Config,
+    comm: MPI.Comm | None = None,
+    *,
+    out_dir: Path | None = None,
+    until: str = "explain",
+    quiet: bool = False,
+) -> dict | None:
+    """Run the ML-MotEx pipeline; every rank of ``comm`` must call it.
+
+    Parameters
+    ----------
+    config : Config
+        The validated configuration (identical on every rank).
+    comm : MPI.Comm, optional
+        Communicator; ``MPI.COMM_WORLD`` when None.
+    out_dir : Path, optional
+        Output folder; ``config.output.dir`` when None.
+    until : {"fit", "learn", "explain"}
+        Last stage to run.
+    quiet : bool
+        Suppress progress messages.
+
+    Returns
+    -------
+    dict or None
+        On rank 0 the summary (see :func:`mlmotex_hpc.output.summary.summarise`);
+        None on the other ranks.
+    """
+    from ..output.results import finish_outputs  # after learning: heavy imports
+
+    comm = get_comm(comm)
+    out_dir = Path(out_dir or config.output.dir)
+    log = Log(comm, quiet=quiet)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    inputs = root_then_bcast(lambda: load_inputs(config, out_dir), comm)
+    timings["catalogue"] = time.perf_counter() - t0
+    masks = inputs.masks
+    n_frames = len(inputs.frames)
+    log(f"mlmotex-hpc: {len(masks)} motifs over N = {inputs.space.size} permutable atoms, "
+        f"{n_frames} frame(s), {comm.size} rank(s)")
+    announce_fallback(comm)
+
+    with abort_on_error(comm):
+        path = out_dir / "motex.h5"
+        n_batches = math.ceil(len(masks) / config.catalogue.batch_size)
+        store = ResultsStore.create(
+            path, comm, config_text=config.source, n_frames=n_frames, n_motifs=len(masks),
+            n_permutable=inputs.space.size, n_batches=n_batches,
+            batch_size=config.catalogue.batch_size,
+            refined_extra=refined_extra(config, inputs.structure),
+        )
+        store.collective_write_inputs(
+            elements=inputs.structure.elements, xyz=inputs.structure.xyz,
+            permutable=inputs.space.permutable, frame_names=[f.name for f in inputs.frames],
+            frames=[(f.r, f.g) for f in inputs.frames], masks=masks,
+        )
+        log(f"step 2: fitting {len(masks) * n_frames} motif PDFs ({config.pdf.calculator})")
+        t_fit = time.perf_counter()
+        n_fits = run_fits(inputs, config, store, comm, log)
+        timings["fit"] = time.perf_counter() - t_fit
+        timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
+        store.close()
+
+        summary = None
+        if comm.rank == 0:
+            log(f"  {n_fits} fits in {timings['fit']:.1f} s "
+                f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
+            with open_results(path, "r+") as h5:
+                summary = finish_outputs(
+                    h5, inputs, config, out_dir, until=until, timings=timings,
+                    n_ranks=comm.size, t_start=t0, log=log,
+                )
+        wait_idle(comm)
+    return summary
