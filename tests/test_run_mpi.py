@@ -1,0 +1,118 @@
+"""The whole program under ``mpirun`` as a subprocess, asserting on the HDF5 content."""
+
+import csv
+
+import h5py
+import numpy as np
+import pytest
+
+from mlmotex_hpc.io.structure import read_xyz
+
+from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.fixture(scope="module")
+def keggin_run(tmp_path_factory):
+    """One full 2-rank Keggin run shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("keggin2")
+    import yaml
+
+    config = tmp / "keggin.yaml"
+    config.write_text(yaml.safe_dump(keggin_config(tmp)))
+    proc = run_cli("run", str(config), ranks=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp / "out", proc
+
+
+def test_two_ranks_write_every_result(keggin_run):
+    out, proc = keggin_run
+    with h5py.File(out / "motex.h5") as h5:
+        masks = h5["catalogue/mask"][:]
+        assert masks.shape == (400, 24)
+        assert np.all(h5["catalogue/size"][:] == masks.sum(axis=1))
+        for name in ("rw", "scale", "zoom", "status"):
+            assert h5[f"fits/{name}"].shape == (1, 400)
+        rw = h5["fits/rw"][0]
+        assert np.all(np.isfinite(rw)) and np.all((rw > 0) & (rw <= 1))
+        assert np.all(h5["fits/status"][0] == 0)
+        zoom = h5["fits/zoom"][0]
+        assert np.all((zoom >= 0.99) & (zoom <= 1.01))
+        assert np.all(h5["fits/batch_done"][:] == 1)
+        for name in ("contribution", "uncertainty", "confidence"):
+            assert h5[f"atoms/{name}"].shape == (1, 24)
+            assert np.all(np.isfinite(h5[f"atoms/{name}"][:]))
+        for key in ("test_mae", "test_rmse", "test_r2", "baseline_mae", "params"):
+            assert key in h5["ml"].attrs
+        assert h5["ml"].attrs["test_mae"] < h5["ml"].attrs["baseline_mae"]
+        for key in ("catalogue", "fit", "learn", "explain", "total", "ranks", "fits_per_second"):
+            assert key in h5["timings"].attrs
+        assert h5["timings"].attrs["ranks"] == 2
+        assert "permute" in h5.attrs["config"] and h5.attrs["version"]
+        assert h5["shap/values"].shape == (1, 400, 25)
+
+
+def test_keggin_answer(keggin_run):
+    out, proc = keggin_run
+    with h5py.File(out / "motex.h5") as h5:
+        acv = h5["atoms/contribution"][0]
+    in_motif = np.zeros(24, bool)
+    in_motif[list(KEGGIN_MOTIF_W)] = True
+    assert np.all(acv[in_motif] < 0), acv
+    assert np.all(acv[~in_motif] > 0), acv
+
+
+def test_csv_and_motif_files(keggin_run):
+    out, proc = keggin_run
+    rows = list(csv.DictReader(open(out / "atom_contributions.csv")))
+    assert list(rows[0]) == ["frame", "index", "element", "x", "y", "z", "contribution",
+                             "uncertainty", "confidence", "in_motif"]
+    assert len(rows) == 24
+    model = read_xyz(KEGGIN_XYZ)
+    for row in rows:
+        i = int(row["index"])
+        assert row["element"] == model.elements[i] == "W"
+        assert np.allclose([float(row[c]) for c in "xyz"], model.xyz[i], atol=1e-6)
+        assert row["in_motif"] == str(int(float(row["contribution"]) < 0))
+    motif = read_xyz(out / "motif.xyz")
+    assert motif.elements.count("W") == 12 and motif.elements.count("O") == 40
+    expected_w = model.xyz[list(KEGGIN_MOTIF_W)]
+    assert np.allclose(np.array([x for e, x in zip(motif.elements, motif.xyz) if e == "W"]),
+                       expected_w, atol=1e-6)
+    # The printed summary names the motif's atoms.
+    assert "extracted motif" in proc.stdout
+    assert " ".join(f"W{i}" for i in KEGGIN_MOTIF_W) in proc.stdout
+
+
+def test_results_do_not_depend_on_rank_count(tmp_path, write_config):
+    config = write_config(keggin_config(tmp_path, catalogue={"size": 150, "batch_size": 7}))
+    results = {}
+    for ranks in (1, 3):
+        out = tmp_path / f"out{ranks}"
+        proc = run_cli("run", str(config), "--until", "fit", "--out", str(out), ranks=ranks)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(out / "motex.h5") as h5:
+            results[ranks] = (h5["catalogue/mask"][:], h5["fits/rw"][:], h5["fits/zoom"][:])
+    np.testing.assert_array_equal(results[1][0], results[3][0])
+    np.testing.assert_allclose(results[1][1], results[3][1], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(results[1][2], results[3][2], rtol=0, atol=1e-12)
+
+
+def test_fault_on_one_rank_ends_the_job(tmp_path, write_config):
+    config = write_config(keggin_config(tmp_path, catalogue={"size": 2000, "batch_size": 4}))
+    # A hang would end in subprocess.TimeoutExpired: the job must come down by itself.
+    proc = run_cli("run", str(config), ranks=3, timeout=90, env={"MLMOTEX_FAULT": "fit:1"})
+    assert proc.returncode != 0
+    assert "rank 1 of 3 failed" in proc.stderr
+    assert "injected fault in stage 'fit'" in proc.stderr
+
+
+def test_single_rank_without_mpirun(tmp_path, write_config):
+    config = write_config(keggin_config(tmp_path, catalogue={"size": 60}))
+    proc = run_cli("run", str(config), "--until", "learn")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "out" / "motex.h5") as h5:
+        assert h5["fits/rw"].shape == (1, 60)
+        assert "test_mae" in h5["ml"].attrs
+        assert "atoms" not in h5
