@@ -99,6 +99,24 @@ def test_results_do_not_depend_on_rank_count(tmp_path, write_config):
     np.testing.assert_allclose(results[1][2], results[3][2], rtol=0, atol=1e-12)
 
 
+def test_serial_hdf5_fallback_gives_the_same_file(tmp_path, write_config):
+    config = write_config(keggin_config(tmp_path, catalogue={"size": 120, "batch_size": 8}))
+    contents = {}
+    for mode, env in (("parallel", {}), ("serial", {"MLMOTEX_SERIAL_HDF5": "1"})):
+        out = tmp_path / mode
+        proc = run_cli("run", str(config), "--until", "fit", "--out", str(out), ranks=2, env=env)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(out / "motex.h5") as h5:
+            assert h5.attrs["hdf5_mode"].startswith(mode)
+            contents[mode] = {name: h5[name][:] for name in (
+                "catalogue/mask", "catalogue/size", "fits/rw", "fits/scale", "fits/zoom",
+                "fits/status", "fits/batch_done", "model/xyz", "data/00000/g")}
+        announced = "serial-HDF5 fallback" in proc.stderr
+        assert announced == (mode == "serial")
+    for name, value in contents["parallel"].items():
+        np.testing.assert_array_equal(value, contents["serial"][name], err_msg=name)
+
+
 def test_fault_on_one_rank_ends_the_job(tmp_path, write_config):
     config = write_config(keggin_config(tmp_path, catalogue={"size": 2000, "batch_size": 4}))
     # A hang would end in subprocess.TimeoutExpired: the job must come down by itself.

@@ -22,6 +22,7 @@ their results.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -40,7 +41,13 @@ _fallback_announced = False
 
 
 def parallel_hdf5_available() -> bool:
-    """True when h5py was built against an MPI-enabled HDF5."""
+    """True when h5py was built against an MPI-enabled HDF5.
+
+    ``MLMOTEX_SERIAL_HDF5=1`` forces the serial fallback (to test it, or to avoid a
+    broken MPI-IO layer on some file system).
+    """
+    if os.environ.get("MLMOTEX_SERIAL_HDF5", "0") not in ("", "0"):
+        return False
     return bool(h5py.get_config().mpi)
 
 

@@ -1,0 +1,642 @@
+"""Step 3: an XGBoost model of Rw as a function of which permutable atoms a motif keeps.
+
+Arrays in, results out: no MPI, no files, no config parsing here. The pieces are pure
+functions so that a parallel driver can spread them over ranks:
+
+* :func:`split_indices` and :func:`validation_split` make the seeded train / test /
+  validation partitions (identical on every rank for the same seed);
+* :func:`cv_folds` and :func:`fold_rmse` score one hyperparameter point on one fold, so
+  candidates × folds can be shared out;
+* :func:`search_hyperparameters` runs scikit-optimize's ask/tell loop; its ``evaluate``
+  callback scores a whole round of candidates at once and ``points_per_round`` asks for
+  several per round;
+* :func:`fit_final` and :func:`test_metrics` train the final booster and report on the
+  untouched test set.
+
+:func:`train_rw_model` chains them on one process.
+
+Honest statistics: the test set is used for nothing but the final metrics. The search is
+scored by k-fold cross-validation on the training part; early stopping of the final model
+watches a validation split carved from the training part.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xgboost as xgb
+
+#: Fewer motifs (with a finite Rw) than this cannot be split, searched and tested.
+MIN_MOTIFS = 10
+#: Fraction of the training part held out to watch early stopping of the final model.
+VALIDATION_FRACTION = 0.1
+#: Below this many training motifs no validation split is carved: the final model is
+#: trained on the whole training part with all ``n_estimators`` trees.
+MIN_TRAIN_FOR_EARLY_STOPPING = 50
+#: Boosting rounds without improvement on the validation split before training stops.
+EARLY_STOPPING_ROUNDS = 20
+#: Random points the Bayesian search evaluates before the Gaussian process takes over.
+INITIAL_POINTS = 10
+#: Test R² below which the atom contributions are flagged as untrustworthy.
+R2_WARNING = 0.5
+
+#: Parameters every booster gets unless the user fixes them (``nthread`` is always
+#: ``LearnSettings.n_jobs`` and ``seed`` defaults to ``LearnSettings.seed``).
+BASE_PARAMS: dict[str, Any] = {
+    "objective": "reg:squarederror",
+    "tree_method": "hist",
+    "eval_metric": "rmse",
+}
+#: XGBoost's own defaults (``n_estimators`` as XGBRegressor's), used when the search is
+#: off (``search_iterations=0``) and for any parameter that fixed ``params`` leave out.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.3,
+    "max_depth": 6,
+    "n_estimators": 100,
+    "subsample": 1.0,
+    "colsample_bytree": 1.0,
+    "min_child_weight": 1.0,
+}
+
+# The search space: (name, low, high, kind, prior). ≤ 400 trees keep one CV evaluation
+# cheap; depth ≤ 6 (XGBoost's default) because TreeSHAP costs trees × leaves × depth²:
+# depth 8 makes step 4 about 5× slower than depth 6 for no gain on mask features.
+_SPACE: tuple[tuple[str, float, float, str, str], ...] = (
+    ("learning_rate", 0.01, 0.3, "real", "log-uniform"),
+    ("max_depth", 2, 6, "int", "uniform"),
+    ("n_estimators", 50, 400, "int", "uniform"),
+    ("subsample", 0.5, 1.0, "real", "uniform"),
+    ("colsample_bytree", 0.5, 1.0, "real", "uniform"),
+    ("min_child_weight", 1.0, 10.0, "real", "log-uniform"),
+)
+#: Names of the searched hyperparameters (XGBoost's names).
+SEARCHED = tuple(name for name, *_ in _SPACE)
+
+
+@dataclass(frozen=True)
+class LearnSettings:
+    """Settings of step 3.
+
+    Attributes
+    ----------
+    test_fraction : float
+        Fraction of the motifs held out as the test set (0 < f < 1; at least 2 motifs).
+    cv_folds : int
+        Folds of the cross-validation that scores the search (≥ 2; reduced, with a log
+        line, when the training part is too small for them).
+    search_iterations : int
+        Bayesian-optimisation evaluations (0: no search, XGBoost's defaults).
+    seed : int
+        Seeds the split, the folds, the search and XGBoost's row/column sampling.
+    params : tuple of (str, object)
+        Fixed XGBoost parameters under XGBoost's own names (``learning_rate``,
+        ``max_depth``, ``n_estimators``, ``early_stopping_rounds``, ...). When given the
+        search is skipped; parameters left out take :data:`DEFAULT_PARAMS`.
+        ``n_estimators`` is the cap of the early-stopped final training;
+        ``early_stopping_rounds: 0`` turns early stopping off.
+    n_jobs : int
+        Threads XGBoost may use (the cores this process owns).
+    """
+
+    test_fraction: float = 0.2
+    cv_folds: int = 5
+    search_iterations: int = 50
+    seed: int = 0
+    params: tuple[tuple[str, object], ...] = ()
+    n_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction = {self.test_fraction!r}: must lie in (0, 1)")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds = {self.cv_folds!r}: must be at least 2")
+        if self.search_iterations < 0:
+            raise ValueError(
+                f"search_iterations = {self.search_iterations!r}: must be 0 or more")
+        if self.seed < 0:
+            raise ValueError(f"seed = {self.seed!r}: must be 0 or more")
+        if self.n_jobs < 1:
+            raise ValueError(f"n_jobs = {self.n_jobs!r}: must be at least 1")
+        for item in self.params:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"params: {item!r} is not a (name, value) pair")
+
+    @property
+    def fixed_params(self) -> dict[str, Any]:
+        """``params`` as a dict."""
+        return dict(self.params)
+
+
+def features(masks: np.ndarray) -> np.ndarray:
+    """Learning features of motifs.
+
+    Parameters
+    ----------
+    masks : ndarray of bool, shape (M, N)
+        ``masks[m, i]``: motif m keeps permutable atom i.
+
+    Returns
+    -------
+    ndarray of float32, shape (M, N + 1)
+        The N mask bits, then the motif size (number of kept permutable atoms).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 2:
+        raise ValueError(f"masks must be 2-D (motifs × atoms), got shape {masks.shape}")
+    masks = masks.astype(bool, copy=False)
+    X = np.empty((masks.shape[0], masks.shape[1] + 1), dtype=np.float32)
+    X[:, :-1] = masks
+    X[:, -1] = masks.sum(axis=1)
+    return X
+
+
+@dataclass
+class TrainedModel:
+    """The trained model of Rw and how it was obtained.
+
+    Attributes
+    ----------
+    booster_bytes : bytes
+        ``Booster.save_raw("ubj")``: the model, ready to broadcast to other ranks.
+    params : dict
+        Parameters the final booster was trained with (XGBoost names, JSON-friendly), with
+        ``n_estimators`` the number of trees kept (best iteration after early stopping)
+        and ``early_stopping_rounds`` the patience used (0: none). ``nthread`` is left out:
+        it belongs to the machine, not the model.
+    metrics : dict
+        ``test_mae``, ``test_rmse``, ``test_r2`` (on the test set only),
+        ``baseline_mae`` and ``baseline_rmse`` (predicting the training mean on the test
+        set), ``cv_score`` (best mean CV RMSE of the search; NaN without a search),
+        ``cv_folds`` (folds used), ``n_train`` (the training part, validation included),
+        ``n_validation`` (carved from it for early stopping), ``n_test``.
+    history : list of dict
+        Every evaluated point of the search: its hyperparameters, ``cv_rmse`` and
+        ``round`` (0-based ask/tell round), in evaluation order.
+    train_index, test_index : ndarray of int
+        Sorted indices into the M motifs given to :func:`train_rw_model`.
+    n_jobs : int
+        Threads used by :meth:`booster` and :meth:`predict`.
+    """
+
+    booster_bytes: bytes
+    params: dict
+    metrics: dict
+    history: list[dict]
+    train_index: np.ndarray
+    test_index: np.ndarray
+    n_jobs: int = 1
+    _booster: xgb.Booster | None = field(default=None, init=False, repr=False, compare=False)
+
+    def booster(self) -> xgb.Booster:
+        """The XGBoost booster (loaded once from :attr:`booster_bytes`, then cached)."""
+        if self._booster is None:
+            self._booster = load_booster(self.booster_bytes, self.n_jobs)
+        return self._booster
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Predicted Rw for feature rows ``X`` (shape (M, N + 1)), float32."""
+        return self.booster().inplace_predict(np.asarray(X, dtype=np.float32))
+
+
+def load_booster(raw: bytes | bytearray, n_jobs: int = 1) -> xgb.Booster:
+    """A booster from ``save_raw`` bytes, set to use ``n_jobs`` threads."""
+    booster = xgb.Booster(model_file=bytearray(raw))
+    booster.set_param("nthread", n_jobs)
+    return booster
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled, seeded train/test split of ``n`` motifs.
+
+    The test part holds ``max(2, ceil(test_fraction * n))`` motifs (two at least, so that
+    R² is defined). Both index arrays are sorted.
+
+    Raises
+    ------
+    ValueError
+        When ``n < MIN_MOTIFS`` or fewer than 4 motifs would be left to train on.
+    """
+    if n < MIN_MOTIFS:
+        raise ValueError(
+            f"only {n} motifs with a finite Rw: at least {MIN_MOTIFS} are needed to learn from")
+    n_test = max(2, math.ceil(test_fraction * n))
+    if n - n_test < 4:
+        raise ValueError(
+            f"test_fraction = {test_fraction} leaves {n - n_test} of {n} motifs to train on: "
+            "at least 4 are needed")
+    perm = np.random.default_rng([seed, 1]).permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def validation_split(n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (into the training part) to fit on and to watch early stopping on.
+
+    :data:`VALIDATION_FRACTION` of the training part, or nothing (all positions fit)
+    when it holds fewer than :data:`MIN_TRAIN_FOR_EARLY_STOPPING` motifs: a handful of
+    validation motifs would stop training on noise.
+    """
+    if n_train < MIN_TRAIN_FOR_EARLY_STOPPING:
+        return np.arange(n_train), np.arange(0)
+    n_val = math.ceil(VALIDATION_FRACTION * n_train)
+    perm = np.random.default_rng([seed, 2]).permutation(n_train)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def n_folds_for(n_train: int, cv_folds: int) -> int:
+    """Folds actually used: ``cv_folds``, reduced so that every fold validates on ≥ 2 motifs."""
+    return max(2, min(cv_folds, n_train // 2))
+
+
+def cv_folds(n_train: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled, seeded k-fold partition of the training part.
+
+    Returns
+    -------
+    list of (fit positions, validation positions)
+        Positions index the training part; the validation parts are disjoint and cover it.
+    """
+    if not 2 <= k <= n_train:
+        raise ValueError(f"cannot make {k} folds of {n_train} training motifs")
+    perm = np.random.default_rng([seed, 3]).permutation(n_train)
+    parts = np.array_split(perm, k)
+    return [
+        (np.sort(np.concatenate(parts[:j] + parts[j + 1:])), np.sort(parts[j]))
+        for j in range(k)
+    ]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def xgb_params(point: dict[str, Any], settings: LearnSettings) -> dict[str, Any]:
+    """Full parameter dict for one hyperparameter point.
+
+    :data:`BASE_PARAMS`, then :data:`DEFAULT_PARAMS`, then the user's fixed ``params``,
+    then ``point``; ``seed`` defaults to ``settings.seed``; ``nthread`` is always
+    ``settings.n_jobs``. Still holds ``n_estimators`` (and possibly
+    ``early_stopping_rounds``), which :func:`_train` pops.
+    """
+    params = {**BASE_PARAMS, **DEFAULT_PARAMS, "seed": settings.seed}
+    params.update(settings.fixed_params)
+    params.update(point)
+    if "random_state" in params:  # scikit-learn's name for the seed
+        params["seed"] = params.pop("random_state")
+    params.pop("n_jobs", None)
+    params["nthread"] = settings.n_jobs
+    return params
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Raise ``ValueError`` for parameters XGBoost rejects or does not know.
+
+    Trains one round on a two-row matrix and turns XGBoost's errors and its
+    "Parameters ... are not used" warning into a clear message.
+    """
+    rounds = params.get("n_estimators")
+    if not isinstance(rounds, int | np.integer) or isinstance(rounds, bool) or rounds < 1:
+        raise ValueError(f"XGBoost parameter n_estimators = {rounds!r}: must be an integer ≥ 1")
+    patience = params.get("early_stopping_rounds", EARLY_STOPPING_ROUNDS)
+    if not isinstance(patience, int | np.integer) or isinstance(patience, bool) or patience < 0:
+        raise ValueError(
+            f"XGBoost parameter early_stopping_rounds = {patience!r}: must be an integer ≥ 0")
+    booster_params = {k: v for k, v in params.items()
+                      if k not in ("n_estimators", "early_stopping_rounds")}
+    X = np.array([[0.0, 1.0], [1.0, 2.0]], dtype=np.float32)
+    dtrain = xgb.DMatrix(X, label=np.array([0.0, 1.0]), nthread=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            xgb.train({**booster_params, "nthread": 1}, dtrain, 1)
+        except xgb.core.XGBoostError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"XGBoost rejects a parameter: {first}") from None
+    for w in caught:
+        text = str(w.message)
+        if "not used" in text:
+            unused = text[text.find("{"): text.find("}") + 1]
+            raise ValueError(f"unknown XGBoost parameter(s) {unused}")
+
+
+def _train(
+    params: dict[str, Any],
+    dtrain: xgb.DMatrix,
+    dval: xgb.DMatrix | None = None,
+) -> xgb.Booster:
+    """Train a booster; with ``dval``, early-stop on it and keep the best iteration only."""
+    params = dict(params)
+    rounds = int(params.pop("n_estimators"))
+    patience = int(params.pop("early_stopping_rounds", EARLY_STOPPING_ROUNDS))
+    if dval is None or patience == 0:
+        return xgb.train(params, dtrain, rounds, verbose_eval=False)
+    booster = xgb.train(params, dtrain, rounds, evals=[(dval, "validation")],
+                        early_stopping_rounds=patience, verbose_eval=False)
+    # XGBoost keeps the trees grown after the best one; predict must not use them.
+    return booster[: booster.best_iteration + 1]
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def fold_rmse(
+    X: np.ndarray,
+    y: np.ndarray,
+    fold: tuple[np.ndarray, np.ndarray],
+    params: dict[str, Any],
+) -> float:
+    """RMSE on one fold's validation positions of a booster trained on its fit positions.
+
+    ``X`` and ``y`` are the training part only; ``params`` a full dict from
+    :func:`xgb_params` (``n_estimators`` trees, no early stopping).
+    """
+    fit, val = fold
+    dfit = xgb.QuantileDMatrix(X[fit], label=y[fit], nthread=params["nthread"])
+    booster = _train({**params, "early_stopping_rounds": 0}, dfit)
+    pred = booster.inplace_predict(X[val])
+    return float(np.sqrt(np.mean((pred.astype(np.float64) - y[val]) ** 2)))
+
+
+def cv_rmse(
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: Sequence[tuple[np.ndarray, np.ndarray]],
+    params: dict[str, Any],
+) -> float:
+    """Mean over ``folds`` of :func:`fold_rmse`: the score the search minimises."""
+    return float(np.mean([fold_rmse(X, y, fold, params) for fold in folds]))
+
+
+def search_space() -> list:
+    """The scikit-optimize dimensions of the search (see ``_SPACE`` for the bounds)."""
+    from skopt.space import Integer, Real  # heavy import, only when searching
+
+    dims = []
+    for name, low, high, kind, prior in _SPACE:
+        cls = Integer if kind == "int" else Real
+        dims.append(cls(low, high, prior=prior, name=name))
+    return dims
+
+
+def make_optimizer(iterations: int, seed: int):
+    """A seeded ``skopt.Optimizer`` configured as ``gp_minimize``.
+
+    Gaussian-process surrogate with a noise term (CV scores are noisy), ``gp_hedge``
+    acquisition, :data:`INITIAL_POINTS` random points first. Unlike ``gp_minimize`` the
+    acquisition is maximised by sampling 10,000 points rather than L-BFGS: on 50
+    evaluations that cuts the optimiser's own time from ~21 s to ~13 s, which matters
+    once the CV trainings are spread over ranks and the optimiser is the serial part.
+    """
+    from skopt import Optimizer
+
+    return Optimizer(
+        search_space(),
+        base_estimator="GP",
+        n_initial_points=max(1, min(INITIAL_POINTS, iterations)),
+        acq_func="gp_hedge",
+        acq_optimizer="sampling",
+        random_state=seed,
+    )
+
+
+def _point(names: Sequence[str], x: Sequence[Any]) -> dict[str, Any]:
+    """An asked point as plain Python numbers (JSON-friendly, exact ints)."""
+    kinds = {name: kind for name, _, _, kind, _ in _SPACE}
+    return {n: (int(v) if kinds[n] == "int" else float(v)) for n, v in zip(names, x, strict=True)}
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`search_hyperparameters`.
+
+    Attributes
+    ----------
+    best : dict
+        The searched hyperparameters with the lowest CV RMSE.
+    best_score : float
+        That CV RMSE.
+    history : list of dict
+        Every evaluated point with ``cv_rmse`` and ``round``.
+    """
+
+    best: dict[str, Any]
+    best_score: float
+    history: list[dict]
+
+
+def search_hyperparameters(
+    evaluate: Callable[[list[dict[str, Any]]], Sequence[float]],
+    iterations: int,
+    seed: int,
+    points_per_round: int = 1,
+    log: Callable[[str], None] = lambda s: None,
+) -> SearchResult:
+    """Bayesian optimisation of the hyperparameters with scikit-optimize's ask/tell.
+
+    Parameters
+    ----------
+    evaluate : callable
+        Takes a round's candidate points (dicts of :data:`SEARCHED` names) and returns
+        their CV scores (lower is better). A parallel driver may score the candidates,
+        or candidates × folds, on different ranks.
+    iterations : int
+        Total evaluations (≥ 1).
+    seed : int
+        Seeds the optimiser.
+    points_per_round : int
+        Candidates asked per round (``Optimizer.ask(n_points=...)``, constant-liar
+        strategy for more than one); the result depends on it.
+    log : callable
+        Progress lines.
+    """
+    if iterations < 1:
+        raise ValueError("the search needs at least one iteration")
+    opt = make_optimizer(iterations, seed)
+    names = list(SEARCHED)
+    history: list[dict] = []
+    rnd = 0
+    while len(history) < iterations:
+        k = min(points_per_round, iterations - len(history))
+        xs = opt.ask() if k == 1 else opt.ask(n_points=k, strategy="cl_min")
+        xs = [xs] if k == 1 else xs
+        points = [_point(names, x) for x in xs]
+        scores = [float(s) for s in evaluate(points)]
+        if len(scores) != len(points):
+            raise RuntimeError(f"evaluate returned {len(scores)} scores for {len(points)} points")
+        opt.tell([list(x) for x in xs], scores)
+        history.extend({**p, "cv_rmse": s, "round": rnd} for p, s in zip(points, scores,
+                                                                          strict=True))
+        rnd += 1
+        if len(history) % 10 == 0 or len(history) == iterations:
+            best = min(h["cv_rmse"] for h in history)
+            log(f"search: {len(history)}/{iterations} evaluated, best CV RMSE {best:.5f}")
+    # First minimum wins ties, so the choice does not depend on float noise in sorting.
+    i_best = int(np.argmin([h["cv_rmse"] for h in history]))
+    best = {n: history[i_best][n] for n in names}
+    return SearchResult(best, history[i_best]["cv_rmse"], history)
+
+
+# --------------------------------------------------------------------------- final model
+
+
+def fit_final(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    params: dict[str, Any],
+    seed: int,
+) -> tuple[xgb.Booster, int]:
+    """Train the final booster on the training part.
+
+    Early stopping watches the :func:`validation_split` of the training part, with
+    ``params["n_estimators"]`` as the cap; the booster keeps its best iteration only.
+    With ``early_stopping_rounds = 0`` no split is carved and all trees are grown on the
+    whole training part.
+
+    Returns
+    -------
+    booster : xgboost.Booster
+    n_validation : int
+        Motifs held out of the training part for early stopping (0 when none).
+    """
+    if int(params.get("early_stopping_rounds", EARLY_STOPPING_ROUNDS)) == 0:
+        fit, val = np.arange(len(y_train)), np.arange(0)
+    else:
+        fit, val = validation_split(len(y_train), seed)
+    nthread = params["nthread"]
+    dfit = xgb.QuantileDMatrix(X_train[fit], label=y_train[fit], nthread=nthread)
+    dval = None
+    if len(val):
+        dval = xgb.DMatrix(X_train[val], label=y_train[val], nthread=nthread)
+    return _train(params, dfit, dval), len(val)
+
+
+def test_metrics(pred: np.ndarray, y_test: np.ndarray, train_mean: float) -> dict[str, float]:
+    """MAE, RMSE and R² of ``pred`` on the test set, and the mean-predictor baseline.
+
+    R² is NaN when the test targets are all equal (it is undefined then).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    y_test = np.asarray(y_test, dtype=np.float64)
+    err = pred - y_test
+    ss_tot = float(np.sum((y_test - y_test.mean()) ** 2))
+    r2 = 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else math.nan
+    return {
+        "test_mae": float(np.mean(np.abs(err))),
+        "test_rmse": float(np.sqrt(np.mean(err**2))),
+        "test_r2": r2,
+        "baseline_mae": float(np.mean(np.abs(y_test - train_mean))),
+        "baseline_rmse": float(np.sqrt(np.mean((y_test - train_mean) ** 2))),
+    }
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def train_rw_model(
+    X: np.ndarray,
+    y: np.ndarray,
+    settings: LearnSettings,
+    log: Callable[[str], None] = lambda s: None,
+) -> TrainedModel:
+    """Learn Rw from motif features: split, search, train, test.
+
+    Parameters
+    ----------
+    X : ndarray, shape (M, F)
+        Features (:func:`features`).
+    y : ndarray, shape (M,)
+        Rw of each motif; must be finite (filter failed fits first).
+    settings : LearnSettings
+    log : callable
+        Progress lines and warnings (a test R² below 0.5 is reported as a warning).
+
+    Returns
+    -------
+    TrainedModel
+        Bit-identical for identical inputs, settings and ``n_jobs``.
+
+    Raises
+    ------
+    ValueError
+        Too few motifs (fewer than :data:`MIN_MOTIFS`, or fewer than 4 left to train on),
+        mismatched or non-finite inputs, or fixed ``params`` that XGBoost rejects. The
+        messages are meant for the user. Too many ``cv_folds`` for a small training part
+        is not an error: the folds are reduced (see :func:`n_folds_for`) with a log line.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("y (Rw) holds non-finite values: drop failed fits first")
+    train_idx, test_idx = split_indices(len(y), settings.test_fraction, settings.seed)
+    X_train, y_train = X[train_idx], y[train_idx]
+    n_train = len(train_idx)
+    fixed = settings.fixed_params
+    k = n_folds_for(n_train, settings.cv_folds)
+    history: list[dict] = []
+    cv_score = math.nan
+    if fixed or settings.search_iterations == 0:
+        point: dict[str, Any] = {}
+        why = "fixed parameters" if fixed else "search_iterations = 0"
+        log(f"no hyperparameter search ({why})")
+        k = 0
+    else:
+        if k < settings.cv_folds:
+            log(f"only {n_train} training motifs: {k}-fold instead of "
+                f"{settings.cv_folds}-fold cross-validation")
+        folds = cv_folds(n_train, k, settings.seed)
+        log(f"search: {settings.search_iterations} evaluations × {k}-fold CV "
+            f"on {n_train} training motifs")
+
+        def evaluate(points: list[dict[str, Any]]) -> list[float]:
+            return [cv_rmse(X_train, y_train, folds, xgb_params(p, settings)) for p in points]
+
+        result = search_hyperparameters(evaluate, settings.search_iterations, settings.seed,
+                                        log=log)
+        point, history, cv_score = result.best, result.history, result.best_score
+    params = xgb_params(point, settings)
+    check_params(params)
+    booster, n_val = fit_final(X_train, y_train, params, settings.seed)
+    n_trees = booster.num_boosted_rounds()
+    stop = f"early stopping on {n_val} validation motifs" if n_val else "no early stopping"
+    log(f"final model: {n_trees} trees ({stop})")
+
+    # The test set is touched here, once, and for nothing but the metrics.
+    pred = booster.inplace_predict(X[test_idx])
+    metrics: dict[str, float | int] = test_metrics(pred, y[test_idx], float(y_train.mean()))
+    metrics.update(cv_score=cv_score, cv_folds=k, n_train=n_train, n_validation=n_val,
+                   n_test=len(test_idx))
+    log(f"test ({len(test_idx)} motifs): MAE {metrics['test_mae']:.5f}  "
+        f"RMSE {metrics['test_rmse']:.5f}  R² {metrics['test_r2']:.3f}  "
+        f"(predicting the mean: MAE {metrics['baseline_mae']:.5f})")
+    r2 = metrics["test_r2"]
+    if not r2 >= R2_WARNING:  # also catches NaN
+        log(f"WARNING: test R² = {r2:.3f} is below {R2_WARNING}: the model explains Rw "
+            "poorly and the atom contributions are not to be trusted")
+
+    kept = {name: v for name, v in params.items() if name != "nthread"}
+    kept["n_estimators"] = n_trees
+    kept["early_stopping_rounds"] = (
+        int(params.get("early_stopping_rounds", EARLY_STOPPING_ROUNDS)) if n_val else 0)
+    return TrainedModel(
+        booster_bytes=bytes(booster.save_raw("ubj")),
+        params=_jsonable(kept),
+        metrics=metrics,
+        history=history,
+        train_index=train_idx,
+        test_index=test_idx,
+        n_jobs=settings.n_jobs,
+    )
