@@ -153,11 +153,14 @@ class ResultsStore:
         f = self.file
         root = self.comm.rank == 0 or not self.parallel
         model = f.create_group("model")
-        ds_el = model.create_dataset("elements", (len(elements),), dtype=h5py.string_dtype())
+        # Fixed-length ASCII: parallel HDF5 cannot write variable-length strings.
+        el_bytes = np.array([e.encode() for e in elements], dtype="S3")
+        name_bytes = np.array([n.encode() for n in frame_names])
+        ds_el = model.create_dataset("elements", el_bytes.shape, dtype=el_bytes.dtype)
         ds_xyz = model.create_dataset("xyz", xyz.shape, dtype="f8")
         ds_xyz.attrs["units"] = "Å"
         names = f.create_group("frames").create_dataset(
-            "names", (len(frame_names),), dtype=h5py.string_dtype()
+            "names", name_bytes.shape, dtype=name_bytes.dtype
         )
         data = f.create_group("data")
         frame_ds = []
@@ -168,9 +171,9 @@ class ResultsStore:
         cat = f["catalogue"]
         perm = cat.create_dataset("permutable", permutable.shape, dtype="i8")
         if root:
-            ds_el[:] = list(elements)
+            ds_el[:] = el_bytes
             ds_xyz[:] = xyz
-            names[:] = frame_names
+            names[:] = name_bytes
             for (ds_r, ds_g), (r, g) in zip(frame_ds, frames, strict=True):
                 ds_r[:] = r
                 ds_g[:] = g
