@@ -104,7 +104,8 @@ class LearnConfig:
     """Steps 3-4: the XGBoost model of Rw and its SHAP explanation."""
 
     test_fraction: float = field(
-        default=0.2, metadata=_spec("float", "held-out test fraction", exclusive_min=0.0, maximum=0.5)
+        default=0.2,
+        metadata=_spec("float", "held-out test fraction", exclusive_min=0.0, maximum=0.5),
     )
     cv_folds: int = field(default=5, metadata=_spec("int", "cross-validation folds", minimum=2))
     search_iterations: int = field(
@@ -246,7 +247,9 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
             or not 0 < value[0] <= 1 <= value[1]
         ):
-            raise _fail(key, value, "expected [low, high] with 0 < low ≤ 1 ≤ high, e.g. [0.99, 1.01]")
+            raise _fail(
+                key, value, "expected [low, high] with 0 < low ≤ 1 ≤ high, e.g. [0.99, 1.01]"
+            )
         return (float(value[0]), float(value[1]))
     if kind == "uiso":
         if not isinstance(value, dict):

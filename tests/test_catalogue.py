@@ -64,7 +64,7 @@ def test_bonded_oxygens_follow_their_tungsten():
     assert atoms[space.others].sum() == 40
     # Every kept O really lies within 2.6 Å of a kept W, every dropped O does not.
     kept_w = structure.xyz[space.permutable[motif]]
-    for j, o in enumerate(space.others):
+    for o in space.others:
         near = np.min(np.linalg.norm(kept_w - structure.xyz[o], axis=1)) <= 2.6
         assert atoms[o] == near
 
@@ -80,7 +80,12 @@ def test_masks_file(tmp_path):
 
 @pytest.mark.parametrize(
     "text, problem",
-    [("1 0\n", "line 1"), ("1 0 2\n", "line 1"), ("1 1 1\n0 0 0\n", "line 2"), ("# empty\n", "no motif")],
+    [
+        ("1 0\n", "line 1"),
+        ("1 0 2\n", "line 1"),
+        ("1 1 1\n0 0 0\n", "line 2"),
+        ("# empty\n", "no motif"),
+    ],
 )
 def test_masks_file_errors(tmp_path, text, problem):
     path = tmp_path / "bad.txt"

@@ -78,8 +78,8 @@ def test_csv_and_motif_files(keggin_run):
     motif = read_xyz(out / "motif.xyz")
     assert motif.elements.count("W") == 12 and motif.elements.count("O") == 40
     expected_w = model.xyz[list(KEGGIN_MOTIF_W)]
-    assert np.allclose(np.array([x for e, x in zip(motif.elements, motif.xyz) if e == "W"]),
-                       expected_w, atol=1e-6)
+    motif_w = [x for e, x in zip(motif.elements, motif.xyz, strict=True) if e == "W"]
+    assert np.allclose(np.array(motif_w), expected_w, atol=1e-6)
     # The printed summary names the motif's atoms.
     assert "extracted motif" in proc.stdout
     assert " ".join(f"W{i}" for i in KEGGIN_MOTIF_W) in proc.stdout

@@ -99,10 +99,9 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
         ml.attrs[key] = values if n_frames > 1 else values[0]
     ml.attrs["params"] = json.dumps(params if n_frames > 1 else params[0], default=str)
     ml.attrs["history"] = json.dumps(histories if n_frames > 1 else histories[0], default=str)
-    ml.attrs["settings"] = json.dumps(
-        {k: v for k, v in vars(settings).items() if k != "params"} | {"params": dict(settings.params)},
-        default=str,
-    )
+    described = {k: v for k, v in vars(settings).items() if k != "params"}
+    described["params"] = dict(settings.params)
+    ml.attrs["settings"] = json.dumps(described, default=str)
     if until == "explain":
         grp = h5.require_group("atoms")
         for key, values in atoms.items():
