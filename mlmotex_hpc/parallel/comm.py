@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mpi4py import MPI
 
@@ -96,13 +96,3 @@ def inject_fault(stage: str, comm: MPI.Comm) -> None:
     where, _, rank = spec.partition(":")
     if where == stage and int(rank or 0) == comm.rank:
         raise RuntimeError(f"injected fault in stage '{stage}' (MLMOTEX_FAULT={spec})")
-
-
-def allgather_any(flag: bool, comm: MPI.Comm) -> bool:
-    """True on every rank when ``flag`` is true on any rank."""
-    return bool(comm.allreduce(int(flag), op=MPI.MAX))
-
-
-def gather_to_root(obj: Any, comm: MPI.Comm, root: int = 0) -> list[Any] | None:
-    """``comm.gather`` that returns None off the root."""
-    return comm.gather(obj, root=root)
