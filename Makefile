@@ -14,7 +14,9 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 # One numba cache folder per checkout; ranks share it.
-export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache
+# keyed by the sources: numba does not notice when a jitted function a cached one calls
+# (in another file) has changed
+export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache/$(shell cat mlmotex_hpc/*.py mlmotex_hpc/*/*.py | sha1sum | cut -c1-12)
 
 # --bind-to none: rank 0 trains XGBoost on every core while the other ranks sleep.
 MPIRUN ?= mpirun --bind-to none

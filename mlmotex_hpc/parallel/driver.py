@@ -24,6 +24,7 @@ from mpi4py.util.sync import Counter
 from ..catalogue import MotifSpace, build_catalogue
 from ..config import Config
 from ..errors import InputError
+from ..fit.fast import BatchFitter, supports
 from ..fit.fitter import FitSettings, fit_motif
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import Structure, read_xyz
@@ -150,10 +151,43 @@ class Log:
             print(message, file=self.stream, flush=True)
 
 
+@dataclass(frozen=True, eq=False)
+class FitGroup:
+    """The frames that share one r grid, their calculator and (when it applies) the
+    compiled batch fitter that fits scale and zoom to all of them at once."""
+
+    calc: object
+    frames: list[int]
+    fast: BatchFitter | None
+
+
+def make_fit_groups(inputs: Inputs, settings: PDFSettings, fsettings: FitSettings) -> list:
+    """One calculator per distinct r grid, with a compiled fitter where it applies."""
+    by_grid: dict[bytes, list[int]] = {}
+    for f, frame in enumerate(inputs.frames):
+        by_grid.setdefault(frame.r.tobytes(), []).append(f)
+    groups = []
+    for indices in by_grid.values():
+        frames = [inputs.frames[f] for f in indices]
+        calc = make_calculator(
+            inputs.structure.elements, inputs.structure.xyz, settings, frames[0].r
+        )
+        fast = None
+        if supports(calc, fsettings):
+            g_obs = np.stack([frame.g for frame in frames])
+            weights = np.stack(
+                [np.ones_like(frame.g) if frame.weights is None else frame.weights
+                 for frame in frames]
+            )
+            fast = BatchFitter(calc, fsettings, g_obs, weights)
+        groups.append(FitGroup(calc, indices, fast))
+    return groups
+
+
 def fit_batch(
     masks: np.ndarray,
     space: MotifSpace,
-    calculators: list,
+    groups: list[FitGroup],
     frames: list[Frame],
     settings: FitSettings,
     base_uiso: dict[str, float],
@@ -164,43 +198,35 @@ def fit_batch(
     out = {name: np.empty((n_frames, count)) for name in ("rw", "scale", "zoom") + extra}
     out["status"] = np.empty((n_frames, count), dtype=np.int8)
     atom_masks = space.atom_masks(masks)
-    for j, atom_mask in enumerate(atom_masks):
-        prepared = {}  # one prepared motif per r grid, reused by every frame on it
-        for f, (frame, calc) in enumerate(zip(frames, calculators, strict=True)):
-            if id(calc) not in prepared:
-                prepared[id(calc)] = calc.prepare(atom_mask)
-            res = fit_motif(calc, prepared[id(calc)], frame.g, settings, frame.weights, base_uiso)
-            out["rw"][f, j], out["scale"][f, j], out["zoom"][f, j] = res.rw, res.scale, res.zoom
-            out["status"][f, j] = res.status
-            for name in extra:
-                if name == "delta2":
-                    out[name][f, j] = np.nan if res.delta2 is None else res.delta2
-                else:
-                    out[name][f, j] = res.uiso.get(name[5:], np.nan)
+    for group in groups:
+        if group.fast is not None:
+            results = group.fast.fit(atom_masks)
+            for name, values in results.items():
+                out[name][group.frames] = values
+            continue
+        for j, atom_mask in enumerate(atom_masks):
+            motif = group.calc.prepare(atom_mask)  # reused by every frame of the group
+            for f in group.frames:
+                frame = frames[f]
+                res = fit_motif(group.calc, motif, frame.g, settings, frame.weights, base_uiso)
+                out["rw"][f, j], out["scale"][f, j], out["zoom"][f, j] = (
+                    res.rw, res.scale, res.zoom
+                )
+                out["status"][f, j] = res.status
+                for name in extra:
+                    if name == "delta2":
+                        out[name][f, j] = np.nan if res.delta2 is None else res.delta2
+                    else:
+                        out[name][f, j] = res.uiso.get(name[5:], np.nan)
     return out
-
-
-def make_calculators(inputs: Inputs, settings: PDFSettings) -> list:
-    """One calculator per distinct r grid; frames on the same grid share it."""
-    by_grid: dict[bytes, object] = {}
-    calcs = []
-    for frame in inputs.frames:
-        key = frame.r.tobytes()
-        if key not in by_grid:
-            by_grid[key] = make_calculator(
-                inputs.structure.elements, inputs.structure.xyz, settings, frame.r
-            )
-        calcs.append(by_grid[key])
-    return calcs
 
 
 def run_fits(
     inputs: Inputs, config: Config, store: ResultsStore, comm: MPI.Comm, log: Callable
 ) -> int:
     """Step 2 on every rank: batches on demand, results into the store. Returns fits done."""
-    settings = pdf_settings(config)
-    calculators = make_calculators(inputs, settings)
     fsettings = fit_settings(config, inputs.structure)
+    groups = make_fit_groups(inputs, pdf_settings(config), fsettings)
     extra = refined_extra(config, inputs.structure)
     masks = inputs.masks
     n_motifs, batch_size = len(masks), config.catalogue.batch_size
@@ -216,7 +242,7 @@ def run_fits(
             start = batch * batch_size
             stop = min(n_motifs, start + batch_size)
             results = fit_batch(
-                masks[start:stop], inputs.space, calculators, inputs.frames, fsettings,
+                masks[start:stop], inputs.space, groups, inputs.frames, fsettings,
                 config.uiso, extra,
             )
             done_here += stop - start

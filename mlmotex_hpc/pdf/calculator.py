@@ -162,6 +162,18 @@ class PDFCalculator:
 
     # -- public interface ---------------------------------------------------------------
 
+    def pair_matrices(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (Å) and element-pair type of every atom pair, as (n, n) matrices.
+
+        The distances are the very values the calculator sums over, so that a motif's
+        pairs read from these matrices give bit-identical PDFs.
+        """
+        dmat = np.zeros((self.n_atoms, self.n_atoms))
+        dmat[self._pi, self._pj] = self._dist
+        dmat[self._pj, self._pi] = self._dist
+        tmat = self._tindex[self._atom_type[:, None], self._atom_type[None, :]].astype(np.int32)
+        return dmat, tmat
+
     def prepare(self, mask: np.ndarray | None = None) -> Motif:
         """Select a motif's pairs and normalisation.
 
