@@ -2,6 +2,7 @@
 
     mlmotex-hpc run CONFIG.yaml [--out DIR] [--until fit|learn|explain]
     mlmotex-hpc pdf MODEL.xyz -o OUT.gr [options]
+    mlmotex-hpc refine OUT/motex.h5 [--motif extracted|best|INDEX] [--frame N] [-o DIR]
     mlmotex-hpc info
 
 Bad input ends with ``mlmotex-hpc: error: <one line>`` on rank 0 and exit code 2.
@@ -64,6 +65,12 @@ def cmd_pdf(args: argparse.Namespace) -> int:
     return command.main(args)
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    from . import refine
+
+    return refine.main(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import software_stack
 
@@ -94,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command.add_arguments(pdf)
     pdf.set_defaults(func=cmd_pdf)
+
+    refine = sub.add_parser("refine", help="refine a run's motif with diffpy.srfit, plot the fit")
+    from . import refine as refine_command
+
+    refine_command.add_arguments(refine)
+    refine.set_defaults(func=cmd_refine)
 
     info = sub.add_parser("info", help="print the software stack")
     info.add_argument("--short", action="store_true", help="one line per key component")

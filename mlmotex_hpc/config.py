@@ -141,6 +141,8 @@ class Config:
     learn: LearnConfig = LearnConfig()
     output: OutputConfig = OutputConfig()
     source: str = field(default="", compare=False, metadata={"internal": True})
+    #: The folder that relative paths of ``source`` resolve against (the config file's).
+    base: Path | None = field(default=None, compare=False, metadata={"internal": True})
 
     @property
     def uiso(self) -> dict[str, float]:
@@ -312,7 +314,7 @@ def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise InputError(f"config {name}: expected a mapping of keys at the top level")
     config = _build(Config, raw, "", base)
-    config = dataclasses.replace(config, source=text)
+    config = dataclasses.replace(config, source=text, base=Path(base).resolve())
     _check_consistency(config)
     return config
 
@@ -327,3 +329,16 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
     return parse_config(text, path.resolve().parent, str(path))
+
+
+def pdf_settings(config: Config):
+    """The calculator settings (:class:`~mlmotex_hpc.pdf.PDFSettings`) of a config.
+
+    The ``pdf`` section and ``PDFSettings`` share their field names, so every field of
+    the settings is read by name: a renamed field fails here rather than silently.
+    """
+    from .pdf.settings import PDFSettings
+
+    return PDFSettings(
+        **{f.name: getattr(config.pdf, f.name) for f in dataclasses.fields(PDFSettings)}
+    )

@@ -22,6 +22,7 @@ def test_valid_config_resolves_paths_and_defaults(tmp_path, write_config):
     assert config.fit.refine == ("scale", "zoom")
     assert config.learn.params == (("learning_rate", 0.1), ("max_depth", 3), ("n_estimators", 200))
     assert "permute" in config.source
+    assert config.base == tmp_path.resolve()  # what relative paths of the source resolve against
 
 
 def _set(raw: dict, dotted: str, value):

@@ -22,7 +22,7 @@ from mpi4py import MPI
 from mpi4py.util.sync import Counter
 
 from ..catalogue import MotifSpace, build_catalogue
-from ..config import Config
+from ..config import Config, pdf_settings
 from ..errors import InputError
 from ..fit.fast import BatchFitter, supports
 from ..fit.fitter import FitSettings, fit_motif
@@ -59,15 +59,6 @@ class Inputs:
     @property
     def masks(self) -> np.ndarray:
         return np.unpackbits(self.packed_masks, axis=1, count=self.n_permutable).astype(bool)
-
-
-def pdf_settings(config: Config) -> PDFSettings:
-    p = config.pdf
-    return PDFSettings(
-        calculator=p.calculator, radiation=p.radiation, qmin=p.qmin, qmax=p.qmax,
-        qdamp=p.qdamp, qbroad=p.qbroad, uiso=p.uiso, default_uiso=p.default_uiso,
-        delta2=p.delta2, qstep=p.qstep,
-    )
 
 
 def fit_settings(config: Config, structure: Structure) -> FitSettings:
@@ -318,7 +309,8 @@ def run(
         path = out_dir / "motex.h5"
         n_batches = math.ceil(len(masks) / config.catalogue.batch_size)
         store = ResultsStore.create(
-            path, comm, config_text=config.source, n_frames=n_frames, n_motifs=len(masks),
+            path, comm, config_text=config.source,
+            config_dir=str(config.base), n_frames=n_frames, n_motifs=len(masks),
             n_permutable=inputs.space.size, n_batches=n_batches,
             batch_size=config.catalogue.batch_size,
             refined_extra=refined_extra(config, inputs.structure),

@@ -96,6 +96,7 @@ class ResultsStore:
         comm: MPI.Comm,
         *,
         config_text: str,
+        config_dir: str = "",
         n_frames: int,
         n_motifs: int,
         n_permutable: int,
@@ -116,6 +117,8 @@ class ResultsStore:
             return store
         file.attrs["config"] = config_text
         file.attrs["config_hash"] = config_hash(config_text)
+        # relative paths in the config are relative to this folder
+        file.attrs["config_dir"] = config_dir
         file.attrs["version"] = __version__
         file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         file.attrs["hdf5_mode"] = "parallel (mpio)" if parallel else "serial"
