@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -148,6 +149,28 @@ def mpi_fit_stage(n_motifs: int, ranks: int, workdir: Path) -> float:
         return float(h5["timings"].attrs["fit"])
 
 
+def _solo_rate(n_motifs: int) -> float:
+    """Fits per second of one plain process (no MPI) fitting Keggin motifs."""
+    case = keggin("debye")
+    _, fitter, space = build(case)
+    masks = space.atom_masks(sample_masks(space.size, n_motifs, 0))
+    fitter.fit(masks[:4])
+    start = time.perf_counter()
+    fitter.fit(masks)
+    return n_motifs / (time.perf_counter() - start)
+
+
+def machine_ceiling(processes: int, n_motifs: int = 6000) -> float:
+    """Summed rate of ``processes`` independent, concurrent copies over ``processes``
+    times the rate of one copy alone: the best parallel efficiency this machine allows
+    for this kernel, whatever the MPI layer does."""
+    cmd = [sys.executable, __file__, "--solo", str(n_motifs)]
+    alone = float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    together = sum(float(p.communicate()[0]) for p in procs)
+    return together / (processes * alone)
+
+
 def plot(curves: dict, path: Path) -> None:
     import matplotlib
 
@@ -171,8 +194,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--motifs", type=int, default=4000, help="Keggin motifs per run")
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the MPI comparison")
+    parser.add_argument("--mpi-motifs", type=int, default=32000,
+                        help="motifs of the mpirun comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the mpirun runs")
     parser.add_argument("--no-mpi", action="store_true", help="skip the mpirun comparison")
+    parser.add_argument("--solo", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.solo:
+        print(_solo_rate(args.solo))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}")
@@ -217,16 +247,25 @@ def main(argv=None) -> int:
 
     summary = {"rows": rows, "curves": curves, "peak_MiB": peak}
     if not args.no_mpi:
-        n = args.motifs * 4
+        n = args.mpi_motifs
         with tempfile.TemporaryDirectory() as tmp:
             mpi_fit_stage(200, 1, Path(tmp))  # warm the compile cache
-            t1 = mpi_fit_stage(n, 1, Path(tmp))
-            tn = mpi_fit_stage(n, args.ranks, Path(tmp))
+            # interleaved repeats, best of each: a shared or virtual machine's noise
+            # only ever adds time
+            t1, tn = math.inf, math.inf
+            for _ in range(args.repeats):
+                t1 = min(t1, mpi_fit_stage(n, 1, Path(tmp)))
+                tn = min(tn, mpi_fit_stage(n, args.ranks, Path(tmp)))
+            ceiling = max(machine_ceiling(args.ranks) for _ in range(args.repeats))
         eff = t1 / (args.ranks * tn)
         print(f"\nmlmotex-hpc run --until fit, {n} Keggin motifs (Debye, HDF5 writes included):")
         print(f"  1 rank {n / t1:,.0f} fits/s; {args.ranks} ranks {n / tn:,.0f} fits/s; "
               f"parallel efficiency {100 * eff:.0f} %")
-        summary["mpi"] = {"motifs": n, "t1": t1, "tn": tn, "ranks": args.ranks, "eff": eff}
+        print(f"  {args.ranks} independent non-MPI processes on this machine reach "
+              f"{100 * ceiling:.0f} % (the hardware's ceiling for this kernel): MPI costs "
+              f"{100 * (1 - eff / ceiling):.1f} % of it")
+        summary["mpi"] = {"motifs": n, "t1": t1, "tn": tn, "ranks": args.ranks, "eff": eff,
+                          "ceiling": ceiling}
     (RESULTS / "bench_fit.json").write_text(json.dumps(summary, indent=1))
     if failures:
         print(f"\nFAILED answer checks: {', '.join(failures)}", file=sys.stderr)
