@@ -55,7 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     comm = get_comm()
     config = root_then_bcast(lambda: load_config(args.config), comm)
     out = Path(args.out).resolve() if args.out else None
-    run(config, comm, out_dir=out, until=args.until, quiet=args.quiet)
+    run(config, comm, out_dir=out, until=args.until, quiet=args.quiet, resume=args.resume,
+        overwrite=args.overwrite)
     return 0
 
 
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", choices=("fit", "learn", "explain"), default="explain",
                      help="last stage to run (default: explain)")
     run.add_argument("--quiet", action="store_true", help="no progress messages")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="finish the run in the output folder (an error if there is none); "
+                            "an unfinished run of the same config is resumed even without it")
+    again.add_argument("--overwrite", action="store_true",
+                       help="discard an existing motex.h5 in the output folder and start again")
     run.set_defaults(func=cmd_run)
 
     pdf = sub.add_parser("pdf", help="compute a structure model's G(r)")

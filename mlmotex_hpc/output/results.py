@@ -20,7 +20,7 @@ import numpy as np
 from ..io.structure import Structure, write_xyz
 from ..learn.explain import atom_contributions, contribution_sums, shap_values
 from ..learn.model import LearnSettings, features, train_rw_model
-from ..parallel.comm import get_comm, inject_fault
+from ..parallel.comm import get_comm, inject_fault, pause_for_tests
 
 METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
 ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
@@ -77,6 +77,7 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
         t = time.perf_counter()
         label = f" (frame {f})" if n_frames > 1 else ""
         log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
+        pause_for_tests("learn")
         model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"))
         t_learn += time.perf_counter() - t
         for key in METRICS:

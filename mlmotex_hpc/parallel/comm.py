@@ -96,3 +96,15 @@ def inject_fault(stage: str, comm: MPI.Comm) -> None:
     where, _, rank = spec.partition(":")
     if where == stage and int(rank or 0) == comm.rank:
         raise RuntimeError(f"injected fault in stage '{stage}' (MLMOTEX_FAULT={spec})")
+
+
+def pause_for_tests(stage: str) -> None:
+    """Test hook: sleep when ``MLMOTEX_TEST_PAUSE=stage:seconds`` names this stage.
+
+    Lets the tests kill a job at a chosen point (during fitting, during learning).
+    """
+    spec = os.environ.get("MLMOTEX_TEST_PAUSE")
+    if spec:
+        where, _, seconds = spec.partition(":")
+        if where == stage:
+            time.sleep(float(seconds or 1))

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 from mpi4py import MPI
 from mpi4py.util.sync import Counter
@@ -29,8 +31,21 @@ from ..fit.fitter import FitSettings, fit_motif
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import Structure, read_xyz
 from ..pdf import PDFSettings, make_calculator
-from .comm import abort_on_error, get_comm, inject_fault, root_then_bcast, wait_idle
-from .store import ResultsStore, announce_fallback, open_results
+from .comm import (
+    abort_on_error,
+    get_comm,
+    inject_fault,
+    pause_for_tests,
+    root_then_bcast,
+    wait_idle,
+)
+from .store import (
+    ResultsStore,
+    announce_fallback,
+    config_hash,
+    finishing_path,
+    open_results,
+)
 
 STAGES = ("fit", "learn", "explain")
 PROGRESS_INTERVAL = 10.0  # seconds between progress lines
@@ -130,6 +145,47 @@ def load_inputs(config: Config, out_dir: Path) -> Inputs:
     return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
 
 
+@dataclass(frozen=True)
+class Previous:
+    """What an existing ``motex.h5`` of the same config has done already."""
+
+    batch_done: np.ndarray
+    complete: bool
+
+
+def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> Previous | None:
+    """Decide between a new run and resuming one (rank 0; errors are InputError).
+
+    An existing file of the same config is resumed (with or without ``--resume``); one of
+    another config is never mixed with this one; ``overwrite`` starts afresh regardless.
+    """
+    if overwrite:
+        return None
+    if not path.exists():
+        if resume:
+            raise InputError(f"--resume: there is no {path} to resume")
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            stored = h5.attrs.get("config_hash")
+            done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
+            complete = bool(h5.attrs.get("complete", False))
+    except OSError as exc:
+        raise InputError(
+            f"{path} exists but is not a readable HDF5 file ({exc}); use --overwrite to "
+            "start again"
+        ) from None
+    if done is None or stored is None:
+        raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run; use --overwrite "
+                         "or another output.dir")
+    if stored != config_hash(config.source):
+        raise InputError(
+            f"{path} holds a run of a different config: results of two configs are never "
+            "mixed; use another output.dir, or --overwrite to discard that run"
+        )
+    return Previous(done.astype(bool), complete)
+
+
 class Log:
     """Messages from rank 0 only, flushed at once (cluster logs are files)."""
 
@@ -212,52 +268,113 @@ def fit_batch(
     return out
 
 
+_RESULTS_TAG = 17  # serial fallback: a batch's results on their way to rank 0
+
+
+def _progress_interval() -> float:
+    """Seconds between progress lines (``MLMOTEX_PROGRESS_INTERVAL`` overrides)."""
+    try:
+        return float(os.environ.get("MLMOTEX_PROGRESS_INTERVAL", PROGRESS_INTERVAL))
+    except ValueError:
+        return PROGRESS_INTERVAL
+
+
 def run_fits(
-    inputs: Inputs, config: Config, store: ResultsStore, comm: MPI.Comm, log: Callable
+    inputs: Inputs,
+    config: Config,
+    store: ResultsStore,
+    comm: MPI.Comm,
+    log: Callable,
+    pending: np.ndarray,
 ) -> int:
-    """Step 2 on every rank: batches on demand, results into the store. Returns fits done."""
+    """Step 2 on every rank: the ``pending`` batches on demand, results into the store.
+
+    Returns the number of fits done (all ranks). With parallel HDF5 each rank writes its
+    own batches; in the serial fallback the other ranks send each batch to rank 0 as
+    soon as it is fitted, and rank 0 writes them between its own, so a killed job loses
+    only the batches in flight either way.
+    """
     fsettings = fit_settings(config, inputs.structure)
     groups = make_fit_groups(inputs, pdf_settings(config), fsettings)
     extra = refined_extra(config, inputs.structure)
     masks = inputs.masks
     n_motifs, batch_size = len(masks), config.catalogue.batch_size
-    n_batches = math.ceil(n_motifs / batch_size)
     direct = store.parallel or comm.size == 1
-    pending = []  # serial fallback: results that rank 0 writes at the end
+    interval = _progress_interval()
+    sends = []
+    done_msgs = 0
+
+    def drain(block: bool) -> None:
+        """Rank 0 (serial fallback): write what the other ranks have sent."""
+        nonlocal done_msgs
+        while True:
+            if block:
+                if done_msgs == comm.size - 1:
+                    return
+            elif not comm.iprobe(source=MPI.ANY_SOURCE, tag=_RESULTS_TAG):
+                return
+            item = comm.recv(source=MPI.ANY_SOURCE, tag=_RESULTS_TAG)
+            if item is None:  # that rank has no more batches
+                done_msgs += 1
+                continue
+            batch, start, results = item
+            store.write_batch(start, results, batch)
+
     counter = Counter(comm=comm)
     started = last = time.perf_counter()
     done_here = 0
     try:
-        while (batch := counter.next()) < n_batches:
+        while (k := counter.next()) < pending.size:
             inject_fault("fit", comm)
+            batch = int(pending[k])
             start = batch * batch_size
             stop = min(n_motifs, start + batch_size)
             results = fit_batch(
                 masks[start:stop], inputs.space, groups, inputs.frames, fsettings,
                 config.uiso, extra,
             )
+            pause_for_tests("fit")
             done_here += stop - start
-            if direct:
+            if direct or comm.rank == 0:
                 store.write_batch(start, results, batch)
             else:
-                pending.append((batch, start, results))
+                sends.append(comm.isend((batch, start, results), dest=0, tag=_RESULTS_TAG))
+            if comm.rank == 0 and not direct:
+                drain(block=False)
             now = time.perf_counter()
-            if comm.rank == 0 and now - last >= PROGRESS_INTERVAL:
+            if comm.rank == 0 and now - last >= interval:
                 last = now
-                frac = min(1.0, (batch + 1) / n_batches)
-                rate = frac * n_motifs * len(inputs.frames) / (now - started)
+                frac = min(1.0, (k + 1) / pending.size)
+                rate = frac * pending.size * batch_size * len(inputs.frames) / (now - started)
                 eta = (now - started) * (1 - frac) / max(frac, 1e-9)
-                log(f"  fit: {100 * frac:5.1f} % of {n_motifs} motifs, "
+                log(f"  fit: {100 * frac:5.1f} % of {pending.size} batches, "
                     f"{rate:,.0f} fits/s, ETA {eta:,.0f} s")
     finally:
         counter.free()
     if not direct:
-        gathered = comm.gather(pending, root=0)
         if comm.rank == 0:
-            for part in gathered:
-                for batch, start, results in part:
-                    store.write_batch(start, results, batch)
+            drain(block=True)
+        else:
+            MPI.Request.waitall(sends)
+            comm.send(None, dest=0, tag=_RESULTS_TAG)
     return comm.allreduce(done_here) * len(inputs.frames)
+
+
+def finish_on_copy(path: Path, finish: Callable):
+    """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
+
+    HDF5 cannot survive a kill while it adds groups and datasets; the fits it would put
+    at risk took the whole machine to compute. Working on a copy keeps them safe: a job
+    killed while learning leaves ``motex.h5`` as the fit stage left it, and a rerun
+    (resume) only learns again.
+    """
+    tmp = finishing_path(path)
+    shutil.copyfile(path, tmp)
+    with open_results(tmp, "r+") as h5:
+        summary = finish(h5)
+        h5.attrs["complete"] = True
+    os.replace(tmp, path)
+    return summary
 
 
 def run(
@@ -267,6 +384,8 @@ def run(
     out_dir: Path | None = None,
     until: str = "explain",
     quiet: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict | None:
     """Run the ML-MotEx pipeline; every rank of ``comm`` must call it.
 
@@ -282,6 +401,11 @@ def run(
         Last stage to run.
     quiet : bool
         Suppress progress messages.
+    resume : bool
+        Require an existing ``motex.h5`` of this config and finish it. Without it such a
+        file is resumed all the same; with ``overwrite`` it is replaced.
+    overwrite : bool
+        Start afresh even when ``motex.h5`` exists.
 
     Returns
     -------
@@ -297,32 +421,48 @@ def run(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    inputs = root_then_bcast(lambda: load_inputs(config, out_dir), comm)
+    path = out_dir / "motex.h5"
+
+    def check_inputs():
+        inputs = load_inputs(config, out_dir)
+        return inputs, previous_run(path, config, resume, overwrite)
+
+    inputs, previous = root_then_bcast(check_inputs, comm)
     timings["catalogue"] = time.perf_counter() - t0
     masks = inputs.masks
     n_frames = len(inputs.frames)
+    n_batches = math.ceil(len(masks) / config.catalogue.batch_size)
     log(f"mlmotex-hpc: {len(masks)} motifs over N = {inputs.space.size} permutable atoms, "
         f"{n_frames} frame(s), {comm.size} rank(s)")
+    if previous is not None and previous.complete:
+        log(f"{path} is complete for this config: nothing to do (--overwrite runs it again)")
+        return None
     announce_fallback(comm)
 
     with abort_on_error(comm):
-        path = out_dir / "motex.h5"
-        n_batches = math.ceil(len(masks) / config.catalogue.batch_size)
-        store = ResultsStore.create(
-            path, comm, config_text=config.source,
-            config_dir=str(config.base), n_frames=n_frames, n_motifs=len(masks),
-            n_permutable=inputs.space.size, n_batches=n_batches,
-            batch_size=config.catalogue.batch_size,
-            refined_extra=refined_extra(config, inputs.structure),
-        )
-        store.collective_write_inputs(
-            elements=inputs.structure.elements, xyz=inputs.structure.xyz,
-            permutable=inputs.space.permutable, frame_names=[f.name for f in inputs.frames],
-            frames=[(f.r, f.g) for f in inputs.frames], masks=masks,
-        )
-        log(f"step 2: fitting {len(masks) * n_frames} motif PDFs ({config.pdf.calculator})")
+        if previous is None:
+            store = ResultsStore.create(
+                path, comm, config_text=config.source,
+                config_dir=str(config.base), n_frames=n_frames, n_motifs=len(masks),
+                n_permutable=inputs.space.size, n_batches=n_batches,
+                batch_size=config.catalogue.batch_size,
+                refined_extra=refined_extra(config, inputs.structure),
+            )
+            store.collective_write_inputs(
+                elements=inputs.structure.elements, xyz=inputs.structure.xyz,
+                permutable=inputs.space.permutable, frame_names=[f.name for f in inputs.frames],
+                frames=[(f.r, f.g) for f in inputs.frames], masks=masks,
+            )
+            store.collective_publish()
+            pending = np.arange(n_batches)
+        else:
+            store = ResultsStore.open_existing(path, comm)
+            pending = np.flatnonzero(~previous.batch_done)
+            log(f"resuming {path}: {n_batches - pending.size} of {n_batches} batches done")
+        if pending.size:
+            log(f"step 2: fitting {len(masks) * n_frames} motif PDFs ({config.pdf.calculator})")
         t_fit = time.perf_counter()
-        n_fits = run_fits(inputs, config, store, comm, log)
+        n_fits = run_fits(inputs, config, store, comm, log, pending)
         timings["fit"] = time.perf_counter() - t_fit
         timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
         store.close()
@@ -331,10 +471,11 @@ def run(
         if comm.rank == 0:
             log(f"  {n_fits} fits in {timings['fit']:.1f} s "
                 f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
-            with open_results(path, "r+") as h5:
-                summary = finish_outputs(
+            summary = finish_on_copy(
+                path, lambda h5: finish_outputs(
                     h5, inputs, config, out_dir, until=until, timings=timings,
                     n_ranks=comm.size, t_start=t0, log=log,
-                )
+                ),
+            )
         wait_idle(comm)
     return summary

@@ -31,6 +31,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import yaml
 from mpi4py import MPI
 
 from .. import __version__
@@ -52,7 +53,22 @@ def parallel_hdf5_available() -> bool:
 
 
 def config_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Hash of a config's content: comments, spacing and key order do not count."""
+    try:
+        canonical = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+    except yaml.YAMLError:
+        canonical = text
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def creating_path(path: Path) -> Path:
+    """Where a new ``motex.h5`` is built before it takes its final name."""
+    return path.with_name(path.name + ".creating")
+
+
+def finishing_path(path: Path) -> Path:
+    """Where steps 3-4 write, on a copy, before it replaces ``motex.h5``."""
+    return path.with_name(path.name + ".finishing")
 
 
 def announce_fallback(comm: MPI.Comm) -> None:
@@ -104,12 +120,17 @@ class ResultsStore:
         batch_size: int,
         refined_extra: tuple[str, ...] = (),
     ) -> ResultsStore:
-        """Create (overwrite) the file and preallocate every fit dataset."""
+        """Create the file under a temporary name and preallocate every fit dataset.
+
+        :meth:`collective_publish` gives it its final name once the inputs are written, so
+        a job killed while creating it never leaves a half-made ``motex.h5``.
+        """
         parallel = comm.size > 1 and parallel_hdf5_available()
+        tmp = creating_path(Path(path))
         if parallel:
-            file = h5py.File(path, "w", driver="mpio", comm=comm)
+            file = h5py.File(tmp, "w", driver="mpio", comm=comm)
         elif comm.rank == 0:
-            file = h5py.File(path, "w")
+            file = h5py.File(tmp, "w")
         else:
             file = None
         store = cls(path, comm, file, parallel)
@@ -137,7 +158,36 @@ class ResultsStore:
         mask_chunk = (max(1, min(n_motifs, 8192)), n_permutable)
         cat.create_dataset("mask", (n_motifs, n_permutable), dtype="u1", chunks=mask_chunk)
         cat.create_dataset("size", (n_motifs,), dtype="i4")
+        if not parallel:
+            # Serial HDF5 allocates chunks on first write, which changes metadata: write the
+            # fill values now, so that fitting only ever overwrites raw data (a job killed
+            # mid-write cannot damage the file's structure). Parallel HDF5 allocates early.
+            for name in FIT_FIELDS + refined_extra + ("status",):
+                ds = fits[name]
+                for row in range(n_frames):
+                    ds[row] = np.full(n_motifs, ds.fillvalue, dtype=ds.dtype)
         return store
+
+    @classmethod
+    def open_existing(cls, path: Path, comm: MPI.Comm) -> ResultsStore:
+        """Reopen a run's file to finish its remaining batches (every rank calls it)."""
+        parallel = comm.size > 1 and parallel_hdf5_available()
+        if parallel:
+            file = h5py.File(path, "r+", driver="mpio", comm=comm)
+        elif comm.rank == 0:
+            file = h5py.File(path, "r+")
+        else:
+            file = None
+        return cls(path, comm, file, parallel)
+
+    def collective_publish(self) -> None:
+        """Flush the new file and give it its final name (after the inputs are written)."""
+        if self.file is not None:
+            self.file.flush()
+        self.comm.Barrier()
+        if self.comm.rank == 0:
+            os.replace(creating_path(self.path), self.path)
+        self.comm.Barrier()
 
     # -- writing ---------------------------------------------------------------------------
     def collective_write_inputs(
@@ -193,7 +243,13 @@ class ResultsStore:
         stop = start + next(iter(results.values())).shape[1]
         for name, values in results.items():
             fits[name][:, start:stop] = values
+        if not self.parallel:
+            # serial HDF5 caches chunks: the results must be on disk before the batch is
+            # marked done (parallel HDF5 writes through at once)
+            self.file.flush()
         fits["batch_done"][batch] = 1
+        if not self.parallel:
+            self.file.flush()
 
     def collective_set_attrs(self, group: str, attrs: Mapping[str, Any]) -> None:
         """Set attributes of ``group`` (created if missing) identically on every rank."""

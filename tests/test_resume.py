@@ -1,0 +1,189 @@
+"""Checkpoint and resume: real SIGKILLs of whole ``mpirun`` jobs, then ``--resume``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from .conftest import CLI, MPIRUN, keggin_config, mpi_env, run_cli
+
+pytestmark = pytest.mark.mpi
+
+FIT_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status", "fits/batch_done")
+RESULT_DATASETS = FIT_DATASETS + ("atoms/contribution", "atoms/uncertainty", "shap/values")
+
+
+def _config(tmp_path, name="config.yaml", **overrides):
+    config = keggin_config(tmp_path, catalogue={"size": 240, "seed": 3, "batch_size": 8},
+                           **overrides)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / "out" / "motex.h5"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The same run, never interrupted: what every resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg, h5 = _config(tmp)
+    proc = run_cli("run", str(cfg), "--quiet", ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(h5) as f:
+        return {name: f[name][()] for name in RESULT_DATASETS}
+
+
+def _session_members(sid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL mpirun and every rank at once. Open MPI puts each rank in a process group
+    of its own, but they all stay in mpirun's session."""
+    for pid in _session_members(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = [pid for pid in _session_members(sid) if _state(pid) not in ("Z", None)]
+        if not alive:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"processes of the killed job still alive: {alive}")
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def kill_when(cfg, marker: str, ranks: int, pause: str, count: int = 1, env=None) -> str:
+    """Start ``mpirun -n RANKS mlmotex-hpc run CFG``, SIGKILL every process of the job
+    once ``marker`` has appeared ``count`` times in its output; return that output."""
+    command = [MPIRUN, "--bind-to", "none", "-n", str(ranks), str(CLI), "run", str(cfg)]
+    environment = mpi_env(MLMOTEX_TEST_PAUSE=pause, MLMOTEX_PROGRESS_INTERVAL="0",
+                          **(env or {}))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=environment, start_new_session=True)
+    seen, lines = 0, []
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            seen += marker in line
+            if seen >= count or time.monotonic() > deadline:
+                break
+    finally:
+        kill_session(proc.pid)
+        proc.wait(timeout=30)
+    output = "".join(lines)
+    assert seen >= count, f"never saw {marker!r}:\n{output}"
+    return output
+
+
+def errors(proc) -> list[str]:
+    """Our error lines (mpirun adds its own banner when a rank exits non-zero)."""
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc:")]
+
+
+def assert_same(h5, reference, names=RESULT_DATASETS):
+    with h5py.File(h5) as f:
+        assert f.attrs["complete"]
+        for name in names:
+            np.testing.assert_array_equal(f[name][()], reference[name], err_msg=name)
+
+
+@pytest.mark.parametrize("hdf5", ["parallel", "serial"])
+def test_kill_during_fitting_then_resume(tmp_path, uninterrupted, hdf5):
+    cfg, h5 = _config(tmp_path)
+    env = {"MLMOTEX_SERIAL_HDF5": "1"} if hdf5 == "serial" else {}
+    kill_when(cfg, "fit:", ranks=2, pause="fit:0.1", count=4, env=env)
+    with h5py.File(h5) as f:  # the file survived the kill and is part-way through
+        done = f["fits/batch_done"][()]
+        assert 0 < done.sum() < done.size
+        assert "complete" not in f.attrs
+        finished = np.repeat(done.astype(bool), 8)[: f["fits/rw"].shape[1]]
+        # every batch marked done holds its results
+        assert np.all(f["fits/status"][0, finished] >= 0)
+    proc = run_cli("run", str(cfg), "--resume", ranks=2, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming" in proc.stdout
+    assert_same(h5, uninterrupted)
+
+
+def test_kill_during_learning_then_resume_without_flag(tmp_path, uninterrupted):
+    cfg, h5 = _config(tmp_path)
+    kill_when(cfg, "step 3", ranks=2, pause="learn:30")
+    with h5py.File(h5) as f:
+        assert f["fits/batch_done"][()].all() and "complete" not in f.attrs
+    # an unfinished run of the same config resumes without being asked to
+    proc = run_cli("run", str(cfg), ranks=3)
+    assert proc.returncode == 0, proc.stderr
+    assert "30 of 30 batches done" in proc.stdout
+    assert_same(h5, uninterrupted)
+
+
+def test_kill_right_after_start_then_resume(tmp_path, uninterrupted):
+    cfg, h5 = _config(tmp_path)
+    kill_when(cfg, "step 2", ranks=2, pause="fit:0.2")
+    proc = run_cli("run", str(cfg), ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(h5, uninterrupted)
+
+
+def test_finished_run_is_left_alone_and_overwrite_redoes_it(tmp_path, uninterrupted):
+    cfg, h5 = _config(tmp_path)
+    assert run_cli("run", str(cfg), "--quiet", ranks=2).returncode == 0
+    stamp = h5.stat().st_mtime_ns
+    proc = run_cli("run", str(cfg), ranks=2)
+    assert proc.returncode == 0 and "nothing to do" in proc.stdout
+    assert h5.stat().st_mtime_ns == stamp
+    proc = run_cli("run", str(cfg), "--overwrite", "--quiet", ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert_same(h5, uninterrupted)
+
+
+def test_a_different_config_is_refused(tmp_path):
+    cfg, h5 = _config(tmp_path)
+    kill_when(cfg, "fit:", ranks=2, pause="fit:0.1", count=2)
+    before = h5.read_bytes()
+    other, _ = _config(tmp_path, name="other.yaml", fit={"rmin": 1.8, "rmax": 10.0})
+    for extra in ((), ("--resume",)):
+        proc = run_cli("run", str(other), *extra, ranks=2)
+        assert proc.returncode == 2
+        lines = errors(proc)
+        assert len(lines) == 1 and "holds a run of a different config" in lines[0], proc.stderr
+    assert h5.read_bytes() == before  # nothing lost
+    # comments and key order are not a different config
+    text = cfg.read_text()
+    cfg.write_text("# a comment\n" + text)
+    assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
+
+
+def test_resume_without_a_run_is_an_error(tmp_path):
+    cfg, _ = _config(tmp_path)
+    proc = run_cli("run", str(cfg), "--resume", ranks=2)
+    assert proc.returncode == 2
+    assert errors(proc) == [
+        f"mlmotex-hpc: error: --resume: there is no {tmp_path / 'out' / 'motex.h5'} to resume"
+    ]
+    assert "Traceback" not in proc.stderr
