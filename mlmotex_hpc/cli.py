@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress messages")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="finish the run in the output folder (an error if there is none); "
-                            "an unfinished run of the same config is resumed even without it")
+                       help="finish the run in the output folder, or start one if there is none "
+                            "(an unfinished run of the same config is resumed even without it)")
     again.add_argument("--overwrite", action="store_true",
                        help="discard an existing motex.h5 in the output folder and start again")
     run.set_defaults(func=cmd_run)

@@ -179,11 +179,10 @@ def test_a_different_config_is_refused(tmp_path):
     assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
 
 
-def test_resume_without_a_run_is_an_error(tmp_path):
-    cfg, _ = _config(tmp_path)
+def test_resume_without_a_run_starts_one(tmp_path, uninterrupted):
+    """Requeue-safe job scripts always pass --resume, their first start included."""
+    cfg, h5 = _config(tmp_path)
     proc = run_cli("run", str(cfg), "--resume", ranks=2)
-    assert proc.returncode == 2
-    assert errors(proc) == [
-        f"mlmotex-hpc: error: --resume: there is no {tmp_path / 'out' / 'motex.h5'} to resume"
-    ]
-    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "no " in proc.stdout and "starting a new run" in proc.stdout
+    assert_same(h5, uninterrupted)

@@ -162,8 +162,8 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> P
     if overwrite:
         return None
     if not path.exists():
-        if resume:
-            raise InputError(f"--resume: there is no {path} to resume")
+        if resume:  # a requeued job's first start: nothing to resume yet
+            print(f"mlmotex-hpc: --resume: no {path} yet, starting a new run", flush=True)
         return None
     try:
         with h5py.File(path, "r") as h5:
@@ -402,8 +402,9 @@ def run(
     quiet : bool
         Suppress progress messages.
     resume : bool
-        Require an existing ``motex.h5`` of this config and finish it. Without it such a
-        file is resumed all the same; with ``overwrite`` it is replaced.
+        Say so when there is nothing to resume. An unfinished ``motex.h5`` of this config
+        is resumed with or without it (so requeued jobs can always pass it); one of
+        another config is refused either way.
     overwrite : bool
         Start afresh even when ``motex.h5`` exists.
 
