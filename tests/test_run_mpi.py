@@ -8,7 +8,7 @@ import pytest
 
 from mlmotex_hpc.io.structure import read_xyz
 
-from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
+from .conftest import EXAMPLES, KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
 
 pytestmark = pytest.mark.mpi
 
@@ -86,17 +86,33 @@ def test_csv_and_motif_files(keggin_run):
 
 
 def test_results_do_not_depend_on_rank_count(tmp_path, write_config):
+    """Same catalogue and bit-identical fits on 1, 2 and 5 (oversubscribed) ranks."""
     config = write_config(keggin_config(tmp_path, catalogue={"size": 150, "batch_size": 7}))
+    names = ("catalogue/mask", "fits/rw", "fits/scale", "fits/zoom", "fits/status")
     results = {}
-    for ranks in (1, 3):
+    for ranks in (1, 2, 5):
         out = tmp_path / f"out{ranks}"
         proc = run_cli("run", str(config), "--until", "fit", "--out", str(out), ranks=ranks)
         assert proc.returncode == 0, proc.stderr
         with h5py.File(out / "motex.h5") as h5:
-            results[ranks] = (h5["catalogue/mask"][:], h5["fits/rw"][:], h5["fits/zoom"][:])
-    np.testing.assert_array_equal(results[1][0], results[3][0])
-    np.testing.assert_allclose(results[1][1], results[3][1], rtol=0, atol=1e-12)
-    np.testing.assert_allclose(results[1][2], results[3][2], rtol=0, atol=1e-12)
+            results[ranks] = {name: h5[name][:] for name in names}
+    for ranks in (2, 5):
+        for name in names:
+            np.testing.assert_array_equal(results[1][name], results[ranks][name], err_msg=name)
+
+
+def test_a_run_that_would_not_fit_in_memory_is_refused(tmp_path, write_config):
+    """10^9 motifs of the C60 supercell: the estimate refuses before any work."""
+    raw = keggin_config(tmp_path, catalogue={"size": 10**9, "seed": 0})
+    raw.update(structure=str(EXAMPLES / "c60" / "C60_111_supercell.xyz"),
+               data=str(EXAMPLES / "c60" / "C60_simulated.gr"), permute=["C"],
+               pdf={"calculator": "debye", "qmin": 0.5, "qmax": 24.0, "uiso": {"C": 0.005}})
+    proc = run_cli("run", str(write_config(raw)), ranks=2, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc:")]
+    assert len(lines) == 1 and "this run needs about" in lines[0], proc.stderr
+    assert "GiB are available" in lines[0]
+    assert not (tmp_path / "out" / "motex.h5").exists()
 
 
 def test_serial_hdf5_fallback_gives_the_same_file(tmp_path, write_config):

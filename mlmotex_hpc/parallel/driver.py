@@ -72,8 +72,15 @@ class Inputs:
     n_permutable: int
 
     @property
-    def masks(self) -> np.ndarray:
-        return np.unpackbits(self.packed_masks, axis=1, count=self.n_permutable).astype(bool)
+    def n_motifs(self) -> int:
+        return int(self.packed_masks.shape[0])
+
+    def masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Motif masks ``start:stop`` (bool, N columns). Ranks keep the catalogue packed,
+        8 motif atoms a byte, and unpack one batch at a time."""
+        return np.unpackbits(
+            self.packed_masks[start:stop], axis=1, count=self.n_permutable
+        ).astype(bool)
 
 
 def fit_settings(config: Config, structure: Structure) -> FitSettings:
@@ -107,7 +114,54 @@ def prepare_output_dir(out_dir: Path) -> None:
         ) from None
 
 
-def load_inputs(config: Config, out_dir: Path) -> Inputs:
+#: Python, numpy, numba, SciPy, h5py and mpi4py loaded, before any data (bytes).
+RUNTIME_BYTES = 300 * 2**20
+
+
+def node_memory() -> int:
+    """Memory available on this node (bytes): MemAvailable, else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_estimate(n_motifs: int, n_perm: int, n_atoms: int, n_frames: int,
+                    n_points: int) -> dict[str, int]:
+    """Peak bytes of one fitting rank and of rank 0 while it learns.
+
+    Every rank: the runtime, the bit-packed catalogue, the data and the parent's pair
+    tables. Rank 0 also builds the catalogue unpacked and, while learning one frame at a
+    time, holds the features (float32), XGBoost's copies of them, all fits and one
+    frame's SHAP values (float64 from XGBoost, float32 for the file).
+    """
+    packed = n_motifs * math.ceil(n_perm / 8)
+    fit_rank = (RUNTIME_BYTES + packed + 3 * 8 * n_frames * n_points
+                + 12 * n_atoms**2 + 8 * 1024 * n_points)
+    learn = (n_motifs * n_perm * (1 + 4 * 3) + 8 * 3 * n_frames * n_motifs
+             + n_motifs * (n_perm + 1) * (8 + 4))
+    return {"fit_rank": fit_rank, "rank0": fit_rank + learn}
+
+
+def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> None:
+    """Refuse a run whose ranks on one node would need more memory than it has."""
+    need = estimate["rank0"] + (local_ranks - 1) * estimate["fit_rank"]
+    if need > available:
+        gib = 2**30
+        raise InputError(
+            f"this run needs about {need / gib:.1f} GiB on the node of rank 0 "
+            f"({local_ranks} rank(s): {estimate['fit_rank'] / gib:.2f} GiB each while "
+            f"fitting, rank 0 {estimate['rank0'] / gib:.1f} GiB while learning) but "
+            f"{available / gib:.1f} GiB are available: use fewer motifs (catalogue.size), "
+            "fewer ranks on that node, or a node with more memory"
+        )
+
+
+def load_inputs(config: Config, out_dir: Path, local_ranks: int = 1) -> Inputs:
     """Read and check every input (rank 0 only): errors are :class:`InputError`."""
     structure = read_xyz(config.structure)
     missing = [el for el in config.permute if el not in structure.elements]
@@ -133,6 +187,12 @@ def load_inputs(config: Config, out_dir: Path) -> Inputs:
         weights = data.weights(sl) if config.fit.weights == "dG" else None
         frames.append(Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights))
     space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    if config.catalogue.masks_file is None:
+        check_memory(
+            memory_estimate(config.catalogue.size, space.size, len(structure.elements),
+                            len(frames), max(len(f.r) for f in frames)),
+            local_ranks, node_memory(),
+        )
     masks = build_catalogue(
         space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
     )
@@ -297,8 +357,7 @@ def run_fits(
     fsettings = fit_settings(config, inputs.structure)
     groups = make_fit_groups(inputs, pdf_settings(config), fsettings)
     extra = refined_extra(config, inputs.structure)
-    masks = inputs.masks
-    n_motifs, batch_size = len(masks), config.catalogue.batch_size
+    n_motifs, batch_size = inputs.n_motifs, config.catalogue.batch_size
     direct = store.parallel or comm.size == 1
     interval = _progress_interval()
     sends = []
@@ -330,7 +389,7 @@ def run_fits(
             start = batch * batch_size
             stop = min(n_motifs, start + batch_size)
             results = fit_batch(
-                masks[start:stop], inputs.space, groups, inputs.frames, fsettings,
+                inputs.masks(start, stop), inputs.space, groups, inputs.frames, fsettings,
                 config.uiso, extra,
             )
             pause_for_tests("fit")
@@ -424,16 +483,20 @@ def run(
 
     path = out_dir / "motex.h5"
 
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_ranks = comm.bcast(node.size)  # ranks sharing rank 0's node and its memory
+    node.Free()
+
     def check_inputs():
-        inputs = load_inputs(config, out_dir)
+        inputs = load_inputs(config, out_dir, local_ranks)
         return inputs, previous_run(path, config, resume, overwrite)
 
     inputs, previous = root_then_bcast(check_inputs, comm)
     timings["catalogue"] = time.perf_counter() - t0
-    masks = inputs.masks
+    n_motifs = inputs.n_motifs
     n_frames = len(inputs.frames)
-    n_batches = math.ceil(len(masks) / config.catalogue.batch_size)
-    log(f"mlmotex-hpc: {len(masks)} motifs over N = {inputs.space.size} permutable atoms, "
+    n_batches = math.ceil(n_motifs / config.catalogue.batch_size)
+    log(f"mlmotex-hpc: {n_motifs} motifs over N = {inputs.space.size} permutable atoms, "
         f"{n_frames} frame(s), {comm.size} rank(s)")
     if previous is not None and previous.complete:
         log(f"{path} is complete for this config: nothing to do (--overwrite runs it again)")
@@ -444,7 +507,7 @@ def run(
         if previous is None:
             store = ResultsStore.create(
                 path, comm, config_text=config.source,
-                config_dir=str(config.base), n_frames=n_frames, n_motifs=len(masks),
+                config_dir=str(config.base), n_frames=n_frames, n_motifs=n_motifs,
                 n_permutable=inputs.space.size, n_batches=n_batches,
                 batch_size=config.catalogue.batch_size,
                 refined_extra=refined_extra(config, inputs.structure),
@@ -452,7 +515,8 @@ def run(
             store.collective_write_inputs(
                 elements=inputs.structure.elements, xyz=inputs.structure.xyz,
                 permutable=inputs.space.permutable, frame_names=[f.name for f in inputs.frames],
-                frames=[(f.r, f.g) for f in inputs.frames], masks=masks,
+                frames=[(f.r, f.g) for f in inputs.frames],
+                masks=inputs.masks() if comm.rank == 0 else None,
             )
             store.collective_publish()
             pending = np.arange(n_batches)
@@ -461,7 +525,7 @@ def run(
             pending = np.flatnonzero(~previous.batch_done)
             log(f"resuming {path}: {n_batches - pending.size} of {n_batches} batches done")
         if pending.size:
-            log(f"step 2: fitting {len(masks) * n_frames} motif PDFs ({config.pdf.calculator})")
+            log(f"step 2: fitting {n_motifs * n_frames} motif PDFs ({config.pdf.calculator})")
         t_fit = time.perf_counter()
         n_fits = run_fits(inputs, config, store, comm, log, pending)
         timings["fit"] = time.perf_counter() - t_fit
