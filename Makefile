@@ -35,10 +35,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
-# Fit throughput with its answers checked (see benchmarks/bench_fit.py); PATH so that
+# Fit throughput with its answers checked (benchmarks/bench_fit.py) and the scheduler's
+# capacity (benchmarks/bench_scheduler.py); PATH so that
 # the benchmark's mpirun jobs find this venv's mlmotex-hpc.
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/bench_fit.py
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/bench_scheduler.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mlmotex_hpc tests benchmarks

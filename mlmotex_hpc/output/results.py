@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..errors import InputError
 from ..io.structure import Structure, write_xyz
 from ..learn.explain import atom_contributions, contribution_sums, shap_values
 from ..learn.model import LearnSettings, features, train_rw_model
@@ -24,6 +25,10 @@ from ..parallel.comm import get_comm, inject_fault, pause_for_tests
 
 METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
 ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
+
+
+#: Fewest fitted motifs the learning stage accepts.
+MIN_FITS = 10
 
 
 def learn_settings(config, n_jobs: int | None = None) -> LearnSettings:
@@ -76,6 +81,12 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
         ok = np.isfinite(y)
         t = time.perf_counter()
         label = f" (frame {f})" if n_frames > 1 else ""
+        if ok.sum() < MIN_FITS:
+            raise InputError(
+                f"only {int(ok.sum())} of {n_motifs} motifs have a finite Rw{label}: at least "
+                f"{MIN_FITS} are needed to learn from (check fit.rmin/fit.rmax against the "
+                "motifs' pair distances, and /fits/status in motex.h5)"
+            )
         log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
         pause_for_tests("learn")
         model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"))

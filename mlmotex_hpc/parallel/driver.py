@@ -428,10 +428,20 @@ def finish_on_copy(path: Path, finish: Callable):
     (resume) only learns again.
     """
     tmp = finishing_path(path)
-    shutil.copyfile(path, tmp)
-    with open_results(tmp, "r+") as h5:
-        summary = finish(h5)
-        h5.attrs["complete"] = True
+    try:
+        shutil.copyfile(path, tmp)
+        with open_results(tmp, "r+") as h5:
+            summary = finish(h5)
+            h5.attrs["complete"] = True
+    except OSError as exc:  # a full disk, a quota
+        tmp.unlink(missing_ok=True)
+        raise InputError(
+            f"writing the learning results next to {path} failed ({exc.strerror or exc}); "
+            "the fits in it are intact: free some space and run again to learn"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return summary
 
@@ -532,15 +542,21 @@ def run(
         timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
         store.close()
 
-        summary = None
+        summary, error = None, None
         if comm.rank == 0:
             log(f"  {n_fits} fits in {timings['fit']:.1f} s "
                 f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
-            summary = finish_on_copy(
-                path, lambda h5: finish_outputs(
-                    h5, inputs, config, out_dir, until=until, timings=timings,
-                    n_ranks=comm.size, t_start=t0, log=log,
-                ),
-            )
+            try:
+                summary = finish_on_copy(
+                    path, lambda h5: finish_outputs(
+                        h5, inputs, config, out_dir, until=until, timings=timings,
+                        n_ranks=comm.size, t_start=t0, log=log,
+                    ),
+                )
+            except InputError as exc:  # e.g. too few finite fits: every rank exits 2
+                error = str(exc)
         wait_idle(comm)
+        error = comm.bcast(error)
+        if error is not None:
+            raise InputError(error)
     return summary
