@@ -47,14 +47,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of ranks")
+    return value
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .parallel.comm import get_comm, root_then_bcast
     from .parallel.driver import run
 
+    out = Path(args.out).resolve() if args.out else None
+    if args.dry_run:
+        if launcher_rank() != 0:
+            return 0
+        from .dryrun import dry_run
+
+        print(dry_run(load_config(args.config), args.ranks, out), flush=True)
+        return 0
     comm = get_comm()
     config = root_then_bcast(lambda: load_config(args.config), comm)
-    out = Path(args.out).resolve() if args.out else None
     run(config, comm, out_dir=out, until=args.until, quiet=args.quiet, resume=args.resume,
         overwrite=args.overwrite)
     return 0
@@ -75,7 +89,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import software_stack
 
-    for name, value in software_stack():
+    for name, value in software_stack(short=args.short):
         if launcher_rank() == 0:
             print(f"{name:22s} {value}")
     return 0
@@ -95,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", choices=("fit", "learn", "explain"), default="explain",
                      help="last stage to run (default: explain)")
     run.add_argument("--quiet", action="store_true", help="no progress messages")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check the inputs, measure fits per core-second on a sample and "
+                          "print the catalogue size, memory and walltime; fit nothing")
+    run.add_argument("--ranks", type=_positive_int, default=1, metavar="N",
+                     help="ranks to estimate the walltime of --dry-run for (default 1)")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                        help="finish the run in the output folder, or start one if there is none "

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import platform
 
 PACKAGES = ("mlmotex-hpc", "numpy", "numba", "mpi4py", "h5py", "diffpy.srfit", "periodictable",
             "xgboost", "shap", "scikit-optimize", "scikit-learn", "scipy", "pyyaml", "matplotlib")
 
 
-def software_stack() -> list[tuple[str, str]]:
-    """(name, description) pairs: Python, MPI, HDF5 and every dependency's version."""
+#: What ``info --short`` keeps: enough for a job log.
+SHORT = ("python", "MPI library", "HDF5", "mlmotex-hpc", "numpy", "numba", "mpi4py", "h5py")
+
+
+def software_stack(short: bool = False) -> list[tuple[str, str]]:
+    """(name, description) pairs: Python, MPI, HDF5, numba and every dependency's version.
+
+    ``short`` keeps the rows of :data:`SHORT`.
+    """
     rows = [("python", f"{platform.python_version()} ({platform.machine()})")]
     try:
         from mpi4py import MPI
@@ -29,7 +37,13 @@ def software_stack() -> list[tuple[str, str]]:
     try:
         import numba
 
-        rows.append(("numba threading", str(numba.config.THREADING_LAYER)))
+        rows.append(("numba threading", f"{numba.config.THREADING_LAYER} layer, "
+                     f"{numba.config.NUMBA_NUM_THREADS} threads"))
+        rows.append(("numba cache", str(numba.config.CACHE_DIR or "beside the sources")))
+        from llvmlite import binding
+
+        cpu = numba.config.CPU_NAME or binding.get_host_cpu_name()
+        rows.append(("CPU", f"{cpu}, {os.cpu_count()} cores"))
     except Exception as exc:  # noqa: BLE001
         rows.append(("numba threading", f"unavailable ({exc})"))
     for name in PACKAGES:
@@ -37,4 +51,6 @@ def software_stack() -> list[tuple[str, str]]:
             rows.append((name, md.version(name)))
         except md.PackageNotFoundError:
             rows.append((name, "not installed"))
+    if short:
+        rows = [row for row in rows if row[0] in SHORT]
     return rows

@@ -161,8 +161,11 @@ def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> 
         )
 
 
-def load_inputs(config: Config, out_dir: Path, local_ranks: int = 1) -> Inputs:
-    """Read and check every input (rank 0 only): errors are :class:`InputError`."""
+def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> Inputs:
+    """Read and check every input (rank 0 only): errors are :class:`InputError`.
+
+    ``out_dir`` None skips creating (and checking) the output folder, for a dry run.
+    """
     structure = read_xyz(config.structure)
     missing = [el for el in config.permute if el not in structure.elements]
     if missing:
@@ -201,7 +204,8 @@ def load_inputs(config: Config, out_dir: Path, local_ranks: int = 1) -> Inputs:
             f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "
             "atoms): at least 10 are needed to learn from"
         )
-    prepare_output_dir(out_dir)
+    if out_dir is not None:
+        prepare_output_dir(out_dir)
     return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
 
 
