@@ -186,3 +186,34 @@ def test_resume_without_a_run_starts_one(tmp_path, uninterrupted):
     assert proc.returncode == 0, proc.stderr
     assert "no " in proc.stdout and "starting a new run" in proc.stdout
     assert_same(h5, uninterrupted)
+
+
+def test_one_killed_rank_ends_the_whole_job(tmp_path):
+    """A rank that dies (the OOM killer, a node failure) takes the job down, no hang."""
+    cfg, h5 = _config(tmp_path)
+    command = [MPIRUN, "--bind-to", "none", "-n", "3", str(CLI), "run", str(cfg)]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=mpi_env(MLMOTEX_TEST_PAUSE="fit:0.1", MLMOTEX_PROGRESS_INTERVAL="0"),
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "fit:" in line:
+                break
+        ranks = [pid for pid in _session_members(proc.pid) if pid != proc.pid
+                 and "mlmotex-hpc" in open(f"/proc/{pid}/cmdline").read()]
+        assert len(ranks) == 3
+        killed_at = time.monotonic()
+        os.kill(max(ranks), signal.SIGKILL)  # one rank, not rank 0's process necessarily
+        code = proc.wait(timeout=30)
+        elapsed = time.monotonic() - killed_at
+    finally:
+        kill_session(proc.pid)
+    assert code != 0
+    assert elapsed < 10
+    # what was fitted before the kill is kept, and the run resumes
+    resumed = run_cli("run", str(cfg), "--resume", "--quiet", ranks=2)
+    assert resumed.returncode == 0, resumed.stderr
+    with h5py.File(h5) as f:
+        assert f["fits/batch_done"][()].all() and f.attrs["complete"]

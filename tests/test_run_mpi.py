@@ -1,6 +1,9 @@
 """The whole program under ``mpirun`` as a subprocess, asserting on the HDF5 content."""
 
 import csv
+import os
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -150,3 +153,23 @@ def test_single_rank_without_mpirun(tmp_path, write_config):
         assert h5["fits/rw"].shape == (1, 60)
         assert "test_mae" in h5["ml"].attrs
         assert "atoms" not in h5
+
+
+def test_results_that_would_not_fit_on_disk_are_refused(tmp_path, write_config):
+    """151 frames × 3·10^5 motifs of the 456-atom parent: ~38 GiB of results (SHAP values
+    for every frame) and twice that while learning, on a small file system (/dev/shm)."""
+    out = Path("/dev/shm") / f"mlmotex-test-{os.getpid()}"
+    raw = keggin_config(tmp_path, catalogue={"size": 3 * 10**5, "seed": 0})
+    raw.update(structure=str(EXAMPLES / "fe2o3_insitu" / "35643-ICSD_222unitcell.xyz"),
+               data=str(EXAMPLES / "fe2o3_insitu" / "frames" / "*.gr"), permute=["Fe"],
+               pdf={"calculator": "debye", "qmin": 1.0, "qmax": 17.0, "uiso": {"Fe": 0.005}},
+               output={"dir": str(out)})
+    try:
+        proc = run_cli("run", str(write_config(raw)), ranks=2, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc:")]
+        assert len(lines) == 1 and "the results need about" in lines[0], proc.stderr
+        assert "GiB are free there" in lines[0]
+        assert not (out / "motex.h5").exists()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

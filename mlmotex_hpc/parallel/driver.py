@@ -161,6 +161,28 @@ def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> 
         )
 
 
+def file_estimate(n_motifs: int, n_perm: int, n_frames: int, n_points: int) -> int:
+    """Bytes of a finished ``motex.h5`` (catalogue, fits, data, SHAP values, atoms)."""
+    return (n_motifs * (n_perm + 4) + n_frames * n_motifs * (3 * 8 + 1 + 4 * (n_perm + 2))
+            + 16 * n_frames * n_points + 6 * 8 * n_frames * n_perm + 2**20)
+
+
+def check_disk(out_dir: Path, n_bytes: int) -> None:
+    """Refuse a run whose results would not fit on the output folder's file system.
+
+    Learning works on a copy of the fit results, so about twice the file is needed.
+    """
+    free = shutil.disk_usage(out_dir).free
+    need = 2 * n_bytes
+    if need > free:
+        gib = 2**30
+        raise InputError(
+            f"config key 'output.dir' = {out_dir}: the results need about {need / gib:.1f} GiB "
+            f"(motex.h5 of about {n_bytes / gib:.1f} GiB and its copy while learning) but "
+            f"{free / gib:.1f} GiB are free there"
+        )
+
+
 def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> Inputs:
     """Read and check every input (rank 0 only): errors are :class:`InputError`.
 
@@ -190,12 +212,17 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
         weights = data.weights(sl) if config.fit.weights == "dG" else None
         frames.append(Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights))
     space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    n_points = max(len(f.r) for f in frames)
     if config.catalogue.masks_file is None:
         check_memory(
             memory_estimate(config.catalogue.size, space.size, len(structure.elements),
-                            len(frames), max(len(f.r) for f in frames)),
+                            len(frames), n_points),
             local_ranks, node_memory(),
         )
+    if out_dir is not None:
+        prepare_output_dir(out_dir)
+        check_disk(out_dir, file_estimate(config.catalogue.size, space.size, len(frames),
+                                          n_points))
     masks = build_catalogue(
         space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
     )
@@ -204,8 +231,6 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
             f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "
             "atoms): at least 10 are needed to learn from"
         )
-    if out_dir is not None:
-        prepare_output_dir(out_dir)
     return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
 
 
@@ -519,19 +544,30 @@ def run(
 
     with abort_on_error(comm):
         if previous is None:
-            store = ResultsStore.create(
-                path, comm, config_text=config.source,
-                config_dir=str(config.base), n_frames=n_frames, n_motifs=n_motifs,
-                n_permutable=inputs.space.size, n_batches=n_batches,
-                batch_size=config.catalogue.batch_size,
-                refined_extra=refined_extra(config, inputs.structure),
-            )
-            store.collective_write_inputs(
-                elements=inputs.structure.elements, xyz=inputs.structure.xyz,
-                permutable=inputs.space.permutable, frame_names=[f.name for f in inputs.frames],
-                frames=[(f.r, f.g) for f in inputs.frames],
-                masks=inputs.masks() if comm.rank == 0 else None,
-            )
+            store, error = None, None
+            try:
+                store = ResultsStore.create(
+                    path, comm, config_text=config.source,
+                    config_dir=str(config.base), n_frames=n_frames, n_motifs=n_motifs,
+                    n_permutable=inputs.space.size, n_batches=n_batches,
+                    batch_size=config.catalogue.batch_size,
+                    refined_extra=refined_extra(config, inputs.structure),
+                )
+                store.collective_write_inputs(
+                    elements=inputs.structure.elements, xyz=inputs.structure.xyz,
+                    permutable=inputs.space.permutable,
+                    frame_names=[f.name for f in inputs.frames],
+                    frames=[(f.r, f.g) for f in inputs.frames],
+                    masks=inputs.masks() if comm.rank == 0 else None,
+                )
+            except (OSError, RuntimeError, ValueError) as exc:  # HDF5: a full disk, a quota
+                error = (f"cannot create {path} ({exc.strerror or exc}); nothing was fitted: "
+                         "free some space (or raise the quota) and run again")
+            errors = [e for e in comm.allgather(error) if e]
+            if errors:
+                if store is not None:
+                    store.close_quietly()
+                raise InputError(errors[0])
             store.collective_publish()
             pending = np.arange(n_batches)
         else:

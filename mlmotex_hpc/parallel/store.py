@@ -259,6 +259,15 @@ class ResultsStore:
         for key, value in attrs.items():
             grp.attrs[key] = value
 
+    def close_quietly(self) -> None:
+        """Close after a failed write, and remove the unfinished file."""
+        try:
+            self.close()
+        except OSError:
+            self.file = None
+        if self.comm.rank == 0:
+            creating_path(self.path).unlink(missing_ok=True)
+
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
