@@ -76,6 +76,20 @@ def _state(pid: int) -> str | None:
         return None
 
 
+def wait_unlocked(path, timeout: float = 20.0) -> None:
+    """Wait until no process holds HDF5's lock on ``path`` (the kernel releases the
+    locks of killed processes as they are reaped, which can lag under load)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with h5py.File(path, "r"):
+                return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def kill_when(cfg, marker: str, ranks: int, pause: str, count: int = 1, env=None) -> str:
     """Start ``mpirun -n RANKS mlmotex-hpc run CFG``, SIGKILL every process of the job
     once ``marker`` has appeared ``count`` times in its output; return that output."""
@@ -95,6 +109,9 @@ def kill_when(cfg, marker: str, ranks: int, pause: str, count: int = 1, env=None
     finally:
         kill_session(proc.pid)
         proc.wait(timeout=30)
+    h5 = cfg.parent / "out" / "motex.h5"
+    if h5.exists():
+        wait_unlocked(h5)
     output = "".join(lines)
     assert seen >= count, f"never saw {marker!r}:\n{output}"
     return output
@@ -217,3 +234,12 @@ def test_one_killed_rank_ends_the_whole_job(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     with h5py.File(h5) as f:
         assert f["fits/batch_done"][()].all() and f.attrs["complete"]
+
+
+def test_an_output_in_use_by_another_job_is_refused(tmp_path):
+    cfg, h5 = _config(tmp_path)
+    kill_when(cfg, "fit:", ranks=2, pause="fit:0.1", count=2)
+    with h5py.File(h5, "r+"):  # another job writing it
+        proc = run_cli("run", str(cfg), ranks=2)
+    assert proc.returncode == 2
+    assert len(errors(proc)) == 1 and "is open in another process" in errors(proc)[0]

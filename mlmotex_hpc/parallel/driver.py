@@ -259,6 +259,11 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> P
             stored = h5.attrs.get("config_hash")
             done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
             complete = bool(h5.attrs.get("complete", False))
+    except BlockingIOError:
+        raise InputError(
+            f"{path} is open in another process: is another job writing to this "
+            "output.dir? (if not, HDF5_USE_FILE_LOCKING=FALSE lifts a stale lock)"
+        ) from None
     except OSError as exc:
         raise InputError(
             f"{path} exists but is not a readable HDF5 file ({exc}); use --overwrite to "
