@@ -86,6 +86,12 @@ def cmd_refine(args: argparse.Namespace) -> int:
     return refine.main(args)
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from . import relearn
+
+    return relearn.main(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import software_stack
 
@@ -133,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     refine_command.add_arguments(refine)
     refine.set_defaults(func=cmd_refine)
+
+    learn = sub.add_parser("learn", help="rerun steps 3-4 on the finished fits of a run")
+    from . import relearn
+
+    relearn.add_arguments(learn)
+    learn.set_defaults(func=cmd_learn)
 
     info = sub.add_parser("info", help="print the software stack")
     info.add_argument("--short", action="store_true", help="one line per key component")

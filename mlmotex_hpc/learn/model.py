@@ -549,6 +549,7 @@ def train_rw_model(
     y: np.ndarray,
     settings: LearnSettings,
     log: Callable[[str], None] = lambda s: None,
+    comm=None,
 ) -> TrainedModel:
     """Learn Rw from motif features: split, search, train, test.
 
@@ -561,6 +562,10 @@ def train_rw_model(
     settings : LearnSettings
     log : callable
         Progress lines and warnings (a test R² below 0.5 is reported as a warning).
+    comm : mpi4py communicator, optional
+        Every rank of it calls this with the same data. Each search round then holds
+        one candidate per rank, each rank cross-validates its own, and rank 0's choices
+        are broadcast, so every rank ends with the same model.
 
     Returns
     -------
@@ -601,12 +606,25 @@ def train_rw_model(
         log(f"search: {settings.search_iterations} evaluations × {k}-fold CV "
             f"on {n_train} training motifs")
 
+        size = 1 if comm is None else comm.size
+
         def evaluate(points: list[dict[str, Any]]) -> list[float]:
-            return [cv_rmse(X_train, y_train, folds, xgb_params(p, settings)) for p in points]
+            if size == 1:
+                return [cv_rmse(X_train, y_train, folds, xgb_params(p, settings))
+                        for p in points]
+            points = comm.bcast(points)  # rank 0's optimiser decides
+            mine = {i: cv_rmse(X_train, y_train, folds, xgb_params(points[i], settings))
+                    for i in range(comm.rank, len(points), size)}
+            scores: dict[int, float] = {}
+            for part in comm.allgather(mine):
+                scores.update(part)
+            return [scores[i] for i in range(len(points))]
 
         result = search_hyperparameters(evaluate, settings.search_iterations, settings.seed,
-                                        log=log)
+                                        points_per_round=size, log=log)
         point, history, cv_score = result.best, result.history, result.best_score
+        if size > 1:
+            point, history, cv_score = comm.bcast((point, history, cv_score))
     params = xgb_params(point, settings)
     check_params(params)
     booster, n_val = fit_final(X_train, y_train, params, settings.seed)

@@ -16,12 +16,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from mpi4py import MPI
 
 from ..errors import InputError
 from ..io.structure import Structure, write_xyz
-from ..learn.explain import atom_contributions, contribution_sums, shap_values
+from ..learn.explain import (
+    ContributionSums,
+    atom_contributions,
+    contribution_sums,
+    shap_values,
+)
 from ..learn.model import LearnSettings, features, train_rw_model
-from ..parallel.comm import get_comm, inject_fault, pause_for_tests
+from ..parallel.comm import bcast_array, get_comm, inject_fault, pause_for_tests
 
 METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
 ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
@@ -31,10 +37,16 @@ ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "remove
 MIN_FITS = 10
 
 
-def learn_settings(config, n_jobs: int | None = None) -> LearnSettings:
+def learn_settings(config, n_jobs: int | None = None, comm=None) -> LearnSettings:
+    """The config's learning settings; XGBoost gets the cores this rank owns (its
+    affinity, shared evenly among the ranks on its node)."""
     lc = config.learn
     if n_jobs is None:
         n_jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        if comm is not None and comm.size > 1:
+            node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+            n_jobs = max(1, n_jobs // node.size)
+            node.Free()
     return LearnSettings(
         test_fraction=lc.test_fraction, cv_folds=lc.cv_folds,
         search_iterations=lc.search_iterations, seed=lc.seed, params=lc.params, n_jobs=n_jobs,
@@ -52,13 +64,26 @@ def _replace(group: h5py.Group, name: str, data: np.ndarray, **kw) -> h5py.Datas
     return group.create_dataset(name, data=data, **kw)
 
 
-def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: Callable) -> dict:
-    """Steps 3-4 for every frame of an open ``motex.h5``; results are stored in the file.
+def _share(n: int, comm) -> tuple[int, int]:
+    """This rank's contiguous share ``lo:hi`` of n rows."""
+    lo = n * comm.rank // comm.size
+    return lo, n * (comm.rank + 1) // comm.size
 
-    Returns per-frame metrics and timings.
+
+def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
+                      log: Callable, comm=None) -> dict:
+    """Steps 3-4 for every frame; every rank of ``comm`` calls it, rank 0 with the file.
+
+    The catalogue and the fits are broadcast. The hyperparameter search spreads each
+    round's candidates over the ranks (see :func:`train_rw_model`); every rank then holds
+    the same model and computes TreeSHAP for its share of the motifs. The per-atom sums
+    behind ACV, σ and CF meet in one ``Allreduce``; rank 0 stores every rank's SHAP
+    values in ``/shap/values``. Returns per-frame metrics and timings.
     """
-    masks = h5["catalogue/mask"][:].astype(bool)
-    rw_all = h5["fits/rw"][:]
+    comm = get_comm(comm)
+    root = comm.rank == 0
+    masks = bcast_array(h5["catalogue/mask"][:] if root else None, comm).astype(bool)
+    rw_all = bcast_array(h5["fits/rw"][:] if root else None, comm)
     n_frames, n_motifs = rw_all.shape
     n_perm = masks.shape[1]
     X = features(masks)
@@ -67,7 +92,7 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
     atoms = {k: np.full((n_frames, n_perm), np.nan) for k in ATOM_FIELDS}
     shap_ds = base_ds = None
     t_learn = t_explain = 0.0
-    if until == "explain":
+    if until == "explain" and root:
         grp = h5.require_group("shap")
         for name in ("values", "base_value"):
             if name in grp:
@@ -76,12 +101,14 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
         shap_ds = grp.create_dataset("values", (n_frames, n_motifs, X.shape[1]), "f4",
                                      chunks=chunk)
         base_ds = grp.create_dataset("base_value", (n_frames, n_motifs), "f4")
+    lo, hi = _share(n_motifs, comm)
+    shares = comm.allgather((lo, hi))
     for f in range(n_frames):
         y = rw_all[f]
         ok = np.isfinite(y)
         t = time.perf_counter()
         label = f" (frame {f})" if n_frames > 1 else ""
-        if ok.sum() < MIN_FITS:
+        if ok.sum() < MIN_FITS:  # every rank sees the same fits: all raise
             raise InputError(
                 f"only {int(ok.sum())} of {n_motifs} motifs have a finite Rw{label}: at least "
                 f"{MIN_FITS} are needed to learn from (check fit.rmin/fit.rmax against the "
@@ -89,7 +116,7 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
             )
         log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
         pause_for_tests("learn")
-        model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"))
+        model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"), comm=comm)
         t_learn += time.perf_counter() - t
         for key in METRICS:
             metrics[key][f] = model.metrics.get(key, np.nan)
@@ -98,14 +125,34 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
         if until != "explain":
             continue
         t = time.perf_counter()
-        log(f"step 4: SHAP values for {n_motifs} motifs{label}")
-        phi = shap_values(model, X)
-        shap_ds[f] = phi[:, : X.shape[1]].astype(np.float32)
-        base_ds[f] = phi[:, -1].astype(np.float32)
-        contrib = atom_contributions(contribution_sums(masks[ok], phi[ok]))
+        log(f"step 4: SHAP values for {n_motifs} motifs{label} on {comm.size} rank(s)")
+        phi = shap_values(model, X[lo:hi])
+        mine = ok[lo:hi]
+        local = contribution_sums(masks[lo:hi][mine], phi[mine]).as_array()
+        total = np.empty_like(local)
+        comm.Allreduce(local, total)
+        contrib = atom_contributions(ContributionSums.from_array(total))
         for key in ATOM_FIELDS:
             atoms[key][f] = getattr(contrib, key)
+        values = np.ascontiguousarray(phi, dtype=np.float32)
+        if root:
+            shap_ds[f, lo:hi] = values[:, :-1]
+            base_ds[f, lo:hi] = values[:, -1]
+            for rank in range(1, comm.size):
+                r_lo, r_hi = shares[rank]
+                part = np.empty((r_hi - r_lo, X.shape[1] + 1), dtype=np.float32)
+                comm.Recv(part, source=rank, tag=f)
+                shap_ds[f, r_lo:r_hi] = part[:, :-1]
+                base_ds[f, r_lo:r_hi] = part[:, -1]
+        else:
+            comm.Send(values, dest=0, tag=f)
         t_explain += time.perf_counter() - t
+    if root:
+        _store_learning(h5, settings, until, metrics, params, histories, atoms, n_frames)
+    return {"metrics": metrics, "params": params, "learn": t_learn, "explain": t_explain}
+
+
+def _store_learning(h5, settings, until, metrics, params, histories, atoms, n_frames) -> None:
     ml = h5.require_group("ml")
     for key, values in metrics.items():
         ml.attrs[key] = values if n_frames > 1 else values[0]
@@ -125,7 +172,6 @@ def learn_and_explain(h5: h5py.File, settings: LearnSettings, until: str, log: C
             "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "
             "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma"
         )
-    return {"metrics": metrics, "params": params, "learn": t_learn, "explain": t_explain}
 
 
 def write_contributions_csv(
@@ -148,7 +194,7 @@ def write_contributions_csv(
 
 
 def finish_outputs(
-    h5: h5py.File,
+    h5: h5py.File | None,
     inputs,
     config,
     out_dir: Path,
@@ -158,19 +204,24 @@ def finish_outputs(
     n_ranks: int,
     t_start: float,
     log: Callable,
-) -> dict:
-    """Steps 3-4 and every output file; returns the summary (rank 0)."""
-    comm = get_comm()
-    files = [out_dir / "motex.h5"]
-    summary: dict = {"fits": int(np.isfinite(h5["fits/rw"][:]).sum()),
-                     "fits_per_second": timings["fits_per_second"]}
+    comm=None,
+) -> dict | None:
+    """Steps 3-4 (every rank of ``comm``) and every output file (rank 0, which alone has
+    the file open); returns the summary on rank 0, None elsewhere."""
+    comm = get_comm(comm)
+    summary: dict = {}
     if until != "fit":
         inject_fault("learn", comm)
-        result = learn_and_explain(h5, learn_settings(config), until, log)
+        result = learn_and_explain(h5, learn_settings(config, comm=comm), until, log, comm)
         timings["learn"] = result["learn"]
         timings["explain"] = result["explain"]
         summary["test_mae"] = float(np.atleast_1d(result["metrics"]["test_mae"])[0])
         summary["test_r2"] = float(np.atleast_1d(result["metrics"]["test_r2"])[0])
+    if comm.rank != 0:
+        return None
+    files = [out_dir / "motex.h5"]
+    summary.update(fits=int(np.isfinite(h5["fits/rw"][:]).sum()),
+                   fits_per_second=timings["fits_per_second"])
     if until == "explain":
         atoms = {k: h5[f"atoms/{k}"][:] for k in ATOM_FIELDS}
         permutable = h5["catalogue/permutable"][:]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
 from mpi4py import MPI
 
 from ..errors import InputError
@@ -108,3 +109,16 @@ def pause_for_tests(stage: str) -> None:
         where, _, seconds = spec.partition(":")
         if where == stage:
             time.sleep(float(seconds or 1))
+
+
+def bcast_array(array: np.ndarray | None, comm: MPI.Comm, root: int = 0) -> np.ndarray:
+    """Broadcast a NumPy array from ``root`` as a raw buffer (no pickling of the data)."""
+    if comm.size == 1:
+        return array
+    meta = comm.bcast(None if comm.rank != root else (array.shape, array.dtype.str), root)
+    if comm.rank == root:
+        array = np.ascontiguousarray(array)
+    else:
+        array = np.empty(meta[0], dtype=np.dtype(meta[1]))
+    comm.Bcast(array, root)
+    return array

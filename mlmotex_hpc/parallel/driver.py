@@ -453,30 +453,42 @@ def run_fits(
     return comm.allreduce(done_here) * len(inputs.frames)
 
 
-def finish_on_copy(path: Path, finish: Callable):
+def finish_on_copy(path: Path, finish: Callable, comm: MPI.Comm):
     """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
 
-    HDF5 cannot survive a kill while it adds groups and datasets; the fits it would put
-    at risk took the whole machine to compute. Working on a copy keeps them safe: a job
-    killed while learning leaves ``motex.h5`` as the fit stage left it, and a rerun
-    (resume) only learns again.
+    Every rank calls it; rank 0 makes the copy and passes it open to ``finish`` (the
+    other ranks get None). HDF5 cannot survive a kill while it adds groups and datasets,
+    and the fits it would put at risk took the whole machine to compute. Working on a copy
+    keeps them safe: a job killed while learning leaves ``motex.h5`` as the fit stage left
+    it, and a rerun (resume) only learns again.
     """
     tmp = finishing_path(path)
+    h5, error = None, None
+    if comm.rank == 0:
+        try:
+            shutil.copyfile(path, tmp)
+            h5 = open_results(tmp, "r+")
+        except OSError as exc:  # a full disk, a quota
+            tmp.unlink(missing_ok=True)
+            error = (f"writing the learning results next to {path} failed "
+                     f"({exc.strerror or exc}); the fits in it are intact: free some space "
+                     "and run again to learn")
+    error = comm.bcast(error)
+    if error is not None:
+        raise InputError(error)
+    done = False
     try:
-        shutil.copyfile(path, tmp)
-        with open_results(tmp, "r+") as h5:
-            summary = finish(h5)
+        summary = finish(h5)
+        if h5 is not None:
             h5.attrs["complete"] = True
-    except OSError as exc:  # a full disk, a quota
-        tmp.unlink(missing_ok=True)
-        raise InputError(
-            f"writing the learning results next to {path} failed ({exc.strerror or exc}); "
-            "the fits in it are intact: free some space and run again to learn"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+        done = True
+    finally:
+        if h5 is not None:
+            h5.close()
+            if done:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)
     return summary
 
 
@@ -587,21 +599,14 @@ def run(
         timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
         store.close()
 
-        summary, error = None, None
-        if comm.rank == 0:
-            log(f"  {n_fits} fits in {timings['fit']:.1f} s "
-                f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
-            try:
-                summary = finish_on_copy(
-                    path, lambda h5: finish_outputs(
-                        h5, inputs, config, out_dir, until=until, timings=timings,
-                        n_ranks=comm.size, t_start=t0, log=log,
-                    ),
-                )
-            except InputError as exc:  # e.g. too few finite fits: every rank exits 2
-                error = str(exc)
+        log(f"  {n_fits} fits in {timings['fit']:.1f} s "
+            f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
+        summary = finish_on_copy(
+            path, lambda h5: finish_outputs(
+                h5, inputs, config, out_dir, until=until, timings=timings,
+                n_ranks=comm.size, t_start=t0, log=log, comm=comm,
+            ),
+            comm,
+        )
         wait_idle(comm)
-        error = comm.bcast(error)
-        if error is not None:
-            raise InputError(error)
     return summary

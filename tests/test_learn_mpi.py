@@ -1,0 +1,94 @@
+"""Steps 3-4 across ranks: distributed SHAP and search, and ``mlmotex-hpc learn``."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from .conftest import keggin_config, run_cli
+
+pytestmark = pytest.mark.mpi
+
+ATOMS = ("atoms/contribution", "atoms/uncertainty", "atoms/confidence", "atoms/kept_mean",
+         "atoms/removed_mean")
+
+
+def _write(tmp_path, name, **overrides):
+    config = keggin_config(tmp_path, **overrides)
+    config["output"] = {"dir": str(tmp_path / name)}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / name / "motex.h5"
+
+
+def _read(h5, names):
+    with h5py.File(h5) as f:
+        return {name: f[name][()] for name in names}
+
+
+def test_two_ranks_explain_like_one(tmp_path):
+    """Fixed hyperparameters: SHAP split over 2 ranks, sums met in one Allreduce."""
+    results = {}
+    for ranks in (1, 2):
+        cfg, h5 = _write(tmp_path, f"out{ranks}")
+        proc = run_cli("run", str(cfg), "--quiet", ranks=ranks)
+        assert proc.returncode == 0, proc.stderr
+        results[ranks] = _read(h5, ATOMS + ("shap/values", "shap/base_value", "fits/rw"))
+    np.testing.assert_array_equal(results[1]["fits/rw"], results[2]["fits/rw"])
+    np.testing.assert_array_equal(results[1]["shap/values"], results[2]["shap/values"])
+    np.testing.assert_array_equal(results[1]["shap/base_value"], results[2]["shap/base_value"])
+    for name in ATOMS:
+        np.testing.assert_allclose(results[2][name], results[1][name], rtol=0, atol=1e-9,
+                                   err_msg=name)
+
+
+def test_search_spreads_each_round_over_the_ranks(tmp_path):
+    cfg, h5 = _write(tmp_path, "out", learn={"search_iterations": 6, "cv_folds": 2,
+                                             "params": {}})
+    proc = run_cli("run", str(cfg), "--until", "learn", ranks=3)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(h5) as f:
+        history = json.loads(f["ml"].attrs["history"])
+        params = json.loads(f["ml"].attrs["params"])
+    assert len(history) == 6
+    assert [h["round"] for h in history] == [0, 0, 0, 1, 1, 1]  # 3 candidates a round
+    best = min(history, key=lambda h: h["cv_rmse"])
+    assert params["max_depth"] == best["max_depth"]
+
+
+def test_learn_reruns_steps_3_and_4_without_refitting(tmp_path):
+    full_cfg, full_h5 = _write(tmp_path, "full")
+    assert run_cli("run", str(full_cfg), "--quiet", ranks=2).returncode == 0
+    cfg, h5 = _write(tmp_path, "fitonly")
+    assert run_cli("run", str(cfg), "--until", "fit", "--quiet", ranks=2).returncode == 0
+    fits = _read(h5, ("fits/rw",))
+    proc = run_cli("learn", str(h5), ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert "extracted motif" in proc.stdout
+    np.testing.assert_array_equal(_read(h5, ("fits/rw",))["fits/rw"], fits["fits/rw"])
+    mine, full = _read(h5, ATOMS), _read(full_h5, ATOMS)
+    for name in ATOMS:
+        np.testing.assert_allclose(mine[name], full[name], rtol=0, atol=1e-9, err_msg=name)
+    assert (tmp_path / "fitonly" / "atom_contributions.csv").exists()
+    # new settings, same fits; the run's config stays, so `run` still recognises the file
+    proc = run_cli("learn", str(h5), "--search-iterations", "3", "--cv-folds", "2",
+                   "--until", "learn", "--quiet", ranks=1)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(h5) as f:
+        assert json.loads(f["ml"].attrs["settings"])["search_iterations"] == 3
+    assert "nothing to do" in run_cli("run", str(cfg), ranks=1).stdout
+
+
+def test_learn_refuses_unfinished_fits(tmp_path):
+    cfg, h5 = _write(tmp_path, "out")
+    assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
+    with h5py.File(h5, "r+") as f:
+        f["fits/batch_done"][0] = 0
+    proc = run_cli("learn", str(h5), ranks=2)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc:")]
+    assert len(lines) == 1 and "fit batches are not finished" in lines[0], proc.stderr
