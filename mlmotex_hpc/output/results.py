@@ -64,10 +64,16 @@ def _replace(group: h5py.Group, name: str, data: np.ndarray, **kw) -> h5py.Datas
     return group.create_dataset(name, data=data, **kw)
 
 
+#: Motifs per block of the ACV sums: blocks are summed in order, whatever the ranks.
+SUM_BLOCK = 256
+
+
 def _share(n: int, comm) -> tuple[int, int]:
-    """This rank's contiguous share ``lo:hi`` of n rows."""
-    lo = n * comm.rank // comm.size
-    return lo, n * (comm.rank + 1) // comm.size
+    """This rank's contiguous share ``lo:hi`` of n rows, in whole :data:`SUM_BLOCK` s."""
+    blocks = -(-n // SUM_BLOCK)
+    b_lo = blocks * comm.rank // comm.size
+    b_hi = blocks * (comm.rank + 1) // comm.size
+    return min(n, b_lo * SUM_BLOCK), min(n, b_hi * SUM_BLOCK)
 
 
 def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
@@ -77,7 +83,9 @@ def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
     The catalogue and the fits are broadcast. The hyperparameter search spreads each
     round's candidates over the ranks (see :func:`train_rw_model`); every rank then holds
     the same model and computes TreeSHAP for its share of the motifs. The per-atom sums
-    behind ACV, σ and CF meet in one ``Allreduce``; rank 0 stores every rank's SHAP
+    behind ACV, σ and CF are summed per block of motifs and the blocks gathered (one
+    ``allgather``) and added in block order, so they are bit-identical for any number of
+    ranks; rank 0 stores every rank's SHAP
     values in ``/shap/values``. Returns per-frame metrics and timings.
     """
     comm = get_comm(comm)
@@ -127,10 +135,17 @@ def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
         t = time.perf_counter()
         log(f"step 4: SHAP values for {n_motifs} motifs{label} on {comm.size} rank(s)")
         phi = shap_values(model, X[lo:hi])
-        mine = ok[lo:hi]
-        local = contribution_sums(masks[lo:hi][mine], phi[mine]).as_array()
-        total = np.empty_like(local)
-        comm.Allreduce(local, total)
+        # Per-block sums, added in block order on every rank: the same bits for any
+        # number of ranks (an Allreduce would add them in an order that depends on it).
+        blocks = []
+        for b in range(lo, hi, SUM_BLOCK):
+            keep = ok[b:b + SUM_BLOCK]
+            rows = phi[b - lo:b - lo + SUM_BLOCK]
+            blocks.append(contribution_sums(masks[b:b + SUM_BLOCK][keep], rows[keep]).as_array())
+        total = np.zeros((6, n_perm))
+        for part in comm.allgather(blocks):
+            for block in part:
+                total += block
         contrib = atom_contributions(ContributionSums.from_array(total))
         for key in ATOM_FIELDS:
             atoms[key][f] = getattr(contrib, key)
