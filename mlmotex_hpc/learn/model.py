@@ -23,6 +23,7 @@ watches a validation split carved from the training part.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -627,7 +628,22 @@ def train_rw_model(
             point, history, cv_score = comm.bcast((point, history, cv_score))
     params = xgb_params(point, settings)
     check_params(params)
-    booster, n_val = fit_final(X_train, y_train, params, settings.seed)
+    if comm is None or comm.size == 1:
+        booster, n_val = fit_final(X_train, y_train, params, settings.seed)
+    else:
+        # Rank 0 trains the final model on every core it may use while the others sleep
+        # (hist gives the same trees for any thread count), then broadcasts it.
+        from ..parallel.comm import wait_idle
+
+        raw = n_val = None
+        if comm.rank == 0:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            booster, n_val = fit_final(X_train, y_train, dict(params, nthread=threads),
+                                       settings.seed)
+            raw = bytes(booster.save_raw("ubj"))
+        wait_idle(comm)
+        raw, n_val = comm.bcast((raw, n_val))
+        booster = load_booster(raw, settings.n_jobs)
     n_trees = booster.num_boosted_rounds()
     stop = f"early stopping on {n_val} validation motifs" if n_val else "no early stopping"
     log(f"final model: {n_trees} trees ({stop})")
