@@ -7,6 +7,10 @@ each bad one with a comment saying where it goes wrong.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -324,6 +328,28 @@ def test_unreadable_file(tmp_path):
         except PermissionError:
             raises_input_error(path, "cannot read", "Permission denied")
         else:
-            pytest.skip("running with privileges that ignore file permissions")
+            # root reads anything: check in a child without the capabilities that let it
+            # (setpriv is in util-linux, on every Debian system)
+            setpriv = shutil.which("setpriv")
+            assert setpriv, "running as root: setpriv (util-linux) is needed for this test"
+            script = (
+                "import sys\n"
+                "from mlmotex_hpc.errors import InputError\n"
+                "from mlmotex_hpc.io.pdfdata import read_pdf_data\n"
+                "try:\n"
+                "    read_pdf_data(sys.argv[1])\n"
+                "except InputError as exc:\n"
+                "    print(exc)\n"
+                "    sys.exit(2)\n"
+            )
+            proc = subprocess.run(
+                [setpriv, "--bounding-set=-dac_override,-dac_read_search", sys.executable,
+                 "-c", script, str(path)],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert proc.returncode == 2, proc.stderr
+            message = proc.stdout.strip()
+            assert "\n" not in message and path.name in message
+            assert "cannot read" in message and "Permission denied" in message, message
     finally:
         path.chmod(0o644)

@@ -27,7 +27,7 @@ from ..learn.explain import (
     shap_values,
 )
 from ..learn.model import LearnSettings, features, train_rw_model
-from ..parallel.comm import bcast_array, get_comm, inject_fault, pause_for_tests
+from ..parallel.comm import bcast_array, chunk, get_comm, inject_fault, pause_for_tests
 
 METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
 ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
@@ -70,10 +70,8 @@ SUM_BLOCK = 256
 
 def _share(n: int, comm) -> tuple[int, int]:
     """This rank's contiguous share ``lo:hi`` of n rows, in whole :data:`SUM_BLOCK` s."""
-    blocks = -(-n // SUM_BLOCK)
-    b_lo = blocks * comm.rank // comm.size
-    b_hi = blocks * (comm.rank + 1) // comm.size
-    return min(n, b_lo * SUM_BLOCK), min(n, b_hi * SUM_BLOCK)
+    first, count = chunk(-(-n // SUM_BLOCK), comm.rank, comm.size)
+    return min(n, first * SUM_BLOCK), min(n, (first + count) * SUM_BLOCK)
 
 
 def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
