@@ -17,10 +17,14 @@ Example
     fit: {rmin: 1.6, rmax: 10, refine: [scale, zoom], zoom_bounds: [0.99, 1.01]}
     learn: {test_fraction: 0.2, cv_folds: 5, search_iterations: 50, seed: 0}
     output: {dir: out}
+
+A time series names many data files (``data: frames/run_*.gr``, ordered naturally) and
+may give their times (``frames: {time: {file: times.csv, column: t}}``).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import glob
 import math
@@ -97,6 +101,12 @@ class FitConfig:
     weights: str = field(
         default="unit", metadata=_spec("choice", "fit weights", choices=("unit", "dG"))
     )
+    zoom_search: str = field(
+        default="auto",
+        metadata=_spec("choice", "zoom search: exact G at each frame's zoom, or anchor zooms "
+                       "shared by the frames (auto: shared from 4 frames)",
+                       choices=("auto", "exact", "shared")),
+    )
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,20 @@ class LearnConfig:
     seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0))
     params: tuple[tuple[str, Any], ...] = field(
         default=(), metadata=_spec("params", "fixed XGBoost parameters (skip the search)")
+    )
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """Time series: what each frame of ``data`` is and how frames are shared out."""
+
+    time: tuple[float, ...] | None = field(
+        default=None,
+        metadata=_spec("times", "time of each frame: a list, or {file: CSV, column: name}"),
+    )
+    time_unit: str = field(default="s", metadata=_spec("str", "unit of frames.time"))
+    block: int = field(
+        default=0, metadata=_spec("int", "frames per work unit (0: all frames)", minimum=0)
     )
 
 
@@ -139,6 +163,7 @@ class Config:
     pdf: PDFConfig = PDFConfig()
     fit: FitConfig = FitConfig()
     learn: LearnConfig = LearnConfig()
+    frames: FramesConfig = FramesConfig()
     output: OutputConfig = OutputConfig()
     source: str = field(default="", compare=False, metadata={"internal": True})
     #: The folder that relative paths of ``source`` resolve against (the config file's).
@@ -154,6 +179,7 @@ _SECTIONS = {
     "pdf": PDFConfig,
     "fit": FitConfig,
     "learn": LearnConfig,
+    "frames": FramesConfig,
     "output": OutputConfig,
 }
 
@@ -226,6 +252,12 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
         if not paths:
             raise _fail(key, value, "expected at least one data file")
         return tuple(paths)
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise _fail(key, value, f"expected a text ({meta['doc']})")
+        return value.strip()
+    if kind == "times":
+        return _frame_times(key, value, base)
     if kind == "dir":
         if not isinstance(value, str) or not value.strip():
             raise _fail(key, value, "expected a folder path")
@@ -268,6 +300,50 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
     raise AssertionError(f"unknown field kind {kind}")
 
 
+def _frame_times(key: str, value: Any, base: Path) -> tuple[float, ...] | None:
+    """``frames.time``: a list of numbers, or a column of a CSV file with a header row."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in ("file", "column")]
+        if unknown or "file" not in value or "column" not in value:
+            raise _fail(key, value, "expected {file: times.csv, column: <header name or "
+                        "0-based index>}")
+        path = _readable_file(f"{key}.file", value["file"], base)
+        column = value["column"]
+        try:
+            with path.open(newline="") as fh:
+                rows = [row for row in csv.reader(fh) if row and any(c.strip() for c in row)]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise _fail(f"{key}.file", value["file"], f"cannot read it as CSV ({exc})") from None
+        if not rows:
+            raise _fail(f"{key}.file", value["file"], "the file is empty")
+        header = [c.strip() for c in rows[0]]
+        if isinstance(column, int) and not isinstance(column, bool):
+            index = column
+            if not 0 <= index < len(header):
+                raise _fail(f"{key}.column", column,
+                            f"{path.name} has {len(header)} columns (0-based index)")
+        elif isinstance(column, str) and column.strip() in header:
+            index = header.index(column.strip())
+        else:
+            raise _fail(f"{key}.column", column, f"no such column in {path.name} "
+                        f"(its header: {', '.join(header)})")
+        items = []
+        for line, row in enumerate(rows[1:], start=2):
+            try:
+                items.append(float(row[index]))
+            except (IndexError, ValueError):
+                raise _fail(f"{key}.file", value["file"],
+                            f"line {line} has no number in column {column!r}") from None
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise _fail(key, value, "expected a list of times, or {file: times.csv, column: t}")
+    limits = {"doc": "a frame's time"}
+    return tuple(float(_number(f"{key}[{i}]", v, limits, False)) for i, v in enumerate(items))
+
+
 def _build(cls: type, raw: Any, prefix: str, base: Path) -> Any:
     """Build the dataclass ``cls`` from the mapping ``raw``, checking every key."""
     if raw is None:
@@ -297,6 +373,10 @@ def _check_consistency(config: Config) -> None:
         raise _fail("pdf.qmax", config.pdf.qmax, f"must exceed pdf.qmin = {config.pdf.qmin}")
     if config.fit.rmax <= config.fit.rmin:
         raise _fail("fit.rmax", config.fit.rmax, f"must exceed fit.rmin = {config.fit.rmin}")
+    times = config.frames.time
+    if times is not None and len(times) != len(config.data):
+        raise _fail("frames.time", f"{len(times)} times",
+                    f"expected one time per data file ({len(config.data)} frames)")
     if config.catalogue.masks_file is None and config.catalogue.size < 10:
         raise _fail("catalogue.size", config.catalogue.size,
                     "need at least 10 motifs to learn from")

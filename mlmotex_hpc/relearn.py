@@ -53,7 +53,7 @@ def _check(config: Config, path: Path, args: argparse.Namespace) -> tuple[Config
 
 
 def main(args: argparse.Namespace) -> int:
-    from .output.results import finish_outputs
+    from .output.results import learn_stage, write_outputs
     from .parallel.comm import abort_on_error, get_comm, root_then_bcast, wait_idle
     from .parallel.driver import Log, finish_on_copy, load_inputs
 
@@ -73,9 +73,11 @@ def main(args: argparse.Namespace) -> int:
     with abort_on_error(comm):
         timings = {"fits_per_second": fits_per_second, "fit": 0.0}
         finish_on_copy(
-            path, lambda h5: finish_outputs(
-                h5, inputs, config, path.parent, until=args.until, timings=timings,
-                n_ranks=comm.size, t_start=t0, log=log, comm=comm,
+            path,
+            lambda h5: learn_stage(h5, config, args.until, timings, log, comm),
+            lambda h5, metrics: write_outputs(
+                h5, inputs, path.parent, until=args.until, timings=timings,
+                n_ranks=comm.size, t_start=t0, log=log, metrics=metrics,
             ),
             comm,
         )

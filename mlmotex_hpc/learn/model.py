@@ -631,13 +631,15 @@ def train_rw_model(
     if comm is None or comm.size == 1:
         booster, n_val = fit_final(X_train, y_train, params, settings.seed)
     else:
-        # Rank 0 trains the final model on every core it may use while the others sleep
+        # Rank 0 trains the final model on the ranks' cores while the others sleep
         # (hist gives the same trees for any thread count), then broadcasts it.
         from ..parallel.comm import wait_idle
 
         raw = n_val = None
         if comm.rank == 0:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            # the cores of this group's ranks (they wait), within what this rank may use
+            owned = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            threads = max(1, min(owned, settings.n_jobs * comm.size))
             booster, n_val = fit_final(X_train, y_train, dict(params, nthread=threads),
                                        settings.seed)
             raw = bytes(booster.save_raw("ubj"))

@@ -3,8 +3,9 @@
 1. Rank 0 validates every input and builds the catalogue; the result is broadcast.
 2. Motif batches go to ranks on demand through a one-sided MPI counter; each rank fits
    its batches and writes them into ``motex.h5``.
-3-4. Rank 0 trains the model of Rw, computes SHAP values and the atom contributions
-   (the other ranks sleep meanwhile), then writes the CSV, the motif and the summary.
+3-4. On a copy of the file: frames are learned side by side by groups of ranks; within
+   a group the search and TreeSHAP are spread over its ranks. Rank 0 then writes the
+   CSV, the motifs, the plots and the summary.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from mpi4py.util.sync import Counter
 from ..catalogue import MotifSpace, build_catalogue
 from ..config import Config, pdf_settings
 from ..errors import InputError
-from ..fit.fast import BatchFitter, supports
+from ..fit.fast import SHARED_MIN_FRAMES, BatchFitter, supports
 from ..fit.fitter import FitSettings, fit_motif
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import Structure, read_xyz
@@ -45,6 +46,7 @@ from .store import (
     config_hash,
     finishing_path,
     open_results,
+    parallel_hdf5_available,
 )
 
 STAGES = ("fit", "learn", "explain")
@@ -302,11 +304,22 @@ class FitGroup:
     fast: BatchFitter | None
 
 
-def make_fit_groups(inputs: Inputs, settings: PDFSettings, fsettings: FitSettings) -> list:
-    """One calculator per distinct r grid, with a compiled fitter where it applies."""
+def zoom_search(config: Config) -> str:
+    """The zoom search of the batch fitter: "auto" is decided by the run's frame count
+    (not a block's), so a frame's fit does not depend on how frames are blocked."""
+    search = config.fit.zoom_search
+    if search == "auto":
+        search = "shared" if len(config.data) >= SHARED_MIN_FRAMES else "exact"
+    return search
+
+
+def make_fit_groups(inputs: Inputs, settings: PDFSettings, fsettings: FitSettings,
+                    frames: range | None = None, search: str = "exact") -> list:
+    """One calculator per distinct r grid among ``frames`` (all by default), with a
+    compiled fitter where it applies."""
     by_grid: dict[bytes, list[int]] = {}
-    for f, frame in enumerate(inputs.frames):
-        by_grid.setdefault(frame.r.tobytes(), []).append(f)
+    for f in frames if frames is not None else range(len(inputs.frames)):
+        by_grid.setdefault(inputs.frames[f].r.tobytes(), []).append(f)
     groups = []
     for indices in by_grid.values():
         frames = [inputs.frames[f] for f in indices]
@@ -320,9 +333,15 @@ def make_fit_groups(inputs: Inputs, settings: PDFSettings, fsettings: FitSetting
                 [np.ones_like(frame.g) if frame.weights is None else frame.weights
                  for frame in frames]
             )
-            fast = BatchFitter(calc, fsettings, g_obs, weights)
+            fast = BatchFitter(calc, fsettings, g_obs, weights, zoom_search=search)
         groups.append(FitGroup(calc, indices, fast))
     return groups
+
+
+def frame_blocks(n_frames: int, block: int) -> list[range]:
+    """The frame blocks of the work units (``frames.block``; 0: one block of all)."""
+    block = block or n_frames
+    return [range(f, min(n_frames, f + block)) for f in range(0, n_frames, block)]
 
 
 def fit_batch(
@@ -333,32 +352,36 @@ def fit_batch(
     settings: FitSettings,
     base_uiso: dict[str, float],
     extra: tuple[str, ...],
+    block: range | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit every motif of a batch to every frame: arrays of shape (F, batch)."""
-    n_frames, count = len(frames), len(masks)
+    """Fit every motif of a batch to the frames of ``block`` (all by default): arrays
+    of shape (frames in the block, batch). ``groups`` cover exactly those frames."""
+    block = block if block is not None else range(len(frames))
+    n_frames, count = len(block), len(masks)
     out = {name: np.empty((n_frames, count)) for name in ("rw", "scale", "zoom") + extra}
     out["status"] = np.empty((n_frames, count), dtype=np.int8)
     atom_masks = space.atom_masks(masks)
     for group in groups:
         if group.fast is not None:
             results = group.fast.fit(atom_masks)
+            rows = [f - block.start for f in group.frames]
             for name, values in results.items():
-                out[name][group.frames] = values
+                out[name][rows] = values
             continue
         for j, atom_mask in enumerate(atom_masks):
             motif = group.calc.prepare(atom_mask)  # reused by every frame of the group
             for f in group.frames:
-                frame = frames[f]
+                frame, row = frames[f], f - block.start
                 res = fit_motif(group.calc, motif, frame.g, settings, frame.weights, base_uiso)
-                out["rw"][f, j], out["scale"][f, j], out["zoom"][f, j] = (
+                out["rw"][row, j], out["scale"][row, j], out["zoom"][row, j] = (
                     res.rw, res.scale, res.zoom
                 )
-                out["status"][f, j] = res.status
+                out["status"][row, j] = res.status
                 for name in extra:
                     if name == "delta2":
-                        out[name][f, j] = np.nan if res.delta2 is None else res.delta2
+                        out[name][row, j] = np.nan if res.delta2 is None else res.delta2
                     else:
-                        out[name][f, j] = res.uiso.get(name[5:], np.nan)
+                        out[name][row, j] = res.uiso.get(name[5:], np.nan)
     return out
 
 
@@ -381,15 +404,25 @@ def run_fits(
     log: Callable,
     pending: np.ndarray,
 ) -> int:
-    """Step 2 on every rank: the ``pending`` batches on demand, results into the store.
+    """Step 2 on every rank: the ``pending`` work units on demand, results into the store.
 
-    Returns the number of fits done (all ranks). With parallel HDF5 each rank writes its
+    A work unit is a motif batch × a frame block (``frames.block``); unit u is batch
+    u // FB, block u % FB. Returns the number of fits done (all ranks). With parallel HDF5 each rank writes its
     own batches; in the serial fallback the other ranks send each batch to rank 0 as
     soon as it is fitted, and rank 0 writes them between its own, so a killed job loses
     only the batches in flight either way.
     """
     fsettings = fit_settings(config, inputs.structure)
-    groups = make_fit_groups(inputs, pdf_settings(config), fsettings)
+    blocks = frame_blocks(len(inputs.frames), config.frames.block)
+    search = zoom_search(config)
+    groups_of: dict[int, list] = {}  # per frame block, built when first needed
+
+    def groups_for(fb: int) -> list:
+        if fb not in groups_of:
+            groups_of[fb] = make_fit_groups(inputs, pdf_settings(config), fsettings,
+                                            blocks[fb], search)
+        return groups_of[fb]
+
     extra = refined_extra(config, inputs.structure)
     n_motifs, batch_size = inputs.n_motifs, config.catalogue.batch_size
     direct = store.parallel or comm.size == 1
@@ -410,8 +443,8 @@ def run_fits(
             if item is None:  # that rank has no more batches
                 done_msgs += 1
                 continue
-            batch, start, results = item
-            store.write_batch(start, results, batch)
+            batch, fb, start, results = item
+            store.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
 
     counter = Counter(comm=comm)
     started = last = time.perf_counter()
@@ -419,28 +452,29 @@ def run_fits(
     try:
         while (k := counter.next()) < pending.size:
             inject_fault("fit", comm)
-            batch = int(pending[k])
+            batch, fb = divmod(int(pending[k]), len(blocks))
             start = batch * batch_size
             stop = min(n_motifs, start + batch_size)
             results = fit_batch(
-                inputs.masks(start, stop), inputs.space, groups, inputs.frames, fsettings,
-                config.uiso, extra,
+                inputs.masks(start, stop), inputs.space, groups_for(fb), inputs.frames,
+                fsettings, config.uiso, extra, blocks[fb],
             )
             pause_for_tests("fit")
-            done_here += stop - start
+            done_here += (stop - start) * len(blocks[fb])
             if direct or comm.rank == 0:
-                store.write_batch(start, results, batch)
+                store.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
             else:
-                sends.append(comm.isend((batch, start, results), dest=0, tag=_RESULTS_TAG))
+                sends.append(comm.isend((batch, fb, start, results), dest=0,
+                                        tag=_RESULTS_TAG))
             if comm.rank == 0 and not direct:
                 drain(block=False)
             now = time.perf_counter()
             if comm.rank == 0 and now - last >= interval:
                 last = now
                 frac = min(1.0, (k + 1) / pending.size)
-                rate = frac * pending.size * batch_size * len(inputs.frames) / (now - started)
+                rate = comm.size * done_here / (now - started)  # this rank's rate × ranks
                 eta = (now - started) * (1 - frac) / max(frac, 1e-9)
-                log(f"  fit: {100 * frac:5.1f} % of {pending.size} batches, "
+                log(f"  fit: {100 * frac:5.1f} % of {pending.size} work units, "
                     f"{rate:,.0f} fits/s, ETA {eta:,.0f} s")
     finally:
         counter.free()
@@ -450,24 +484,29 @@ def run_fits(
         else:
             MPI.Request.waitall(sends)
             comm.send(None, dest=0, tag=_RESULTS_TAG)
-    return comm.allreduce(done_here) * len(inputs.frames)
+    return comm.allreduce(done_here)
 
 
-def finish_on_copy(path: Path, finish: Callable, comm: MPI.Comm):
+def _as_slice(block: range) -> slice:
+    return slice(block.start, block.stop)
+
+
+def finish_on_copy(path: Path, learn: Callable, outputs: Callable, comm: MPI.Comm):
     """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
 
-    Every rank calls it; rank 0 makes the copy and passes it open to ``finish`` (the
-    other ranks get None). HDF5 cannot survive a kill while it adds groups and datasets,
-    and the fits it would put at risk took the whole machine to compute. Working on a copy
-    keeps them safe: a job killed while learning leaves ``motex.h5`` as the fit stage left
-    it, and a rerun (resume) only learns again.
+    Every rank calls it. Rank 0 makes the copy; ``learn(h5)`` runs on every rank with the
+    copy open on every rank (parallel HDF5) or on rank 0 only (None elsewhere); then
+    rank 0 reopens it serially for ``outputs(h5)``, whose result it returns (None on
+    the other ranks). HDF5 cannot survive a kill while it adds groups and datasets, and
+    the fits it would put at risk took the whole machine to compute. Working on a copy
+    keeps them safe: a job killed while learning leaves ``motex.h5`` as the fit stage
+    left it, and a rerun (resume) only learns again.
     """
     tmp = finishing_path(path)
-    h5, error = None, None
+    error = None
     if comm.rank == 0:
         try:
             shutil.copyfile(path, tmp)
-            h5 = open_results(tmp, "r+")
         except OSError as exc:  # a full disk, a quota
             tmp.unlink(missing_ok=True)
             error = (f"writing the learning results next to {path} failed "
@@ -476,15 +515,28 @@ def finish_on_copy(path: Path, finish: Callable, comm: MPI.Comm):
     error = comm.bcast(error)
     if error is not None:
         raise InputError(error)
+    parallel = comm.size > 1 and parallel_hdf5_available()
+    h5 = None
     done = False
     try:
-        summary = finish(h5)
+        if parallel:
+            h5 = h5py.File(tmp, "r+", driver="mpio", comm=comm)
+        elif comm.rank == 0:
+            h5 = open_results(tmp, "r+")
+        extra = learn(h5)
         if h5 is not None:
+            h5.close()
+            h5 = None
+        summary = None
+        if comm.rank == 0:
+            h5 = open_results(tmp, "r+")
+            summary = outputs(h5, extra)
             h5.attrs["complete"] = True
         done = True
     finally:
         if h5 is not None:
             h5.close()
+        if comm.rank == 0:
             if done:
                 os.replace(tmp, path)
             else:
@@ -529,7 +581,7 @@ def run(
         On rank 0 the summary (see :func:`mlmotex_hpc.output.summary.summarise`);
         None on the other ranks.
     """
-    from ..output.results import finish_outputs  # after learning: heavy imports
+    from ..output.results import learn_stage, write_outputs  # heavy imports
 
     comm = get_comm(comm)
     out_dir = Path(out_dir or config.output.dir)
@@ -552,6 +604,7 @@ def run(
     n_motifs = inputs.n_motifs
     n_frames = len(inputs.frames)
     n_batches = math.ceil(n_motifs / config.catalogue.batch_size)
+    n_fblocks = len(frame_blocks(n_frames, config.frames.block))
     log(f"mlmotex-hpc: {n_motifs} motifs over N = {inputs.space.size} permutable atoms, "
         f"{n_frames} frame(s), {comm.size} rank(s)")
     if previous is not None and previous.complete:
@@ -568,6 +621,7 @@ def run(
                     config_dir=str(config.base), n_frames=n_frames, n_motifs=n_motifs,
                     n_permutable=inputs.space.size, n_batches=n_batches,
                     batch_size=config.catalogue.batch_size,
+                    frame_block=config.frames.block or n_frames,
                     refined_extra=refined_extra(config, inputs.structure),
                 )
                 store.collective_write_inputs(
@@ -576,6 +630,7 @@ def run(
                     frame_names=[f.name for f in inputs.frames],
                     frames=[(f.r, f.g) for f in inputs.frames],
                     masks=inputs.masks() if comm.rank == 0 else None,
+                    times=config.frames.time, time_unit=config.frames.time_unit,
                 )
             except (OSError, RuntimeError, ValueError) as exc:  # HDF5: a full disk, a quota
                 error = (f"cannot create {path} ({exc.strerror or exc}); nothing was fitted: "
@@ -586,11 +641,12 @@ def run(
                     store.close_quietly()
                 raise InputError(errors[0])
             store.collective_publish()
-            pending = np.arange(n_batches)
+            pending = np.arange(n_batches * n_fblocks)
         else:
             store = ResultsStore.open_existing(path, comm)
-            pending = np.flatnonzero(~previous.batch_done)
-            log(f"resuming {path}: {n_batches - pending.size} of {n_batches} batches done")
+            pending = np.flatnonzero(~previous.batch_done.ravel())
+            n_units = n_batches * n_fblocks
+            log(f"resuming {path}: {n_units - pending.size} of {n_units} work units done")
         if pending.size:
             log(f"step 2: fitting {n_motifs * n_frames} motif PDFs ({config.pdf.calculator})")
         t_fit = time.perf_counter()
@@ -602,9 +658,11 @@ def run(
         log(f"  {n_fits} fits in {timings['fit']:.1f} s "
             f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
         summary = finish_on_copy(
-            path, lambda h5: finish_outputs(
-                h5, inputs, config, out_dir, until=until, timings=timings,
-                n_ranks=comm.size, t_start=t0, log=log, comm=comm,
+            path,
+            lambda h5: learn_stage(h5, config, until, timings, log, comm),
+            lambda h5, metrics: write_outputs(
+                h5, inputs, out_dir, until=until, timings=timings, n_ranks=comm.size,
+                t_start=t0, log=log, metrics=metrics,
             ),
             comm,
         )

@@ -4,9 +4,11 @@ Layout (F frames, M motifs, N permutable atoms, n atoms in the model)::
 
     /                       attrs: config (YAML text), config_hash, version, created, hdf5_mode
     /model/elements (n)     /model/xyz (n, 3) Å
-    /frames/names (F)       /data/<frame>/r, /data/<frame>/g   fit range of each frame
+    /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
+    /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
     /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
-    /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8   /fits/batch_done (B)
+    /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
+    /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
     /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean (F, N)
     /atoms/in_motif (F, N)  /atoms/index (N)
     /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32
@@ -118,6 +120,7 @@ class ResultsStore:
         n_permutable: int,
         n_batches: int,
         batch_size: int,
+        frame_block: int | None = None,
         refined_extra: tuple[str, ...] = (),
     ) -> ResultsStore:
         """Create the file under a temporary name and preallocate every fit dataset.
@@ -151,8 +154,11 @@ class ResultsStore:
         for name in FIT_FIELDS + refined_extra:
             fits.create_dataset(name, shape, dtype="f8", chunks=fit_chunk, fillvalue=np.nan)
         fits.create_dataset("status", shape, dtype="i1", chunks=fit_chunk, fillvalue=-1)
-        fits.create_dataset("batch_done", (n_batches,), dtype="u1", fillvalue=0)
+        frame_block = frame_block or n_frames
+        n_fblocks = -(-n_frames // frame_block)
+        fits.create_dataset("batch_done", (n_batches, n_fblocks), dtype="u1", fillvalue=0)
         fits.attrs["batch_size"] = batch_size
+        fits.attrs["frame_block"] = frame_block
         fits.attrs["status_codes"] = "0 ok, 1 not converged, 2 no pairs, -1 not fitted"
         cat = file.create_group("catalogue")
         mask_chunk = (max(1, min(n_motifs, 8192)), n_permutable)
@@ -199,6 +205,8 @@ class ResultsStore:
         frame_names: list[str],
         frames: list[tuple[np.ndarray, np.ndarray]],
         masks: np.ndarray | None,
+        times: tuple[float, ...] | None = None,
+        time_unit: str = "s",
     ) -> None:
         """The model, the data in the fit range, and the catalogue (data from rank 0)."""
         if self.file is None:
@@ -212,9 +220,12 @@ class ResultsStore:
         ds_el = model.create_dataset("elements", el_bytes.shape, dtype=el_bytes.dtype)
         ds_xyz = model.create_dataset("xyz", xyz.shape, dtype="f8")
         ds_xyz.attrs["units"] = "Å"
-        names = f.create_group("frames").create_dataset(
-            "names", name_bytes.shape, dtype=name_bytes.dtype
-        )
+        frames_grp = f.create_group("frames")
+        names = frames_grp.create_dataset("names", name_bytes.shape, dtype=name_bytes.dtype)
+        times_ds = None
+        if times is not None:
+            times_ds = frames_grp.create_dataset("time", (len(times),), dtype="f8")
+            times_ds.attrs["unit"] = time_unit
         data = f.create_group("data")
         frame_ds = []
         for k, (r, g) in enumerate(frames):
@@ -227,6 +238,8 @@ class ResultsStore:
             ds_el[:] = el_bytes
             ds_xyz[:] = xyz
             names[:] = name_bytes
+            if times_ds is not None:
+                times_ds[:] = np.asarray(times, dtype=float)
             for (ds_r, ds_g), (r, g) in zip(frame_ds, frames, strict=True):
                 ds_r[:] = r
                 ds_g[:] = g
@@ -234,20 +247,21 @@ class ResultsStore:
             cat["mask"][:] = masks.astype(np.uint8)
             cat["size"][:] = masks.sum(axis=1)
 
-    def write_batch(self, start: int, results: Mapping[str, np.ndarray], batch: int) -> None:
-        """Write one batch's fit results (arrays F × count) and mark it done.
+    def write_batch(self, start: int, results: Mapping[str, np.ndarray], batch: int,
+                    frames: slice = slice(None), fblock: int = 0) -> None:
+        """Write one work unit's fit results (arrays frames × count) and mark it done.
 
-        Independent I/O: only the rank that fitted the batch calls it.
+        Independent I/O: only the rank that fitted the unit calls it.
         """
         fits = self.file["fits"]
         stop = start + next(iter(results.values())).shape[1]
         for name, values in results.items():
-            fits[name][:, start:stop] = values
+            fits[name][frames, start:stop] = values
         if not self.parallel:
             # serial HDF5 caches chunks: the results must be on disk before the batch is
             # marked done (parallel HDF5 writes through at once)
             self.file.flush()
-        fits["batch_done"][batch] = 1
+        fits["batch_done"][batch, fblock] = 1
         if not self.parallel:
             self.file.flush()
 
