@@ -1,9 +1,12 @@
 """The ``mlmotex-hpc`` command line. It only parses; the work lives in the stages.
 
-    mlmotex-hpc run CONFIG.yaml [--out DIR] [--until fit|learn|explain]
+    mlmotex-hpc run CONFIG.yaml [--out DIR] [--until fit|learn|explain] [--frames A:B|I/N]
+                                [--resume | --overwrite] [--dry-run [--ranks N]]
     mlmotex-hpc pdf MODEL.xyz -o OUT.gr [options]
     mlmotex-hpc refine OUT/motex.h5 [--motif extracted|best|INDEX] [--frame N] [-o DIR]
-    mlmotex-hpc info
+    mlmotex-hpc learn OUT/motex.h5 [--search-iterations K] [--cv-folds K] [--seed S]
+    mlmotex-hpc merge OUT/frames_*/motex.h5 | CONFIG.yaml [-o DIR]
+    mlmotex-hpc info [--short]
 
 Bad input ends with ``mlmotex-hpc: error: <one line>`` on rank 0 and exit code 2.
 """
@@ -55,7 +58,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, select_frames
     from .parallel.comm import get_comm, root_then_bcast
     from .parallel.driver import run
 
@@ -68,9 +71,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(dry_run(load_config(args.config), args.ranks, out), flush=True)
         return 0
     comm = get_comm()
-    config = root_then_bcast(lambda: load_config(args.config), comm)
+
+    def prepare():
+        config = load_config(args.config)
+        if args.frames is None:
+            return config, None, out
+        config, frames = select_frames(config, args.frames)
+        folder = out or config.output.dir / f"frames_{frames[0]:05d}-{frames[1]:05d}"
+        return config, frames, folder
+
+    config, frames, out = root_then_bcast(prepare, comm)
     run(config, comm, out_dir=out, until=args.until, quiet=args.quiet, resume=args.resume,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, frame_range=frames)
     return 0
 
 
@@ -90,6 +102,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from . import relearn
 
     return relearn.main(args)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from . import merge
+
+    if launcher_rank() != 0:  # a serial program: extra ranks have nothing to do
+        return 0
+    return merge.main(args)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -115,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--until", choices=("fit", "learn", "explain"), default="explain",
                      help="last stage to run (default: explain)")
     run.add_argument("--quiet", action="store_true", help="no progress messages")
+    run.add_argument("--frames", metavar="START:STOP|I/N",
+                     help="only frames START to STOP-1 of the series, or block I of N "
+                          "near-equal blocks (a job-array task); output in "
+                          "output.dir/frames_START-STOP unless --out")
     run.add_argument("--dry-run", action="store_true",
                      help="check the inputs, measure fits per core-second on a sample and "
                           "print the catalogue size, memory and walltime; fit nothing")
@@ -145,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     relearn.add_arguments(learn)
     learn.set_defaults(func=cmd_learn)
+
+    merge = sub.add_parser("merge", help="join the motex.h5 files of a job array's tasks "
+                           "(run ... --frames START:STOP) into one")
+    from . import merge as merge_module
+
+    merge_module.add_arguments(merge)
+    merge.set_defaults(func=cmd_merge)
 
     info = sub.add_parser("info", help="print the software stack")
     info.add_argument("--short", action="store_true", help="one line per key component")

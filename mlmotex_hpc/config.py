@@ -38,6 +38,8 @@ import yaml
 from .errors import InputError
 
 REFINABLE = ("scale", "zoom", "uiso", "delta2")
+#: ``fit.zoom_search: auto`` shares anchor zooms among the frames from this many frames.
+SHARED_MIN_FRAMES = 4
 
 
 def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
@@ -422,3 +424,42 @@ def pdf_settings(config: Config):
     return PDFSettings(
         **{f.name: getattr(config.pdf, f.name) for f in dataclasses.fields(PDFSettings)}
     )
+
+
+def select_frames(config: Config, spec: str) -> tuple[Config, tuple[int, int]]:
+    """The config restricted to some frames of its series, for one task of a job array;
+    and the range ``(start, stop)`` selected.
+
+    ``spec`` is ``START:STOP`` (0-based, STOP excluded, either may be omitted) or ``I/N``:
+    the I-th (0-based) of N contiguous blocks of near-equal size, as a job array's task I
+    of N takes them without knowing how many frames the series has.
+    """
+    n = len(config.data)
+    text = (spec or "").strip()
+    if match := re.fullmatch(r"(\d+)\s*/\s*(\d+)", text):
+        task, tasks = int(match[1]), int(match[2])
+        if tasks == 0 or task >= tasks:
+            raise InputError(f"--frames {spec!r}: block I/N needs 0 <= I < N")
+        if tasks > n:
+            raise InputError(f"--frames {spec!r}: {tasks} blocks of a series of {n} frames; "
+                             f"use at most {n} tasks")
+        start, stop = task * n // tasks, (task + 1) * n // tasks
+    elif match := re.fullmatch(r"(\d*)\s*:\s*(\d*)", text):
+        start = int(match[1]) if match[1] else 0
+        stop = min(n, int(match[2])) if match[2] else n
+    else:
+        raise InputError(f"--frames {spec!r}: expected START:STOP (0-based, STOP excluded, "
+                         "e.g. 0:50) or I/N (block I of N, e.g. 3/8)")
+    if start >= stop:
+        raise InputError(f"--frames {spec!r}: selects no frame (the series has {n} frames, "
+                         f"0 to {n - 1})")
+    times = config.frames.time
+    frames = dataclasses.replace(
+        config.frames, time=None if times is None else times[start:stop]
+    )
+    fit = config.fit
+    if fit.zoom_search == "auto":  # decided by the whole series, as a full run would
+        fit = dataclasses.replace(
+            fit, zoom_search="shared" if n >= SHARED_MIN_FRAMES else "exact")
+    return dataclasses.replace(config, data=config.data[start:stop], frames=frames,
+                               fit=fit), (start, stop)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import MotifSpace
-from .config import Config, parse_config, pdf_settings
+from .config import Config, parse_config, pdf_settings, select_frames
 from .errors import InputError
 from .io.structure import Structure
 
@@ -57,6 +57,8 @@ class Run:
     rw: np.ndarray | None
     in_motif: np.ndarray | None
     frame_names: tuple[str, ...]
+    #: frames START:STOP of the config's series (a job-array task's file), or None
+    frame_range: tuple[int, int] | None = None
 
 
 def read_run(path: str | Path) -> Run:
@@ -95,6 +97,7 @@ def read_run(path: str | Path) -> Run:
                          for e in h5["model/elements"][:])
         structure = Structure(elements, h5["model/xyz"][:], f"model of {path}")
         names = h5["frames/names"][:] if "frames/names" in h5 else []
+        frame_range = h5.attrs.get("frame_range")
         return Run(
             path=path,
             config_text=text,
@@ -105,6 +108,7 @@ def read_run(path: str | Path) -> Run:
             rw=h5["fits/rw"][:] if "fits/rw" in h5 else None,
             in_motif=h5["atoms/in_motif"][:].astype(bool) if "atoms/in_motif" in h5 else None,
             frame_names=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names),
+            frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
         )
 
 
@@ -135,7 +139,10 @@ def run_config(run: Run) -> Config:
             )
         base = Path.cwd()  # every path is absolute: the base is never used
     try:
-        return parse_config(run.config_text, base, f"stored in {run.path}")
+        config = parse_config(run.config_text, base, f"stored in {run.path}")
+        if run.frame_range is not None:  # one task of a job array: its frames only
+            config, _ = select_frames(config, "{}:{}".format(*run.frame_range))
+        return config
     except InputError as exc:
         raise InputError(f"the run's config (stored in {run.path}, paths from {base}): {exc}")\
             from None

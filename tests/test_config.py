@@ -1,11 +1,13 @@
 """Config validation: every bad input is one clear line naming the key, and exit code 2."""
 
+import re
 from pathlib import Path
 
 import pytest
 
 from mlmotex_hpc.cli import main
-from mlmotex_hpc.config import load_config
+from mlmotex_hpc.config import load_config, select_frames
+from mlmotex_hpc.errors import InputError
 
 from .conftest import KEGGIN_GR, KEGGIN_XYZ, keggin_config, run_cli
 
@@ -64,11 +66,25 @@ BAD_CONFIGS = [
     ("learn.cv_folds", 1, ["learn.cv_folds", "≥ 2"]),
     ("bond_threshold", "far", ["bond_threshold", "number"]),
     ("catalogue.masks_file", "no_masks.txt", ["catalogue.masks_file", "no such file"]),
+    ("frames.time", [1.0, 2.0], ["frames.time", "2 times", "one time per data file (1 frames)"]),
+    ("frames.time", "soon", ["frames.time", "a list of times"]),
+    ("frames.time", {"file": "times.csv"}, ["frames.time", "column"]),
+    ("frames.time", {"file": "absent.csv", "column": "t"}, ["frames.time.file", "no such file"]),
+    ("frames.time", {"file": "times.csv", "column": "minutes"},
+     ["frames.time.column", "no such column in times.csv", "its header: frame, t"]),
+    ("frames.time", {"file": "times.csv", "column": 5},
+     ["frames.time.column", "times.csv has 2 columns"]),
+    ("frames.time", {"file": "bad_times.csv", "column": "t"},
+     ["frames.time.file", "line 2 has no number in column 't'"]),
+    ("frames.block", -1, ["frames.block", "≥ 0"]),
+    ("fit.zoom_search", "fast", ["fit.zoom_search", "auto, exact, shared"]),
 ]
 
 
 @pytest.mark.parametrize("key, value, words", BAD_CONFIGS, ids=[c[0] for c in BAD_CONFIGS])
 def test_bad_config_is_one_clear_line(tmp_path, write_config, capsys, key, value, words):
+    (tmp_path / "times.csv").write_text("frame,t\n0,1.5\n")
+    (tmp_path / "bad_times.csv").write_text("frame,t\n0,late\n")
     raw = keggin_config(tmp_path)
     _set(raw, key, value)
     code = main(["run", str(write_config(raw)), "--quiet"])
@@ -122,3 +138,37 @@ def test_bad_config_under_mpirun_reports_once(tmp_path, write_config, key, value
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not Path(raw["output"]["dir"], "motex.h5").exists()
+
+
+def test_frame_times_from_a_csv_column(tmp_path, write_config):
+    (tmp_path / "times.csv").write_text("frame, t_min\n0, 12.5\n\n")  # spaces, blank line
+    for column in ("t_min", 1):
+        raw = keggin_config(tmp_path, frames={"time": {"file": "times.csv", "column": column},
+                                              "time_unit": "min"})
+        config = load_config(write_config(raw))
+        assert config.frames.time == (12.5,) and config.frames.time_unit == "min"
+
+
+def test_select_frames_ranges_and_blocks(tmp_path, write_config):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(10):
+        (frames / f"f_{i}.gr").write_text(KEGGIN_GR.read_text())
+    raw = keggin_config(tmp_path, data=str(frames / "f_*.gr"),
+                        frames={"time": [float(i) for i in range(10)]})
+    config = load_config(write_config(raw))
+    assert config.fit.zoom_search == "auto"
+    blocks = [select_frames(config, f"{i}/3") for i in range(3)]
+    assert [r for _, r in blocks] == [(0, 3), (3, 6), (6, 10)]  # every frame once
+    part, _ = blocks[1]
+    assert [p.name for p in part.data] == ["f_3.gr", "f_4.gr", "f_5.gr"]
+    assert part.frames.time == (3.0, 4.0, 5.0)
+    assert part.fit.zoom_search == "shared"  # decided by the 10-frame series, not the 3
+    assert select_frames(config, ":4")[1] == (0, 4)
+    assert select_frames(config, "8:")[1] == (8, 10)
+    assert select_frames(config, "7:99")[1] == (7, 10)
+    for spec, words in [("3/3", "0 <= I < N"), ("0/11", "use at most 10 tasks"),
+                        ("5:5", "selects no frame"), ("a:b", "expected START:STOP"),
+                        ("", "expected START:STOP")]:
+        with pytest.raises(InputError, match=re.escape(words)):
+            select_frames(config, spec)

@@ -75,7 +75,7 @@ class Case:
     launcher: str
     ranks: int
     env: dict[str, str] = field(default_factory=dict)
-    resume: bool = False
+    run_args: tuple[str, ...] = ()  # what the script adds after the config
     nodefile_lines: int = 0  # > 0: write a PBS node file with that many lines
 
 
@@ -86,7 +86,13 @@ CASES = {
     "slurm_multi_node.sh": Case("srun", 256, {**SLURM, "SLURM_NTASKS": "256",
                                               "SLURM_NNODES": "4"}),
     "slurm_requeue.sh": Case("srun", 128, {**SLURM, "SLURM_NTASKS": "128",
-                                           "SLURM_NNODES": "2"}, resume=True),
+                                           "SLURM_NNODES": "2"}, run_args=("--resume",)),
+    # array task 5 of --array=3-10: the 3rd (0-based 2) of 8 blocks of frames
+    "slurm_array.sh": Case("srun", 64, {**SLURM, "SLURM_NTASKS": "64", "SLURM_NNODES": "1",
+                                        "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "5",
+                                        "SLURM_ARRAY_TASK_MIN": "3",
+                                        "SLURM_ARRAY_TASK_COUNT": "8"},
+                           run_args=("--frames", "2/8", "--resume")),
     "pbs.sh": Case("mpiexec", 6, {"PBS_JOBID": "77.server"}, nodefile_lines=6),
     "template_header.sh": Case("mpirun", 3, {"MLMOTEX_RANKS": "3"}),
 }
@@ -267,7 +273,8 @@ def test_slurm_directives_match_each_script():
     requeue = options("slurm_requeue.sh")
     assert "requeue" in requeue and requeue["open-mode"] == "append"
     assert re.fullmatch(r"B:USR1@\d+", requeue["signal"])  # to the batch shell, whose trap
-    for script in ("slurm_single_node.sh", "slurm_multi_node.sh", "slurm_requeue.sh"):
+    for script in ("slurm_single_node.sh", "slurm_multi_node.sh", "slurm_requeue.sh",
+                   "slurm_array.sh"):
         assert options(script)["cpus-per-task"] == "1"
 
 
@@ -306,7 +313,7 @@ def test_runs_info_then_the_run_under_its_launcher(sandbox, script):
         assert "--cpu-bind=none" in launcher_args
     if case.nodefile_lines:
         assert launcher_args[launcher_args.index("--hostfile") + 1] == env["PBS_NODEFILE"]
-    expected = ["mlmotex-hpc", "run", str(sandbox.config)] + (["--resume"] if case.resume else [])
+    expected = ["mlmotex-hpc", "run", str(sandbox.config), *case.run_args]
     assert run.program == expected
 
     assert run.cwd == str(sandbox.workdir)  # pbs.sh: cd $PBS_O_WORKDIR
@@ -323,8 +330,7 @@ def test_passes_extra_arguments_and_mlmotex_args(sandbox, script):
     assert job.returncode == 0, job.stderr
     assert "module" not in [c.name for c in job.calls], 'MLMOTEX_MODULES="" loads none'
     (run,) = job.runs()
-    resume = ["--resume"] if case.resume else []
-    assert run.program == ["mlmotex-hpc", "run", str(sandbox.config), *resume,
+    assert run.program == ["mlmotex-hpc", "run", str(sandbox.config), *case.run_args,
                            "--out", "/scratch/a b", "--quiet", "--until", "fit"]
     assert run.numba_cache == "/shared/numba"
 
@@ -377,3 +383,25 @@ def test_requeue_stops_after_max_requeues(sandbox):
     assert job.returncode == 0, job.stderr  # the signal is ignored, the run goes on
     assert "scontrol" not in [c.name for c in job.calls]
     assert "last attempt" in job.stderr
+
+
+# ---- the job array ---------------------------------------------------------------------
+
+
+def test_array_merge_step_runs_merge_on_the_config_once(sandbox):
+    env = sandbox.env(CASES["slurm_array.sh"], MLMOTEX_MODULES="")
+    job = sandbox.run("slurm_array.sh", "--merge", str(sandbox.config), "--quiet", env=env)
+    assert job.returncode == 0, job.stderr
+    # serial, no launcher: one process reads the tasks' files and writes the merged one
+    assert [(c.name, c.args) for c in job.calls] == [
+        ("mlmotex-hpc", ["merge", str(sandbox.config), "--quiet"])]
+
+
+def test_array_script_outside_an_array_says_how_to_submit(sandbox):
+    case = CASES["slurm_array.sh"]
+    env = sandbox.env(case)
+    del env["SLURM_ARRAY_TASK_ID"]
+    job = sandbox.run("slurm_array.sh", str(sandbox.config), env=env)
+    assert job.returncode == 2
+    assert "--array" in job.stderr
+    assert job.runs() == []

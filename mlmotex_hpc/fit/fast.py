@@ -40,6 +40,7 @@ import math
 import numba
 import numpy as np
 
+from ..config import SHARED_MIN_FRAMES
 from ..pdf.calculator import DebyeCalculator, PDFCalculator, RealSpaceCalculator
 from ..pdf.debye import debye_fq
 from ..pdf.grids import PEAK_HALF_BOUND
@@ -62,8 +63,6 @@ _MARGIN = 3
 ANCHOR_STEP = 0.002
 #: Fine zoom-grid points per anchor step in the shared search.
 FINE_PER_ANCHOR = 4
-#: ``zoom_search="auto"`` shares anchors from this many frames on one r grid.
-SHARED_MIN_FRAMES = 4
 ZOOM_SEARCHES = ("auto", "exact", "shared")
 
 
@@ -486,7 +485,10 @@ def _fit_batch(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, s
 # -- shared anchors (time series) ----------------------------------------------------------
 
 
-@numba.njit(cache=True, fastmath=True)
+# No fastmath in the shared search: numba's freshly compiled and cache-loaded code
+# differed in the last bits with it (measured), and a frame's fit must not depend on
+# whether this process compiled the kernel.
+@numba.njit(cache=True)
 def _add_scaled(base, zb, z, x0, step, r0, env, stride, wt, out):
     """out[i] += wt · base(r_k·zb/z) · env[k] for the i-th point k = i·stride (cubic read)."""
     rho = zb / z
@@ -509,7 +511,7 @@ def _add_scaled(base, zb, z, x0, step, r0, env, stride, wt, out):
         u += stride * rho
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True)
 def _rw2(c, g, w, gg, stride):
     """Rw² of the model ``c`` (given at every ``stride``-th point of ``g``)."""
     sgc = 0.0

@@ -25,9 +25,9 @@ from mpi4py import MPI
 from mpi4py.util.sync import Counter
 
 from ..catalogue import MotifSpace, build_catalogue
-from ..config import Config, pdf_settings
+from ..config import SHARED_MIN_FRAMES, Config, pdf_settings
 from ..errors import InputError
-from ..fit.fast import SHARED_MIN_FRAMES, BatchFitter, supports
+from ..fit.fast import BatchFitter, supports
 from ..fit.fitter import FitSettings, fit_motif
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import Structure, read_xyz
@@ -244,7 +244,8 @@ class Previous:
     complete: bool
 
 
-def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> Previous | None:
+def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
+                 frame_range: tuple[int, int] | None = None) -> Previous | None:
     """Decide between a new run and resuming one (rank 0; errors are InputError).
 
     An existing file of the same config is resumed (with or without ``--resume``); one of
@@ -261,6 +262,7 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> P
             stored = h5.attrs.get("config_hash")
             done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
             complete = bool(h5.attrs.get("complete", False))
+            stored_range = h5.attrs.get("frame_range")
     except BlockingIOError:
         raise InputError(
             f"{path} is open in another process: is another job writing to this "
@@ -279,6 +281,13 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool) -> P
             f"{path} holds a run of a different config: results of two configs are never "
             "mixed; use another output.dir, or --overwrite to discard that run"
         )
+    same_range = (stored_range is None and frame_range is None) or (
+        stored_range is not None and frame_range is not None
+        and tuple(int(v) for v in stored_range) == tuple(frame_range))
+    if not same_range:
+        held = "all frames" if stored_range is None else "frames {}:{}".format(*stored_range)
+        raise InputError(f"{path} holds {held} of this config's series, not the frames "
+                         "asked for; use another output folder (--out) or --overwrite")
     return Previous(done.astype(bool), complete)
 
 
@@ -553,6 +562,7 @@ def run(
     quiet: bool = False,
     resume: bool = False,
     overwrite: bool = False,
+    frame_range: tuple[int, int] | None = None,
 ) -> dict | None:
     """Run the ML-MotEx pipeline; every rank of ``comm`` must call it.
 
@@ -574,6 +584,9 @@ def run(
         another config is refused either way.
     overwrite : bool
         Start afresh even when ``motex.h5`` exists.
+    frame_range : (start, stop), optional
+        ``config`` holds only these frames of its series (see
+        :func:`~mlmotex_hpc.config.select_frames`); recorded in the file for ``merge``.
 
     Returns
     -------
@@ -597,7 +610,7 @@ def run(
 
     def check_inputs():
         inputs = load_inputs(config, out_dir, local_ranks)
-        return inputs, previous_run(path, config, resume, overwrite)
+        return inputs, previous_run(path, config, resume, overwrite, frame_range)
 
     inputs, previous = root_then_bcast(check_inputs, comm)
     timings["catalogue"] = time.perf_counter() - t0
@@ -624,6 +637,8 @@ def run(
                     frame_block=config.frames.block or n_frames,
                     refined_extra=refined_extra(config, inputs.structure),
                 )
+                if frame_range is not None:
+                    store.collective_set_attrs("/", {"frame_range": np.array(frame_range)})
                 store.collective_write_inputs(
                     elements=inputs.structure.elements, xyz=inputs.structure.xyz,
                     permutable=inputs.space.permutable,
