@@ -385,12 +385,13 @@ def write_vesta(
         *_VESTA_IDENTITY_4,
         " 0.000000  0.000000  0.000000",
         "CELLP",
-        "".join(" {:10.6f}".format(v) for v in _VESTA_UNIT_CELL),
-        "".join(" {:10.6f}".format(0.0) for _ in range(6)),
+        "".join(f" {v:10.6f}" for v in _VESTA_UNIT_CELL),
+        " 0.000000" * 6,
     ]
 
     out.append("STRUC")
-    for i, (el, label, (x, y, z)) in enumerate(zip(structure.elements, labels, xyz), 1):
+    atoms = zip(structure.elements, labels, xyz, strict=True)
+    for i, (el, label, (x, y, z)) in enumerate(atoms, 1):
         coords = (_COORD * 3).format(x, y, z)
         out.append(f"{i:4d} {el:<2s} {label:>8s}  1.0000{coords}    1a       1")
         out.append((_COORD * 3).format(0.0, 0.0, 0.0) + "  0.00")
@@ -414,7 +415,7 @@ def write_vesta(
     out.append("  0 0 0 0")
 
     out.append("SITET")
-    for i, (el, label, colour) in enumerate(zip(structure.elements, labels, rgb), 1):
+    for i, (el, label, colour) in enumerate(zip(structure.elements, labels, rgb, strict=True), 1):
         r, g, b = _to_255(colour)
         radius = element_style(el)[0]
         out.append(
@@ -696,14 +697,14 @@ def write_cmtx(
         "! Atom types: label, radius, R G B",
         "TYPE",
     ]
-    for el, label, colour in zip(structure.elements, labels, rgb):
+    for el, label, colour in zip(structure.elements, labels, rgb, strict=True):
         radius = element_style(el)[0]
         out.append(f"{label:<8s} {radius:8.4f}" + (_FRAC01 * 3).format(*colour))
     out += ["", "! Bond search: element pair, maximum length"]
     for a, b, length in bond_table(structure.elements, bond_pairs):
         out.append(f"BMAX  {a:<2s} {b:<2s} {length:9.5f}")
     out += ["", "! Atoms: element, label, Cartesian x y z", "ATOM"]
-    for el, label, (x, y, z) in zip(structure.elements, labels, xyz):
+    for el, label, (x, y, z) in zip(structure.elements, labels, xyz, strict=True):
         out.append(f"{el:<2s} {label:<8s}" + (_COORD * 3).format(x, y, z))
     path.write_text("\n".join(out) + "\n")
     return path
