@@ -6,6 +6,7 @@
     mlmotex-hpc refine OUT/motex.h5 [--motif extracted|best|INDEX] [--frame N] [-o DIR]
     mlmotex-hpc learn OUT/motex.h5 [--search-iterations K] [--cv-folds K] [--seed S]
     mlmotex-hpc merge OUT/frames_*/motex.h5 | CONFIG.yaml [-o DIR]
+    mlmotex-hpc plot OUT/motex.h5 [--frame N ...] [-o DIR]
     mlmotex-hpc info [--short]
 
 Bad input ends with ``mlmotex-hpc: error: <one line>`` on rank 0 and exit code 2.
@@ -112,6 +113,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return merge.main(args)
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from . import plot
+
+    if launcher_rank() != 0:  # a serial program: extra ranks have nothing to do
+        return 0
+    return plot.main(args)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import software_stack
 
@@ -176,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     merge_module.add_arguments(merge)
     merge.set_defaults(func=cmd_merge)
+
+    plot = sub.add_parser("plot", help="write the figures, structure files and report.html "
+                          "of a finished run again")
+    from . import plot as plot_module
+
+    plot_module.add_arguments(plot)
+    plot.set_defaults(func=cmd_plot)
 
     info = sub.add_parser("info", help="print the software stack")
     info.add_argument("--short", action="store_true", help="one line per key component")

@@ -27,7 +27,7 @@ from .errors import InputError
 FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
                   "atoms/contribution", "atoms/uncertainty", "atoms/confidence",
                   "atoms/kept_mean", "atoms/removed_mean", "atoms/in_motif",
-                  "shap/values", "shap/base_value")
+                  "shap/values", "shap/base_value", "ml/test_predicted")
 #: Datasets every part holds identically; copied from the first.
 SHARED = ("model", "catalogue", "atoms/index")
 
@@ -134,7 +134,7 @@ def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) 
         return write_outputs(h5, SimpleNamespace(structure=run.structure, space=space),
                              out_dir, until="explain" if parts[0]["shap"] else "learn",
                              timings=timings, n_ranks=int(h5["timings"].attrs["ranks"]),
-                             t_start=t0, log=log)
+                             t_start=t0, log=log, config=config)
 
 
 def _merge_into(out: h5py.File, sources: list[h5py.File], parts: list[dict], start: int,
@@ -184,7 +184,7 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: list[dict], sta
     out.create_dataset("fits/batch_done", data=np.ones((batches, 1), dtype="u1"))
     out["fits"].attrs["frame_block"] = n_frames
     # learning: per-frame attributes joined in frame order
-    ml = out.create_group("ml")
+    ml = out.require_group("ml")
     for key in first["ml"].attrs:
         values = []
         for src in sources:

@@ -77,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
             lambda h5: learn_stage(h5, config, args.until, timings, log, comm),
             lambda h5, metrics: write_outputs(
                 h5, inputs, path.parent, until=args.until, timings=timings,
-                n_ranks=comm.size, t_start=t0, log=log, metrics=metrics,
+                n_ranks=comm.size, t_start=t0, log=log, metrics=metrics, config=config,
             ),
             comm,
         )

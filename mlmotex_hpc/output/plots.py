@@ -134,3 +134,204 @@ def series_summary(h5: h5py.File, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# -- one frame's figures ---------------------------------------------------------------------
+
+#: Most motifs drawn as single points; more are binned (hexbin) or sampled.
+MAX_POINTS = 5000
+#: Blue for atoms that lower Rw (the motif), red for atoms that raise it: as in the
+#: structure files and the heat map (RdBu_r).
+MOTIF_BLUE = "#2166ac"
+REST_RED = "#b2182b"
+
+
+def atom_labels(h5: h5py.File) -> list[str]:
+    """``W0``, ``O17``...: element and 0-based index in the starting model, per
+    permutable atom (the CSV's ``index``)."""
+    elements = [e.decode() for e in h5["model/elements"][:]]
+    return [f"{elements[i]}{i}" for i in h5["catalogue/permutable"][:]]
+
+
+def _frame_title(h5: h5py.File, frame: int) -> str:
+    names = h5["frames/names"]
+    if names.shape[0] == 1:
+        return ""
+    return f" — frame {frame} ({names[frame].decode()})"
+
+
+def shap_summary(h5: h5py.File, path: Path, frame: int = 0, max_display: int = 20,
+                 seed: int = 0) -> Path:
+    """``shap_summary.png``: shap's beeswarm of the features (atoms kept or removed, and
+    the motif size) of up to :data:`MAX_POINTS` motifs drawn at random."""
+    plt = _pyplot()
+    import shap
+
+    values = h5["shap/values"]
+    n_motifs = values.shape[1]
+    rows = np.arange(n_motifs)
+    if n_motifs > MAX_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(n_motifs, MAX_POINTS, replace=False))
+    phi = values[frame, rows, :].astype(np.float64)
+    masks = h5["catalogue/mask"][rows, :].astype(np.float64)
+    data = np.column_stack([masks, masks.sum(axis=1)])
+    names = atom_labels(h5) + ["motif size"]
+    explanation = shap.Explanation(values=phi, base_values=h5["shap/base_value"][frame, rows],
+                                   data=data, feature_names=names)
+    plt.figure(figsize=(8.0, 0.32 * min(max_display, len(names)) + 2.0))
+    shap.plots.beeswarm(explanation, max_display=max_display, show=False,
+                        color_bar_label="feature value (atom: 1 kept, 0 removed)")
+    fig = plt.gcf()
+    ax = fig.axes[0]
+    ax.set_xlabel("SHAP value: change of the predicted Rw")
+    shown = "" if len(rows) == n_motifs else f", {len(rows)} of {n_motifs} motifs drawn"
+    ax.set_title(f"Features that move the predicted Rw most{_frame_title(h5, frame)}{shown}",
+                 fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def atom_contributions(h5: h5py.File, path: Path, frame: int = 0, max_atoms: int = 300) -> Path:
+    """``atom_contributions.png``: each permutable atom's ACV with ± σ bars, blue when
+    negative (the atom lowers Rw: motif), red when positive; pale when |ACV| < σ."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    acv = h5["atoms/contribution"][frame]
+    sigma = h5["atoms/uncertainty"][frame]
+    labels = np.array(atom_labels(h5))
+    order = np.arange(acv.size)
+    note = ""
+    if acv.size > max_atoms:  # readable labels: the atoms that matter most
+        order = np.sort(np.argsort(-np.abs(np.nan_to_num(acv)), kind="stable")[:max_atoms])
+        note = f" ({max_atoms} of {acv.size} atoms with the largest |ACV|)"
+    a, s = acv[order], sigma[order]
+    confident = np.abs(a) >= s
+    colours = np.where(a < 0, MOTIF_BLUE, REST_RED)
+    x = np.arange(order.size)
+    width = float(np.clip(0.16 * order.size + 2.5, 7.0, 48.0))
+    fig, ax = plt.subplots(figsize=(width, 4.8), constrained_layout=True)
+    for keep, alpha in ((confident, 0.95), (~confident, 0.35)):
+        ax.bar(x[keep], a[keep], color=colours[keep], alpha=alpha, width=0.8)
+    ax.errorbar(x, a, yerr=s, fmt="none", ecolor="0.25", elinewidth=0.8, capsize=1.5)
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels[order], rotation=90, fontsize=7)
+    ax.set_xlim(-0.7, order.size - 0.3)
+    ax.set_xlabel("permutable atom (element and index in the starting model)")
+    ax.set_ylabel("atom contribution value, ACV (Rw)")
+    ax.set_title(f"Atom contributions ± σ{_frame_title(h5, frame)}{note}", fontsize=10)
+    ax.legend(handles=[
+        Patch(color=MOTIF_BLUE, label="ACV < 0: lowers Rw (in the motif)"),
+        Patch(color=REST_RED, label="ACV > 0: raises Rw"),
+        Patch(color="0.6", alpha=0.4, label="pale: |ACV| < σ (not significant)"),
+    ], fontsize=8, loc="best", frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
+    """``parity.png``: the model's predicted Rw against the fitted Rw of the test motifs
+    (never seen in training), with MAE, RMSE, R² and the mean-predictor baseline."""
+    plt = _pyplot()
+    predicted = h5["ml/test_predicted"][frame]
+    fitted = h5["fits/rw"][frame]
+    test = np.isfinite(predicted) & np.isfinite(fitted)
+    x, y = fitted[test], predicted[test]
+    ml = h5["ml"].attrs
+
+    def metric(name):
+        return float(np.atleast_1d(ml[name])[frame if np.ndim(ml[name]) else 0])
+
+    fig, ax = plt.subplots(figsize=(5.6, 5.2), constrained_layout=True)
+    lo = float(min(x.min(), y.min())) if x.size else 0.0
+    hi = float(max(x.max(), y.max())) if x.size else 1.0
+    pad = 0.03 * (hi - lo or 1.0)
+    if x.size > MAX_POINTS:
+        art = ax.hexbin(x, y, gridsize=60, bins="log", cmap="viridis", mincnt=1,
+                        extent=(lo - pad, hi + pad, lo - pad, hi + pad))
+        fig.colorbar(art, ax=ax, label="test motifs per bin")
+    else:
+        ax.plot(x, y, "o", ms=3, alpha=0.5, color="C0", label=f"{x.size} test motifs")
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "-", color="0.3", lw=1,
+            label="predicted = fitted")
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.set_xlabel("fitted Rw (test motifs)")
+    ax.set_ylabel("Rw predicted by the model")
+    r2 = metric("test_r2")
+    text = (f"MAE {metric('test_mae'):.4f}\nRMSE {metric('test_rmse'):.4f}\nR² {r2:.3f}\n"
+            f"baseline MAE {metric('baseline_mae'):.4f}\n(predicting the mean)")
+    if r2 < 0.5:
+        text += "\nR² < 0.5: do not trust\nthe contributions"
+    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_title(f"Model of Rw on the test set{_frame_title(h5, frame)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def best_fit(path: Path, r: np.ndarray, g: np.ndarray, curves: list[tuple[str, np.ndarray, float]],
+             title: str = "") -> Path:
+    """``best_fit.png``: the data and each ``(label, G_calc, Rw)`` curve, with their
+    difference curves stacked below."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.0, 5.6), constrained_layout=True)
+    ax.plot(r, g, "o", ms=2.5, mfc="none", color="0.2", label="data")
+    colours = ("C3", "C0", "C2", "C1")
+    span = float(np.ptp(g)) or 1.0
+    base = float(np.min(g)) - 0.15 * span
+    for k, (label, calc, rw) in enumerate(curves):
+        colour = colours[k % len(colours)]
+        ax.plot(r, calc, "-", lw=1.3, color=colour, label=f"{label}: Rw = {rw:.4f}")
+        diff = g - calc
+        offset = base - np.max(diff)
+        ax.plot(r, diff + offset, "-", lw=0.9, color=colour, label=f"difference, {label}")
+        ax.axhline(offset, color="0.7", lw=0.6)
+        base = offset + np.min(diff) - 0.08 * span
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("G(r) (Å⁻²)")
+    ax.set_title(title or "Fits to the data", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def rw_vs_size(h5: h5py.File, path: Path, frame: int = 0,
+               marks: list[tuple[str, float, float]] = ()) -> Path:
+    """``rw_vs_size.png``: fitted Rw of every motif against its size, the best Rw per
+    size, and ``marks`` ``(label, size, Rw)`` such as the extracted motif."""
+    plt = _pyplot()
+    rw = h5["fits/rw"][frame]
+    size = h5["catalogue/size"][:].astype(float)
+    ok = np.isfinite(rw)
+    x, y = size[ok], rw[ok]
+    fig, ax = plt.subplots(figsize=(7.0, 4.8), constrained_layout=True)
+    if x.size > MAX_POINTS:
+        art = ax.hexbin(x, y, gridsize=(min(80, int(np.ptp(x)) + 1), 60), bins="log",
+                        cmap="Greys", mincnt=1)
+        fig.colorbar(art, ax=ax, label="motifs per bin")
+    else:
+        ax.plot(x, y, "o", ms=2.5, alpha=0.35, color="0.35", label=f"{x.size} motifs")
+    sizes = np.unique(x)
+    best = [y[x == s].min() for s in sizes]
+    ax.plot(sizes, best, "-", color="C0", lw=1.2, label="best Rw of each size")
+    for (label, s, value), marker, colour in zip(marks, "*Dsv", ("C3", MOTIF_BLUE, "C2", "C1"),
+                                                 strict=False):
+        ax.plot([s], [value], marker, ms=11, color=colour, mec="k", label=label)
+    ax.set_xlabel("motif size (permutable atoms kept)")
+    ax.set_ylabel("fitted Rw")
+    ax.set_title(f"Fit quality against motif size{_frame_title(h5, frame)}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

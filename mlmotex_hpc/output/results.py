@@ -96,8 +96,10 @@ def _learn_frame(f, X, masks, y, settings, until, log, sub, label) -> dict:
     log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
     pause_for_tests("learn")
     model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"), comm=sub)
+    test = np.flatnonzero(ok)[model.test_index]  # motif indices of the test set
     out = {"metrics": {k: model.metrics.get(k, np.nan) for k in METRICS},
            "params": model.params, "history": model.history,
+           "test": (test, model.predict(X[test]).astype(np.float32)),
            "learn": time.perf_counter() - t, "explain": 0.0}
     if until != "explain":
         return out
@@ -213,8 +215,15 @@ def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
     described = {k: v for k, v in vars(settings).items() if k != "params"}
     described["params"] = dict(settings.params)
     described = comm.bcast(json.dumps(described, default=str))  # rank 0's n_jobs
+    predicted = np.full((n_frames, n_motifs), np.nan, dtype=np.float32)
+    for f in range(n_frames):
+        index, values = done[f]["test"]
+        predicted[f, index] = values
     if parallel or root:
         _store_learning(h5, described, until, metrics, params, histories, atoms, n_frames)
+        _replace(h5["ml"], "test_predicted", predicted)
+        h5["ml/test_predicted"].attrs["definition"] = (
+            "Rw predicted by the frame's model for its test motifs (NaN: not in the test set)")
     return {"metrics": metrics, "params": params,
             "learn": comm.allreduce(t_learn, op=MPI.MAX),
             "explain": comm.allreduce(t_explain, op=MPI.MAX)}
@@ -292,8 +301,12 @@ def write_outputs(
     t_start: float,
     log: Callable,
     metrics: dict | None = None,
+    config=None,
 ) -> dict:
-    """Every output file (rank 0, with the finished file open serially); the summary."""
+    """Every output file (rank 0, with the finished file open serially); the summary.
+
+    ``config`` (the run's) is needed for the structure files and figures of a
+    single-frame run; without it only the CSV and the motif are written."""
     summary: dict = dict(metrics or {})
     files = [out_dir / "motex.h5"]
     summary.update(fits=int(np.isfinite(h5["fits/rw"][:]).sum()),
@@ -324,16 +337,28 @@ def write_outputs(
             (atoms["contribution"][0] < 0)[None, :])[0].sum())
         summary["contributions"] = atoms["contribution"][0]
         summary["permutable"] = permutable
-        if n_frames > 1:
-            from .plots import contributions_vs_frame, series_summary
+    products, series_figures = None, []
+    if until == "explain" and n_frames == 1 and config is not None:
+        from .products import frame_products
 
-            log("writing the series plots")
-            files.append(contributions_vs_frame(h5, out_dir / "contributions_vs_frame.png"))
-            files.append(series_summary(h5, out_dir / "series_summary.png"))
+        products = frame_products(h5, config, inputs.structure, inputs.space, out_dir, 0, log)
+        files.extend(products.files)
+    elif until == "explain":
+        from .plots import contributions_vs_frame, series_summary
+
+        log("writing the series plots")
+        series_figures = [contributions_vs_frame(h5, out_dir / "contributions_vs_frame.png"),
+                          series_summary(h5, out_dir / "series_summary.png")]
+        files.extend(series_figures)
     timings["total"] = time.perf_counter() - t_start
     h5.require_group("timings").attrs.update(
         {**{k: float(v) for k, v in timings.items()}, "ranks": n_ranks}
     )
+    if until == "explain":
+        from .report import write_report
+
+        files.append(write_report(out_dir / "report.html", h5, inputs.structure, files,
+                                  products, series_figures))
     summary["n_frames"] = len(names)
     summary["files"] = [str(p) for p in files]
     print_summary(summary, inputs.structure, log)

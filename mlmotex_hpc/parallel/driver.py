@@ -416,10 +416,10 @@ def run_fits(
     """Step 2 on every rank: the ``pending`` work units on demand, results into the store.
 
     A work unit is a motif batch × a frame block (``frames.block``); unit u is batch
-    u // FB, block u % FB. Returns the number of fits done (all ranks). With parallel HDF5 each rank writes its
-    own batches; in the serial fallback the other ranks send each batch to rank 0 as
-    soon as it is fitted, and rank 0 writes them between its own, so a killed job loses
-    only the batches in flight either way.
+    u // FB, block u % FB. Returns the number of fits done (all ranks). With parallel
+    HDF5 each rank writes its own batches; in the serial fallback the other ranks send
+    each batch to rank 0 as soon as it is fitted, and rank 0 writes them between its own,
+    so a killed job loses only the batches in flight either way.
     """
     fsettings = fit_settings(config, inputs.structure)
     blocks = frame_blocks(len(inputs.frames), config.frames.block)
@@ -677,7 +677,7 @@ def run(
             lambda h5: learn_stage(h5, config, until, timings, log, comm),
             lambda h5, metrics: write_outputs(
                 h5, inputs, out_dir, until=until, timings=timings, n_ranks=comm.size,
-                t_start=t0, log=log, metrics=metrics,
+                t_start=t0, log=log, metrics=metrics, config=config,
             ),
             comm,
         )

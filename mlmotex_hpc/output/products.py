@@ -1,0 +1,147 @@
+"""What a person opens after a run: structure files and figures of one frame.
+
+:func:`frame_products` writes, for one frame of a finished ``motex.h5`` (rank 0, file
+open for reading):
+
+* ``model_contributions.vesta`` / ``.cmtx``: the starting model, permutable atoms
+  coloured by their contribution (blue: in the motif; red: against it; grey: not
+  permuted), for VESTA 3 and CrystalMaker;
+* ``motif.vesta``: the extracted motif (``motif.xyz`` is written with the CSV);
+* ``shap_summary.png``, ``atom_contributions.png``, ``parity.png``, ``best_fit.png``,
+  ``rw_vs_size.png`` (see :mod:`mlmotex_hpc.output.plots`).
+
+``best_fit.png`` refits the catalogue's best motif and the extracted motif with the run's
+own fitter and settings (the extracted motif is usually not in the catalogue, so it has
+no fitted Rw of its own until then). Series put each frame's files in ``frame_NNNNN/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..io.structure import Structure
+from . import plots
+from .structure_files import contribution_colours, write_cmtx, write_vesta
+
+#: Files of one frame, in the order they are written and shown in the report.
+FIGURES = ("atom_contributions.png", "shap_summary.png", "parity.png", "best_fit.png",
+           "rw_vs_size.png")
+
+
+@dataclass
+class MotifFit:
+    """One motif refitted to a frame with the run's fitter."""
+
+    label: str
+    atom_mask: np.ndarray  # over all atoms of the model
+    rw: float
+    scale: float
+    zoom: float
+    g_calc: np.ndarray
+    size: int  # permutable atoms kept
+
+
+@dataclass
+class FrameProducts:
+    """What :func:`frame_products` wrote and found, for the report."""
+
+    frame: int
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    fits: list[MotifFit] = field(default_factory=list)
+
+
+def frame_folder(out_dir: Path, frame: int, n_frames: int) -> Path:
+    """Where a frame's files go: the output folder itself for a single frame."""
+    return out_dir if n_frames == 1 else out_dir / f"frame_{frame:05d}"
+
+
+def frame_data(h5: h5py.File, config, frame: int) -> tuple[np.ndarray, np.ndarray,
+                                                            np.ndarray | None]:
+    """r, G and the fit weights (None: unit) of a frame, as the run fitted them."""
+    r = h5[f"data/{frame:05d}/r"][:]
+    g = h5[f"data/{frame:05d}/g"][:]
+    weights = None
+    if config.fit.weights == "dG":  # the weights are not stored: read the data again
+        from ..io.pdfdata import read_pdf_data
+
+        data = read_pdf_data(config.data[frame])
+        weights = data.weights(data.fit_range(config.fit.rmin, config.fit.rmax))
+    return r, g, weights
+
+
+def refit(h5: h5py.File, config, structure: Structure, space, frame: int,
+          motifs: list[tuple[str, np.ndarray]]) -> list[MotifFit]:
+    """Fit each ``(label, permutable-atom mask)`` to the frame as step 2 does."""
+    from ..config import pdf_settings
+    from ..fit.fitter import fit_motif
+    from ..parallel.driver import fit_settings
+    from ..pdf import make_calculator
+
+    r, g, weights = frame_data(h5, config, frame)
+    calc = make_calculator(structure.elements, structure.xyz, pdf_settings(config), r)
+    settings = fit_settings(config, structure)
+    out = []
+    for label, mask in motifs:
+        atom_mask = space.atom_masks(mask[None, :])[0]
+        motif = calc.prepare(atom_mask)
+        res = fit_motif(calc, motif, g, settings, weights, config.uiso)
+        g_calc = res.scale * calc.gr(motif, zoom=res.zoom, uiso=res.uiso or None,
+                                     delta2=res.delta2)
+        out.append(MotifFit(label, atom_mask, res.rw, res.scale, res.zoom, g_calc,
+                            int(mask.sum())))
+    return out
+
+
+def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: Path,
+                   frame: int = 0, log: Callable = print) -> FrameProducts:
+    """Write one frame's structure files and figures (see the module notes)."""
+    n_frames = h5["frames/names"].shape[0]
+    folder = frame_folder(out_dir, frame, n_frames)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = FrameProducts(frame, folder)
+    label = "" if n_frames == 1 else f" of frame {frame}"
+    permutable = h5["catalogue/permutable"][:]
+    acv = h5["atoms/contribution"][frame]
+    in_motif = h5["atoms/in_motif"][frame].astype(bool)
+    colours = contribution_colours(acv, len(structure), permutable)
+    title = f"{structure.comment or 'starting model'}: atom contributions{label}"
+
+    log(f"writing the structure files{label}")
+    done.files.append(write_vesta(folder / "model_contributions.vesta", structure, colours,
+                                  title=title))
+    done.files.append(write_cmtx(folder / "model_contributions.cmtx", structure, colours,
+                                 title=title))
+    motif_atoms = space.atom_masks(in_motif[None, :])[0]
+    if motif_atoms.any():
+        done.files.append(write_vesta(folder / "motif.vesta", structure.subset(motif_atoms),
+                                      colours[motif_atoms], title=f"extracted motif{label}"))
+
+    log(f"refitting the best and the extracted motif{label}")
+    rw = h5["fits/rw"][frame]
+    motifs = []
+    if np.isfinite(rw).any():
+        best = int(np.nanargmin(rw))
+        motifs.append((f"best catalogue motif ({best})",
+                       h5["catalogue/mask"][best, :].astype(bool)))
+    if in_motif.any():
+        motifs.append(("extracted motif", in_motif))
+    done.fits = refit(h5, config, structure, space, frame, motifs)
+
+    log(f"drawing the figures{label}")
+    r, g, _ = frame_data(h5, config, frame)
+    done.files.append(plots.atom_contributions(h5, folder / "atom_contributions.png", frame))
+    done.files.append(plots.shap_summary(h5, folder / "shap_summary.png", frame))
+    done.files.append(plots.parity(h5, folder / "parity.png", frame))
+    done.files.append(plots.best_fit(
+        folder / "best_fit.png", r, g, [(f.label, f.g_calc, f.rw) for f in done.fits],
+        title=f"Best catalogue motif and extracted motif{label}, refitted"))
+    done.files.append(plots.rw_vs_size(
+        h5, folder / "rw_vs_size.png", frame,
+        marks=[(f"{f.label}: Rw {f.rw:.4f}", f.size, f.rw) for f in done.fits]))
+    return done

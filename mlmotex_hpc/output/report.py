@@ -1,0 +1,213 @@
+"""``report.html``: one self-contained page about a run, to read or send to a colleague.
+
+Inputs and settings, timings, the model's test metrics, every figure (PNG embedded as
+data URIs: the page needs no other file and loads nothing from the network), the table
+of atom contributions and the extracted motif. Written by ``run``, ``learn``, ``merge``
+and ``plot`` from the finished ``motex.h5`` (rank 0, file open for reading).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..io.structure import Structure
+from .products import FIGURES, FrameProducts
+from .structure_files import contribution_colours
+
+CAPTIONS = {
+    "atom_contributions.png": "Atom contribution values (ACV) with ± σ. Blue atoms lower Rw: "
+                              "they make up the motif. Pale bars: |ACV| < σ.",
+    "shap_summary.png": "SHAP values of the features: how keeping (red) or removing (blue) an "
+                        "atom moves the predicted Rw.",
+    "parity.png": "The model's predicted Rw against the fitted Rw of test motifs it never saw.",
+    "best_fit.png": "The data with the best catalogue motif's and the extracted motif's fits "
+                    "(refitted) and their difference curves.",
+    "rw_vs_size.png": "Fitted Rw of every motif against its size.",
+    "contributions_vs_frame.png": "Atom contributions of every frame (blue: in the motif).",
+    "series_summary.png": "Best Rw, size of the best motifs and the model's test R² over the "
+                          "series.",
+}
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1100px;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;
+margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right;font-size:.9em}
+th{background:#f3f3f3}td.l,th.l{text-align:left}figure{margin:1.2em 0}
+figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}pre{background:#f7f7f7;padding:.8em;overflow-x:auto;
+font-size:.85em}.warn{background:#fff3cd;border:1px solid #e0c36c;padding:.6em 1em}
+.sub{color:#666}.swatch{display:inline-block;width:1em;height:1em;border:1px solid #999;
+vertical-align:middle}
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list], left: int = 1) -> str:
+    """An HTML table; the first ``left`` columns left-aligned."""
+    cls = [' class="l"' if i < left else "" for i in range(len(header))]
+    out = ["<table><tr>" + "".join(f"<th{c}>{_esc(h)}</th>" for c, h in zip(cls, header,
+                                                                        strict=True)) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(cls, row,
+                                                                       strict=True)) + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _figure(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = CAPTIONS.get(path.name, "")
+    return (f'<figure><img alt="{_esc(path.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{_esc(path.name)}</b>: {_esc(caption)}</figcaption></figure>")
+
+
+def _num(value, fmt: str = ".4f") -> str:
+    value = float(value)
+    return "–" if not np.isfinite(value) else format(value, fmt)
+
+
+def _metric(ml: h5py.AttributeManager, name: str, frame: int) -> float:
+    value = np.atleast_1d(ml[name]) if name in ml else np.array([np.nan])
+    return float(value[frame] if value.size > 1 else value[0])
+
+
+def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Path],
+                 products: FrameProducts | None = None,
+                 series_figures: list[Path] = ()) -> Path:
+    """Write ``report.html`` for the run in ``h5`` (see the module notes)."""
+    names = [n.decode() for n in h5["frames/names"][:]]
+    n_frames = len(names)
+    frame = products.frame if products is not None else 0
+    ml = h5["ml"].attrs if "ml" in h5 else {}
+    timings = dict(h5["timings"].attrs) if "timings" in h5 else {}
+    config_text = h5.attrs.get("config", "")
+    if isinstance(config_text, bytes):
+        config_text = config_text.decode()
+    permutable = h5["catalogue/permutable"][:]
+    n_motifs = h5["catalogue/mask"].shape[0]
+    parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+             f"<title>mlmotex-hpc report: {_esc(path.parent.name)}</title>"
+             f"<style>{STYLE}</style></head><body>"]
+    parts.append(f"<h1>mlmotex-hpc report</h1><p class=\"sub\">{_esc(path.parent)} — "
+                 f"mlmotex-hpc {_esc(__version__)}, written {time.strftime('%Y-%m-%d %H:%M')}"
+                 "</p>")
+
+    # -- summary
+    parts.append("<h2>Summary</h2>")
+    rows = [["starting model", _esc(f"{structure.comment or '(no title)'}: {len(structure)} "
+                                    f"atoms, {len(permutable)} permutable")],
+            ["data", _esc(names[0] if n_frames == 1 else f"{n_frames} frames: {names[0]} … "
+                          f"{names[-1]}")],
+            ["motifs fitted", f"{int(np.isfinite(h5['fits/rw'][:]).sum()):,} "
+                              f"({n_motifs:,} motifs × {n_frames} frame(s))"]]
+    if "atoms/in_motif" in h5:
+        in_motif = h5["atoms/in_motif"][frame].astype(bool)
+        atoms = " ".join(f"{structure.elements[i]}{i}" for i in permutable[in_motif])
+        frame_note = "" if n_frames == 1 else f" (frame {frame})"
+        rows.append([f"extracted motif{frame_note}",
+                     _esc(f"{int(in_motif.sum())} permutable atoms: {atoms}")])
+    if products is not None:
+        for fit in products.fits:
+            rows.append([_esc(fit.label), f"Rw {fit.rw:.4f} (refitted: scale {fit.scale:.4g}, "
+                                          f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
+                                          "atoms)"])
+    parts.append(_table(["", ""], rows, left=2))
+
+    # -- model
+    if ml:
+        parts.append("<h2>Model of Rw</h2>")
+        header = ["frame", "test MAE", "test RMSE", "test R²", "baseline MAE", "CV RMSE",
+                  "train", "test"]
+        shown = range(n_frames) if n_frames <= 40 else sorted({0, frame, n_frames - 1})
+        rows = [[_esc(names[f]), *(_num(_metric(ml, k, f)) for k in
+                 ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score")),
+                 *(_num(_metric(ml, k, f), ".0f") for k in ("n_train", "n_test"))]
+                for f in shown]
+        parts.append(_table(header, rows))
+        r2 = np.atleast_1d(ml["test_r2"])
+        low = [names[f] for f in range(n_frames) if r2[f if r2.size > 1 else 0] < 0.5]
+        if low:
+            parts.append(f"<p class=\"warn\">Test R² below 0.5 for {len(low)} frame(s) "
+                         f"({_esc(', '.join(low[:10]))}{' …' if len(low) > 10 else ''}): the "
+                         "model did not learn Rw well there, and those atom contributions are "
+                         "not to be trusted.</p>")
+        params = ml.get("params")
+        if params is not None:
+            chosen = json.loads(params)
+            chosen = chosen[frame] if isinstance(chosen, list) else chosen
+            parts.append("<p>Hyperparameters" + ("" if n_frames == 1 else f" (frame {frame})")
+                         + ": " + _esc(", ".join(f"{k} = {v}" for k, v in chosen.items()))
+                         + "</p>")
+
+    # -- timings
+    if timings:
+        parts.append("<h2>Timings</h2>")
+        keys = [k for k in ("catalogue", "fit", "learn", "explain", "total") if k in timings]
+        rows = [[k, f"{float(timings[k]):.1f} s"] for k in keys]
+        if "fits_per_second" in timings:
+            rows.append(["fits per second", f"{float(timings['fits_per_second']):,.0f}"])
+        if "ranks" in timings:
+            rows.append(["MPI ranks", str(int(timings["ranks"]))])
+        if "note" in timings:
+            rows.append(["note", _esc(timings["note"])])
+        parts.append(_table(["stage", ""], rows))
+
+    # -- figures
+    if series_figures:
+        parts.append("<h2>The series</h2>")
+        parts.extend(_figure(p) for p in series_figures)
+    if products is not None:
+        title = "Figures" if n_frames == 1 else f"Frame {frame} ({_esc(names[frame])})"
+        parts.append(f"<h2>{title}</h2>")
+        parts.extend(_figure(products.folder / name) for name in FIGURES
+                     if (products.folder / name).exists())
+
+    # -- atoms
+    if "atoms/contribution" in h5:
+        parts.append("<h2>Atom contributions</h2>")
+        acv = h5["atoms/contribution"][frame]
+        sigma = h5["atoms/uncertainty"][frame]
+        conf = h5["atoms/confidence"][frame]
+        colours = contribution_colours(acv, len(structure), permutable)
+        order = np.argsort(acv, kind="stable")
+        rows = []
+        for k in order:
+            i = int(permutable[k])
+            rgb = "#" + "".join(f"{int(round(255 * c)):02x}" for c in colours[i])
+            x, y, z = structure.xyz[i]
+            rows.append([f'<span class="swatch" style="background:{rgb}"></span> '
+                         f"{_esc(structure.elements[i])}{i}", f"{x:.3f}", f"{y:.3f}",
+                         f"{z:.3f}", _num(acv[k], ".5f"), _num(sigma[k], ".5f"),
+                         _num(conf[k], ".2f"), "yes" if acv[k] < 0 else ""])
+        parts.append("<p>Sorted by ACV: the motif first. ACV = mean SHAP value over motifs "
+                     "keeping the atom minus the mean over motifs removing it; σ its "
+                     "uncertainty; CF = |ACV| / σ.</p>")
+        parts.append(_table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "σ", "CF",
+                             "in motif"], rows))
+        motif_xyz = (products.folder if products is not None else path.parent) / "motif.xyz"
+        if n_frames > 1:
+            motif_xyz = path.parent / "motifs" / f"motif_{frame:05d}.xyz"
+        if motif_xyz.exists():
+            parts.append(f"<h2>Extracted motif</h2><p>{_esc(motif_xyz.name)}:</p>"
+                         f"<pre>{_esc(motif_xyz.read_text())}</pre>")
+
+    # -- inputs
+    parts.append("<h2>Config</h2>")
+    parts.append(f"<pre>{_esc(config_text)}</pre>")
+    parts.append("<h2>Files</h2><ul>")
+    parts.extend(f"<li>{_esc(p)}</li>" for p in files)
+    parts.append(f"<li>{_esc(path)}</li></ul></body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
