@@ -82,3 +82,17 @@ def keggin_config(tmp_path: Path, **overrides) -> dict:
         else:
             config[key] = value
     return config
+
+
+@pytest.fixture(scope="session")
+def keggin_run(tmp_path_factory):
+    """One full 2-rank Keggin run (``keggin_config``), shared by the tests that read it:
+    its output folder and the finished process."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("keggin2")
+    config = tmp / "keggin.yaml"
+    config.write_text(yaml.safe_dump(keggin_config(tmp)))
+    proc = run_cli("run", str(config), ranks=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp / "out", proc

@@ -16,19 +16,6 @@ from .conftest import EXAMPLES, KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_c
 pytestmark = pytest.mark.mpi
 
 
-@pytest.fixture(scope="module")
-def keggin_run(tmp_path_factory):
-    """One full 2-rank Keggin run shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("keggin2")
-    import yaml
-
-    config = tmp / "keggin.yaml"
-    config.write_text(yaml.safe_dump(keggin_config(tmp)))
-    proc = run_cli("run", str(config), ranks=2)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return tmp / "out", proc
-
-
 def test_two_ranks_write_every_result(keggin_run):
     out, proc = keggin_run
     with h5py.File(out / "motex.h5") as h5:
@@ -69,8 +56,10 @@ def test_keggin_answer(keggin_run):
 def test_csv_and_motif_files(keggin_run):
     out, proc = keggin_run
     rows = list(csv.DictReader(open(out / "atom_contributions.csv")))
-    assert list(rows[0]) == ["frame", "index", "element", "x", "y", "z", "contribution",
-                             "uncertainty", "confidence", "in_motif"]
+    assert list(rows[0]) == ["frame", "frame_name", "time", "index", "element", "x", "y", "z",
+                             "contribution", "uncertainty", "confidence", "in_motif"]
+    assert {(row["frame"], row["frame_name"], row["time"]) for row in rows} == {
+        ("0", "DanMAX_AlphaKeggin.gr", "")}
     assert len(rows) == 24
     model = read_xyz(KEGGIN_XYZ)
     for row in rows:

@@ -110,7 +110,7 @@ def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: 
     acv = h5["atoms/contribution"][frame]
     in_motif = h5["atoms/in_motif"][frame].astype(bool)
     colours = contribution_colours(acv, len(structure), permutable)
-    title = f"{structure.comment or 'starting model'}: atom contributions{label}"
+    title = f"{config.structure.name}: atom contributions{label}"
 
     log(f"writing the structure files{label}")
     done.files.append(write_vesta(folder / "model_contributions.vesta", structure, colours,
@@ -137,7 +137,11 @@ def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: 
     r, g, _ = frame_data(h5, config, frame)
     done.files.append(plots.atom_contributions(h5, folder / "atom_contributions.png", frame))
     done.files.append(plots.shap_summary(h5, folder / "shap_summary.png", frame))
-    done.files.append(plots.parity(h5, folder / "parity.png", frame))
+    if "ml/test_predicted" in h5:
+        done.files.append(plots.parity(h5, folder / "parity.png", frame))
+    else:  # files of mlmotex-hpc before 0.2 kept no test predictions
+        log("  no parity.png: the file holds no test-set predictions (rerun "
+            "`mlmotex-hpc learn` on it to store them)")
     done.files.append(plots.best_fit(
         folder / "best_fit.png", r, g, [(f.label, f.g_calc, f.rw) for f in done.fits],
         title=f"Best catalogue motif and extracted motif{label}, refitted"))

@@ -106,8 +106,8 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
 
     # -- summary
     parts.append("<h2>Summary</h2>")
-    rows = [["starting model", _esc(f"{structure.comment or '(no title)'}: {len(structure)} "
-                                    f"atoms, {len(permutable)} permutable")],
+    rows = [["starting model", _esc(f"{len(structure)} atoms, {len(permutable)} permutable "
+                                    f"({', '.join(sorted(set(structure.elements)))})")],
             ["data", _esc(names[0] if n_frames == 1 else f"{n_frames} frames: {names[0]} … "
                           f"{names[-1]}")],
             ["motifs fitted", f"{int(np.isfinite(h5['fits/rw'][:]).sum()):,} "

@@ -1,0 +1,212 @@
+"""What a person opens after the Keggin demo (issue 8): structure files, figures and the
+report, parsed back and checked against the model and the known answer; the report also
+rendered in a real headless browser (Debian's chromium, installed by ``make test``)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from mlmotex_hpc.io.structure import read_xyz
+from mlmotex_hpc.output.products import FIGURES
+from mlmotex_hpc.output.structure_files import read_cmtx, read_vesta
+
+from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
+from .test_resume import errors
+
+pytestmark = pytest.mark.mpi
+
+STRUCTURE_FILES = ("model_contributions.vesta", "model_contributions.cmtx", "motif.vesta")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _family(rgb) -> str:
+    """blue, red or grey: which colour family an RGB (any scale) belongs to."""
+    r, g, b = (float(c) for c in rgb)
+    if abs(r - b) < 1e-9 and abs(r - g) < 1e-9:
+        return "grey"
+    return "blue" if b > r else "red"
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    from matplotlib.image import imread
+
+    image = imread(io.BytesIO(data), format="png")
+    return image.shape[1], image.shape[0]
+
+
+def test_every_file_is_written_and_listed(keggin_run):
+    out, proc = keggin_run
+    listed = proc.stdout.split("files written:")[1].split()
+    for name in ("motex.h5", "atom_contributions.csv", "motif.xyz", *STRUCTURE_FILES,
+                 *FIGURES, "report.html"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in listed, name
+    for name in FIGURES:  # real images, big enough to read at 100 %
+        width, height = _png_size((out / name).read_bytes())
+        assert width >= 500 and height >= 400, (name, width, height)
+    for stage in ("writing the structure files", "refitting", "drawing the figures"):
+        assert stage in proc.stdout  # progress of the output stage
+
+
+def test_model_coloured_by_contribution_shows_the_keggin_answer(keggin_run):
+    out, _ = keggin_run
+    model = read_xyz(KEGGIN_XYZ)
+    motif_w = set(KEGGIN_MOTIF_W)
+    vesta = read_vesta(out / "model_contributions.vesta")
+    cmtx = read_cmtx(out / "model_contributions.cmtx")
+    labels = [site[1] for site in vesta["sites"]]
+    assert [site[0] for site in vesta["sites"]] == list(model.elements)
+    np.testing.assert_allclose(vesta["xyz"], model.xyz, atol=1e-5)
+    np.testing.assert_allclose(cmtx["xyz"], model.xyz, atol=1e-5)
+    assert [a[0] for a in cmtx["atoms"]] == list(model.elements)
+    for i, element in enumerate(model.elements):
+        colours = (vesta["site_colours"][labels[i]], cmtx["type_colours"][cmtx["atoms"][i][1]])
+        expected = "grey" if element == "O" else "blue" if i in motif_w else "red"
+        for colour in colours:
+            assert _family(colour) == expected, (i, element, colour)
+        assert all(isinstance(c, int) and 0 <= c <= 255 for c in colours[0])  # VESTA: 0-255
+        assert all(0.0 <= c <= 1.0 for c in colours[1])  # CrystalMaker: 0-1
+
+
+def test_motif_vesta_is_the_extracted_motif(keggin_run):
+    out, _ = keggin_run
+    motif = read_xyz(out / "motif.xyz")
+    vesta = read_vesta(out / "motif.vesta")
+    assert [site[0] for site in vesta["sites"]] == list(motif.elements)
+    np.testing.assert_allclose(vesta["xyz"], motif.xyz, atol=1e-5)
+    w_colours = [vesta["site_colours"][s[1]] for s in vesta["sites"] if s[0] == "W"]
+    assert len(w_colours) == 12 and {_family(c) for c in w_colours} == {"blue"}
+
+
+def test_parity_data_is_the_test_set(keggin_run):
+    out, _ = keggin_run
+    with h5py.File(out / "motex.h5") as h5:
+        predicted = h5["ml/test_predicted"][0]
+        rw = h5["fits/rw"][0]
+        n_test = int(h5["ml"].attrs["n_test"])
+        mae = float(h5["ml"].attrs["test_mae"])
+    test = np.isfinite(predicted)
+    assert test.sum() == n_test
+    np.testing.assert_allclose(np.mean(np.abs(predicted[test] - rw[test])), mae, rtol=1e-5)
+
+
+class _Page(HTMLParser):
+    """The images, links and table rows of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.rows, self.text = [], [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag in ("a", "link", "script") and (attrs.get("href") or attrs.get("src")):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+        if tag == "tr":
+            self.rows += 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_is_self_contained_and_complete(keggin_run):
+    out, _ = keggin_run
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert page.links == [], "the report must load nothing from elsewhere"
+    alts = [img["alt"] for img in page.images]
+    assert alts == list(FIGURES)
+    for img in page.images:  # each embedded image is the PNG written beside it
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert base64.b64decode(img["src"][len(prefix):]) == (out / img["alt"]).read_bytes()
+    text = " ".join(page.text)
+    with h5py.File(out / "motex.h5") as h5:
+        r2 = float(h5["ml"].attrs["test_r2"])
+        config = h5.attrs["config"]
+    assert f"{r2:.4f}" in text  # the model's metrics
+    assert "bond_threshold" in text and config.splitlines()[0].strip() in text  # settings
+    for stage in ("fit", "learn", "explain", "total"):
+        assert re.search(rf"\b{stage}\b\s+[\d.]+ s", text), stage  # timings
+    motif_atoms = " ".join(f"W{i}" for i in KEGGIN_MOTIF_W)
+    assert f"12 permutable atoms: {motif_atoms}" in text
+    for i in range(24):  # the table of atom contributions
+        assert f"W{i}" in text
+    assert (out / "motif.xyz").read_text().splitlines()[0].strip() in text
+
+
+def _browser_check(tmp_path, html: str) -> dict:
+    """Load ``html`` in headless chromium; what a script in the page saw once loaded."""
+    probe = """<script>
+window.addEventListener("load", () => {
+  const images = [...document.images];
+  const p = document.createElement("pre");
+  p.id = "probe";
+  p.textContent = JSON.stringify({
+    images: images.length,
+    broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
+    height: document.body.scrollHeight});
+  document.body.appendChild(p);
+});
+</script>"""
+    page = tmp_path / "page.html"
+    page.write_text(html.replace("</body>", probe + "</body>"), encoding="utf-8")
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+         "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    match = re.search(r'<pre id="probe">([^<]*)</pre>', proc.stdout)
+    assert match, proc.stderr[-2000:]
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln]
+    return {**json.loads(match[1].replace("&quot;", '"')), "console": console}
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("MLMOTEX_REQUIRE_BROWSER") != "1",
+                    reason="no chromium (make test installs it and requires this test)")
+def test_report_renders_in_a_headless_browser(keggin_run, tmp_path):
+    assert CHROMIUM, "MLMOTEX_REQUIRE_BROWSER=1 but chromium is not installed"
+    out, _ = keggin_run
+    html = (out / "report.html").read_text(encoding="utf-8")
+    seen = _browser_check(tmp_path, html)
+    assert seen["images"] == len(FIGURES) and seen["broken"] == [], seen
+    assert seen["console"] == [], seen["console"]  # no script errors, no failed loads
+    assert seen["height"] > 2000  # the figures are laid out, not collapsed
+    # the check can fail: a damaged image is reported broken
+    damaged = html.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1)
+    assert _browser_check(tmp_path, damaged)["broken"] == [FIGURES[0]]
+
+
+def test_plot_command_writes_them_again(keggin_run, tmp_path):
+    out, _ = keggin_run
+    proc = run_cli("plot", str(out / "motex.h5"), "-o", str(tmp_path / "again"))
+    assert proc.returncode == 0, proc.stderr
+    for name in (*STRUCTURE_FILES, *FIGURES, "report.html"):
+        assert (tmp_path / "again" / name).is_file(), name
+        assert str(tmp_path / "again" / name) in proc.stdout
+    for name in STRUCTURE_FILES:  # same run, same files
+        assert (tmp_path / "again" / name).read_text() == (out / name).read_text()
+
+
+def test_plot_needs_contributions(tmp_path):
+    config = tmp_path / "keggin.yaml"
+    config.write_text(yaml.safe_dump(keggin_config(tmp_path, catalogue={"size": 64})))
+    proc = run_cli("run", str(config), "--until", "fit", "--quiet", ranks=1)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("plot", str(tmp_path / "out" / "motex.h5"))
+    assert proc.returncode == 2
+    assert len(errors(proc)) == 1 and "no atom contributions yet" in errors(proc)[0]
+    assert "Traceback" not in proc.stderr
