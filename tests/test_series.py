@@ -103,6 +103,24 @@ def test_series_layout_and_outputs(series):
     for name in ("contributions_vs_frame.png", "series_summary.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((out / "motifs").glob("motif_*.xyz"))) == 4
+    report = (out / "report.html").read_text()
+    assert report.count("<img ") == 2 and "series_1.gr" in report
+
+
+def test_plot_draws_chosen_frames_of_a_series(series, tmp_path):
+    folder, _, _ = series
+    proc = run_cli("plot", str(folder / "out" / "motex.h5"), "--frame", "3", "--frame", "1",
+                   "-o", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for frame in (1, 3):
+        for name in ("model_contributions.vesta", "atom_contributions.png", "parity.png",
+                     "best_fit.png"):
+            assert (tmp_path / f"frame_{frame:05d}" / name).is_file()
+    assert (tmp_path / "contributions_vs_frame.png").is_file()
+    report = (tmp_path / "report.html").read_text()
+    assert "Frame 3 (series_11.gr)" in report and report.count("<img ") == 2 + 5
+    proc = run_cli("plot", str(folder / "out" / "motex.h5"), "--frame", "4")
+    assert proc.returncode == 2 and "holds frames 0 to 3" in errors(proc)[0]
 
 
 def test_a_frame_of_the_series_equals_that_frame_alone(series, tmp_path):

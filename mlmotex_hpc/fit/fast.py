@@ -307,6 +307,22 @@ def _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2,
     return any_pair
 
 
+@numba.njit(cache=True, inline="always")
+def _cubic(base, u):
+    """Cubic (4-point Lagrange) interpolation of ``base`` at fractional index ``u``."""
+    i = int(u)
+    t = u - i
+    tm1 = t - 1.0
+    tm2 = t - 2.0
+    tp1 = t + 1.0
+    return (
+        -t * tm1 * tm2 * (1.0 / 6.0) * base[i - 1]
+        + tp1 * tm1 * tm2 * 0.5 * base[i]
+        - tp1 * t * tm2 * 0.5 * base[i + 1]
+        + tp1 * t * tm1 * (1.0 / 6.0) * base[i + 2]
+    )
+
+
 @numba.njit(cache=True, fastmath=True)
 def _approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride):
     """Rw² at zoom z, with G read from ``base`` (exact at zoom zb) at r·zb/z.
@@ -318,17 +334,7 @@ def _approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride):
     sgc = 0.0
     scc = 0.0
     for k in range(0, g.size, stride):
-        i = int(u)
-        t = u - i
-        tm1 = t - 1.0
-        tm2 = t - 2.0
-        tp1 = t + 1.0
-        val = (
-            -t * tm1 * tm2 * (1.0 / 6.0) * base[i - 1]
-            + tp1 * tm1 * tm2 * 0.5 * base[i]
-            - tp1 * t * tm2 * 0.5 * base[i + 1]
-            + tp1 * t * tm1 * (1.0 / 6.0) * base[i + 2]
-        ) * env[k]
+        val = _cubic(base, u) * env[k]
         sgc += w[k] * g[k] * val
         scc += w[k] * val * val
         u += stride * rho
@@ -495,18 +501,7 @@ def _add_scaled(base, zb, z, x0, step, r0, env, stride, wt, out):
     u = (r0 * rho - x0) / step
     i_out = 0
     for k in range(0, env.size, stride):
-        i = int(u)
-        t = u - i
-        tm1 = t - 1.0
-        tm2 = t - 2.0
-        tp1 = t + 1.0
-        val = (
-            -t * tm1 * tm2 * (1.0 / 6.0) * base[i - 1]
-            + tp1 * tm1 * tm2 * 0.5 * base[i]
-            - tp1 * t * tm2 * 0.5 * base[i + 1]
-            + tp1 * t * tm1 * (1.0 / 6.0) * base[i + 2]
-        )
-        out[i_out] += wt * val * env[k]
+        out[i_out] += wt * _cubic(base, u) * env[k]
         i_out += 1
         u += stride * rho
 
