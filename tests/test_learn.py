@@ -295,6 +295,21 @@ def test_shap_values_are_locally_accurate(problem, trained):
     np.testing.assert_array_equal(shap_values(model.booster(), X[:7]), phi[:7])
 
 
+def test_shap_in_blocks_reports_progress_and_gives_the_same_values(problem, trained,
+                                                                   monkeypatch):
+    from mlmotex_hpc.learn import explain
+
+    _, X, _ = problem
+    model, _ = trained
+    whole = shap_values(model, X)
+    monkeypatch.setattr(explain, "BLOCK_ROWS", 7)  # many blocks, a short last one
+    calls = []
+    blocked = shap_values(model, X, progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(blocked, whole)  # rows are independent of the blocks
+    expected = [min(X.shape[0], k) for k in range(7, X.shape[0] + 7, 7)]
+    assert calls == [(done, X.shape[0]) for done in expected]
+
+
 def test_shap_agrees_with_shap_package(problem, trained):
     shap = pytest.importorskip("shap")
     _, X, _ = problem

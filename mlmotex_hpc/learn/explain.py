@@ -16,6 +16,7 @@ add over any partition of the motifs: ranks can each sum their share and ``Allre
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,7 @@ import xgboost as xgb
 from .model import TrainedModel
 
 #: Rows per block when computing SHAP values or sums, bounding temporary memory.
-BLOCK_ROWS = 65536
+BLOCK_ROWS = 8192
 
 
 def _as_booster(booster_or_model: xgb.Booster | TrainedModel | bytes | bytearray,
@@ -47,6 +48,7 @@ def shap_values(
     booster_or_model: xgb.Booster | TrainedModel | bytes | bytearray,
     X: np.ndarray,
     n_jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Exact TreeSHAP values of every feature for every row of ``X``.
 
@@ -65,6 +67,8 @@ def shap_values(
         Feature rows (:func:`mlmotex_hpc.learn.model.features`).
     n_jobs : int, optional
         Threads; by default the booster's own setting (a ``TrainedModel``'s ``n_jobs``).
+    progress : callable, optional
+        Called as ``progress(rows_done, rows)`` after each block.
 
     Returns
     -------
@@ -80,6 +84,8 @@ def shap_values(
     for start in range(0, X.shape[0], BLOCK_ROWS):
         block = X[start:start + BLOCK_ROWS]
         out[start:start + len(block)] = booster.predict(xgb.DMatrix(block), pred_contribs=True)
+        if progress is not None:
+            progress(start + len(block), X.shape[0])
     return out
 
 

@@ -75,6 +75,27 @@ def _share(n: int, rank: int, size: int) -> tuple[int, int]:
     return min(n, first * SUM_BLOCK), min(n, (first + count) * SUM_BLOCK)
 
 
+def _progress_lines(log: Callable, label: str) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` that logs rate and ETA at most every progress interval
+    (``MLMOTEX_PROGRESS_INTERVAL``, as the fits); the log prints on rank 0 only, so the
+    numbers are rank 0's share."""
+    from ..parallel.driver import _progress_interval
+
+    t0 = last = time.perf_counter()
+    interval = _progress_interval()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if done < total and now - last >= interval:
+            last = now
+            rate = done / (now - t0)
+            log(f"{label}: {100 * done / total:5.1f} % of this rank's {total:,} motifs, "
+                f"{rate:,.0f} motifs/s, ETA {(total - done) / rate:.0f} s")
+
+    return progress
+
+
 def frame_groups(n_frames: int, size: int) -> int:
     """How many groups of ranks learn frames side by side: one per frame, at most one
     per rank. World rank r belongs to group r % G, which takes frames g, g + G, ..."""
@@ -106,7 +127,7 @@ def _learn_frame(f, X, masks, y, settings, until, log, sub, label) -> dict:
     t = time.perf_counter()
     lo, hi = _share(n_motifs, sub.rank, sub.size)
     log(f"step 4: SHAP values for {n_motifs} motifs{label} on {sub.size} rank(s)")
-    phi = shap_values(model, X[lo:hi])
+    phi = shap_values(model, X[lo:hi], progress=_progress_lines(log, "  SHAP"))
     # Per-block sums, added in block order on every rank: the same bits for any number
     # of ranks (an Allreduce would add them in an order that depends on it).
     blocks = []
