@@ -221,12 +221,13 @@ def atom_contributions(h5: h5py.File, path: Path, frame: int = 0, max_atoms: int
     ax.set_xlim(-0.7, order.size - 0.3)
     ax.set_xlabel("permutable atom (element and index in the starting model)")
     ax.set_ylabel("atom contribution value, ACV (Rw)")
-    ax.set_title(f"Atom contributions ± σ{_frame_title(h5, frame)}{note}", fontsize=10)
-    ax.legend(handles=[
+    ax.set_title(f"Atom contributions ± σ{_frame_title(h5, frame)}{note}", fontsize=10,
+                 pad=24)
+    ax.legend(handles=[  # above the bars, never over them
         Patch(color=MOTIF_BLUE, label="ACV < 0: lowers Rw (in the motif)"),
         Patch(color=REST_RED, label="ACV > 0: raises Rw"),
         Patch(color="0.6", alpha=0.4, label="pale: |ACV| < σ (not significant)"),
-    ], fontsize=8, loc="best", frameon=False)
+    ], fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -55,11 +55,15 @@ def _esc(value) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list], left: int = 1) -> str:
-    """An HTML table; the first ``left`` columns left-aligned."""
-    cls = [' class="l"' if i < left else "" for i in range(len(header))]
-    out = ["<table><tr>" + "".join(f"<th{c}>{_esc(h)}</th>" for c, h in zip(cls, header,
-                                                                        strict=True)) + "</tr>"]
+def _table(header: list[str] | None, rows: list[list], left: int = 1) -> str:
+    """An HTML table (no header row when ``header`` is None); the first ``left`` columns
+    left-aligned."""
+    width = len(header) if header else len(rows[0])
+    cls = [' class="l"' if i < left else "" for i in range(width)]
+    out = ["<table>"]
+    if header:
+        out.append("<tr>" + "".join(f"<th{c}>{_esc(h)}</th>" for c, h in zip(cls, header,
+                                                                           strict=True)) + "</tr>")
     for row in rows:
         out.append("<tr>" + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(cls, row,
                                                                        strict=True)) + "</tr>")
@@ -120,10 +124,10 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
                      _esc(f"{int(in_motif.sum())} permutable atoms: {atoms}")])
     if products is not None:
         for fit in products.fits:
-            rows.append([_esc(fit.label), f"Rw {fit.rw:.4f} (refitted: scale {fit.scale:.4g}, "
+            rows.append([_esc(f"{fit.label}, refitted"), f"Rw {fit.rw:.4f} (scale {fit.scale:.4g}, "
                                           f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
                                           "atoms)"])
-    parts.append(_table(["", ""], rows, left=2))
+    parts.append(_table(None, rows, left=2))
 
     # -- model
     if ml:
@@ -147,9 +151,10 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
         if params is not None:
             chosen = json.loads(params)
             chosen = chosen[frame] if isinstance(chosen, list) else chosen
+            described = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                              for k, v in chosen.items())
             parts.append("<p>Hyperparameters" + ("" if n_frames == 1 else f" (frame {frame})")
-                         + ": " + _esc(", ".join(f"{k} = {v}" for k, v in chosen.items()))
-                         + "</p>")
+                         + f": {_esc(described)}</p>")
 
     # -- timings
     if timings:
