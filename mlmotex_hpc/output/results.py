@@ -227,6 +227,11 @@ def learn_and_explain(h5: h5py.File | None, settings: LearnSettings, until: str,
     for part in comm.allgather(done):
         done.update(part)
     metrics = {k: np.array([done[f]["metrics"][k] for f in range(n_frames)]) for k in METRICS}
+    low = np.flatnonzero(metrics["test_r2"] < 0.5)
+    if n_groups > 1 and low.size:  # the other groups' warnings were not printed
+        listed = ", ".join(str(f) for f in low[:20]) + (" ..." if low.size > 20 else "")
+        log(f"  WARNING: test R² below 0.5 in {low.size} of {n_frames} frames ({listed}): "
+            "their atom contributions are not to be trusted")
     params = [done[f]["params"] for f in range(n_frames)]
     histories = [done[f]["history"] for f in range(n_frames)]
     atoms = {k: np.full((n_frames, n_perm), np.nan) for k in ATOM_FIELDS}
