@@ -209,3 +209,46 @@ def test_series_killed_then_resumed_is_identical(series, tmp_path, stage):
     got = read(tmp_path / "out" / "motex.h5")
     for name in COMPARED:
         np.testing.assert_array_equal(got[name], series[2][name], err_msg=name)
+
+
+def _coarsen(src, dst, keep_every=2, rmax=None):
+    """``src`` with only every ``keep_every``-th data row (and none beyond ``rmax``)."""
+    rows, data = [], 0
+    for line in src.read_text().splitlines():
+        fields = line.split()
+        try:
+            r = float(fields[0]) if len(fields) >= 2 else None
+        except ValueError:
+            r = None
+        if r is None:
+            rows.append(line)
+            continue
+        if data % keep_every == 0 and (rmax is None or r <= rmax):
+            rows.append(line)
+        data += 1
+    dst.write_text("\n".join(rows) + "\n")
+
+
+def test_frames_on_different_r_grids(tmp_path):
+    """A frame on a coarser grid is fitted on its own grid, as it is alone."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(FE2O3 / "frames" / "Fe2O3_3204M_150.gr", frames / "run_1.gr")
+    _coarsen(FE2O3 / "frames" / "Fe2O3_3204M_120.gr", frames / "run_2.gr", 2, rmax=10.0)
+    shutil.copy(FE2O3 / "frames" / "Fe2O3_3204M_90.gr", frames / "run_3.gr")
+    common = {"fit": {"zoom_search": "shared"}, "frames": {"time": None, "block": 0}}
+    cfg = series_config(tmp_path, data=str(frames / "run_*.gr"), **common)
+    proc = run_cli("run", str(cfg), "--until", "fit", "--quiet", ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(tmp_path / "out" / "motex.h5") as f:
+        r = [f[f"data/{k:05d}/r"][:] for k in range(3)]
+        rw = f["fits/rw"][:]
+    assert np.allclose(np.diff(r[1]), 0.02) and np.allclose(np.diff(r[0]), 0.01)
+    assert r[1].size < r[0].size and r[0][-1] <= 8.0 and r[1][-1] <= 8.0
+    alone_dir = tmp_path / "alone"
+    alone_dir.mkdir()
+    cfg = series_config(alone_dir, data=str(frames / "run_2.gr"), **common)
+    proc = run_cli("run", str(cfg), "--until", "fit", "--quiet", ranks=1)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(alone_dir / "out" / "motex.h5") as f:
+        np.testing.assert_array_equal(f["fits/rw"][0], rw[1])
