@@ -265,14 +265,14 @@ def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
     ax.set_xlabel("fitted Rw (test motifs)")
     ax.set_ylabel("Rw predicted by the model")
     r2 = metric("test_r2")
-    text = (f"MAE {metric('test_mae'):.4f}\nRMSE {metric('test_rmse'):.4f}\nR² {r2:.3f}\n"
-            f"baseline MAE {metric('baseline_mae'):.4f}\n(predicting the mean)")
+    # the numbers go above the axes, where they cannot hide any point
+    text = (f"MAE {metric('test_mae'):.4f}   RMSE {metric('test_rmse'):.4f}   R² {r2:.3f}\n"
+            f"baseline (predicting the mean): MAE {metric('baseline_mae'):.4f}")
     if r2 < 0.5:
-        text += "\nR² < 0.5: do not trust\nthe contributions"
-    ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
-            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
+        text += "\nR² < 0.5: the atom contributions are not to be trusted"
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    ax.set_title(f"Model of Rw on the test set{_frame_title(h5, frame)}", fontsize=10)
+    ax.set_title(f"Model of Rw on the test set{_frame_title(h5, frame)}\n{text}", fontsize=9,
+                 color="firebrick" if r2 < 0.5 else "black")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -284,7 +284,7 @@ def best_fit(path: Path, r: np.ndarray, g: np.ndarray, curves: list[tuple[str, n
     """``best_fit.png``: the data and each ``(label, G_calc, Rw)`` curve, with their
     difference curves stacked below."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.0, 5.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(10.5, 5.6), constrained_layout=True)
     ax.plot(r, g, "o", ms=2.5, mfc="none", color="0.2", label="data")
     colours = ("C3", "C0", "C2", "C1")
     span = float(np.ptp(g)) or 1.0
@@ -300,7 +300,8 @@ def best_fit(path: Path, r: np.ndarray, g: np.ndarray, curves: list[tuple[str, n
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("G(r) (Å⁻²)")
     ax.set_title(title or "Fits to the data", fontsize=10)
-    ax.legend(fontsize=8, frameon=False, loc="upper right")
+    # beside the axes: curves of any shape stay uncovered
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
