@@ -24,7 +24,6 @@ from mlmotex_hpc.output.structure_files import (
 from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, ROOT
 
 SHIPPED_TABLE = ROOT / "mlmotex_hpc" / "output" / "bonding.txt"
-SHARED_TABLE = Path("/work/shared/data/Bonding.txt")
 
 #: Section order of a file VESTA 3.5.4 itself saved (CRYSTAL there, MOLECULE here).
 VESTA_ORDER = [
@@ -86,12 +85,6 @@ def section_rows(path: Path, name: str) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------- element styles
-
-
-def test_shipped_table_is_the_original_file():
-    if not SHARED_TABLE.exists():
-        pytest.skip("original Bonding.txt not available")
-    assert SHIPPED_TABLE.read_bytes() == SHARED_TABLE.read_bytes()
 
 
 def test_element_style_covers_every_element_to_lawrencium():
