@@ -146,6 +146,14 @@ MOTIF_BLUE = "#2166ac"
 REST_RED = "#b2182b"
 
 
+def frame_metric(ml, name: str, frame: int) -> float:
+    """A frame's value of an ``/ml`` metric (scalar in single-frame files; NaN if absent)."""
+    if name not in ml:
+        return float("nan")
+    value = np.atleast_1d(ml[name])
+    return float(value[frame] if value.size > 1 else value[0])
+
+
 def atom_labels(h5: h5py.File) -> list[str]:
     """``W0``, ``O17``...: element and 0-based index in the starting model, per
     permutable atom (the CSV's ``index``)."""
@@ -244,9 +252,6 @@ def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
     x, y = fitted[test], predicted[test]
     ml = h5["ml"].attrs
 
-    def metric(name):
-        return float(np.atleast_1d(ml[name])[frame if np.ndim(ml[name]) else 0])
-
     fig, ax = plt.subplots(figsize=(5.6, 5.2), constrained_layout=True)
     lo = float(min(x.min(), y.min())) if x.size else 0.0
     hi = float(max(x.max(), y.max())) if x.size else 1.0
@@ -264,10 +269,12 @@ def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
     ax.set_aspect("equal")
     ax.set_xlabel("fitted Rw (test motifs)")
     ax.set_ylabel("Rw predicted by the model")
-    r2 = metric("test_r2")
+    r2 = frame_metric(ml, "test_r2", frame)
     # the numbers go above the axes, where they cannot hide any point
-    text = (f"MAE {metric('test_mae'):.4f}   RMSE {metric('test_rmse'):.4f}   R² {r2:.3f}\n"
-            f"baseline (predicting the mean): MAE {metric('baseline_mae'):.4f}")
+    mae, rmse, base = (frame_metric(ml, k, frame) for k in ("test_mae", "test_rmse",
+                                                             "baseline_mae"))
+    text = (f"MAE {mae:.4f}   RMSE {rmse:.4f}   R² {r2:.3f}\n"
+            f"baseline (predicting the mean): MAE {base:.4f}")
     if r2 < 0.5:
         text += "\nR² < 0.5: the atom contributions are not to be trusted"
     ax.legend(loc="lower right", fontsize=8, frameon=False)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import __version__
 from ..io.structure import Structure
+from .plots import frame_metric
 from .products import FIGURES, FrameProducts
 from .structure_files import contribution_colours
 
@@ -82,11 +83,6 @@ def _num(value, fmt: str = ".4f") -> str:
     return "–" if not np.isfinite(value) else format(value, fmt)
 
 
-def _metric(ml: h5py.AttributeManager, name: str, frame: int) -> float:
-    value = np.atleast_1d(ml[name]) if name in ml else np.array([np.nan])
-    return float(value[frame] if value.size > 1 else value[0])
-
-
 def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Path],
                  products: FrameProducts | None = None,
                  series_figures: list[Path] = ()) -> Path:
@@ -135,9 +131,9 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
         header = ["frame", "test MAE", "test RMSE", "test R²", "baseline MAE", "CV RMSE",
                   "train", "test"]
         shown = range(n_frames) if n_frames <= 40 else sorted({0, frame, n_frames - 1})
-        rows = [[_esc(names[f]), *(_num(_metric(ml, k, f)) for k in
+        rows = [[_esc(names[f]), *(_num(frame_metric(ml, k, f)) for k in
                  ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score")),
-                 *(_num(_metric(ml, k, f), ".0f") for k in ("n_train", "n_test"))]
+                 *(_num(frame_metric(ml, k, f), ".0f") for k in ("n_train", "n_test"))]
                 for f in shown]
         parts.append(_table(header, rows))
         r2 = np.atleast_1d(ml["test_r2"])
