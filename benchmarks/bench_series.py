@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mlmotex_hpc.config import load_config, pdf_settings
-from mlmotex_hpc.parallel.driver import fit_settings, load_inputs, make_fit_groups, zoom_search
+from mlmotex_hpc.config import load_config, pdf_settings, zoom_search
+from mlmotex_hpc.fit.batch import fit_settings, make_fit_groups
+from mlmotex_hpc.pipeline.inputs import load_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fe2o3_insitu.yaml"

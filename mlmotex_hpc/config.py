@@ -426,6 +426,16 @@ def pdf_settings(config: Config):
     )
 
 
+def zoom_search(config: Config) -> str:
+    """The zoom search of the batch fitter, ``exact`` or ``shared``: the one place that
+    resolves ``fit.zoom_search: auto``, by the run's frame count (not a work unit's), so
+    a frame's fit does not depend on how the frames are blocked."""
+    search = config.fit.zoom_search
+    if search == "auto":
+        search = "shared" if len(config.data) >= SHARED_MIN_FRAMES else "exact"
+    return search
+
+
 def select_frames(config: Config, spec: str) -> tuple[Config, tuple[int, int]]:
     """The config restricted to some frames of its series, for one task of a job array;
     and the range ``(start, stop)`` selected.
@@ -457,9 +467,7 @@ def select_frames(config: Config, spec: str) -> tuple[Config, tuple[int, int]]:
     frames = dataclasses.replace(
         config.frames, time=None if times is None else times[start:stop]
     )
-    fit = config.fit
-    if fit.zoom_search == "auto":  # decided by the whole series, as a full run would
-        fit = dataclasses.replace(
-            fit, zoom_search="shared" if n >= SHARED_MIN_FRAMES else "exact")
+    # "auto" is decided by the whole series, as a full run would decide it
+    fit = dataclasses.replace(config.fit, zoom_search=zoom_search(config))
     return dataclasses.replace(config, data=config.data[start:stop], frames=frames,
                                fit=fit), (start, stop)

@@ -10,3 +10,10 @@ class InputError(Exception):
     """
 
     exit_code = 2
+
+
+class JobFailed(Exception):
+    """The job ends with exit code 1 after an unexpected error whose traceback one rank
+    has printed already; every rank raises it so that they all leave together."""
+
+    exit_code = 1

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from periodictable import cromermann
 
+from mlmotex_hpc.commands import pdf as pdf_command
 from mlmotex_hpc.errors import InputError
 from mlmotex_hpc.io.structure import read_xyz
 from mlmotex_hpc.pdf import PDFSettings, make_calculator, uiso_from_biso
-from mlmotex_hpc.pdf import command as pdf_command
 from mlmotex_hpc.pdf._vecmath import sincos
 from mlmotex_hpc.pdf.grids import GAUSS_SIGMA_TO_FWHM, PEAK_HALF_BOUND
 from mlmotex_hpc.pdf.scattering import forward_weight, scattering_weights

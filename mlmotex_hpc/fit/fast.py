@@ -40,7 +40,6 @@ import math
 import numba
 import numpy as np
 
-from ..config import SHARED_MIN_FRAMES
 from ..pdf.calculator import DebyeCalculator, PDFCalculator, RealSpaceCalculator
 from ..pdf.debye import debye_fq
 from ..pdf.grids import PEAK_HALF_BOUND
@@ -63,7 +62,7 @@ _MARGIN = 3
 ANCHOR_STEP = 0.002
 #: Fine zoom-grid points per anchor step in the shared search.
 FINE_PER_ANCHOR = 4
-ZOOM_SEARCHES = ("auto", "exact", "shared")
+ZOOM_SEARCHES = ("exact", "shared")
 
 
 def uniform_step(r: np.ndarray) -> float | None:
@@ -101,10 +100,10 @@ class BatchFitter:
         Per-point weights (1/dG²); unit weights when omitted.
     xatol : float
         Absolute tolerance on zoom.
-    zoom_search : {"auto", "exact", "shared"}
+    zoom_search : {"exact", "shared"}
         "exact": every frame's reported G is exact at its zoom (best for few frames);
         "shared": anchor zooms shared by the frames (time series, see the module
-        notes); "auto": shared from :data:`SHARED_MIN_FRAMES` frames.
+        notes). A config's ``auto`` is resolved by :func:`mlmotex_hpc.config.zoom_search`.
     """
 
     def __init__(
@@ -114,7 +113,7 @@ class BatchFitter:
         g_obs: np.ndarray,
         weights: np.ndarray | None = None,
         xatol: float = 1e-7,
-        zoom_search: str = "auto",
+        zoom_search: str = "exact",
     ) -> None:
         if not supports(calc, settings):
             raise ValueError("BatchFitter fits scale and zoom on a uniform r grid only")
@@ -133,10 +132,7 @@ class BatchFitter:
             self.zoom_bounds = (1.0, 1.0)
         self.xatol = float(xatol)
         zlo, zhi = self.zoom_bounds
-        self.shared = self.refine_zoom and (
-            zoom_search == "shared"
-            or (zoom_search == "auto" and self.g_obs.shape[0] >= SHARED_MIN_FRAMES)
-        )
+        self.shared = self.refine_zoom and zoom_search == "shared"
         n_cells = max(1, math.ceil((zhi - zlo) / ANCHOR_STEP - 1e-9))
         self.anchors = np.linspace(zlo, zhi, n_cells + 1)
         # extended grid: the data points plus enough on each side to read G(r·z_b/z)

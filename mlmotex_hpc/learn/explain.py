@@ -26,6 +26,11 @@ from .model import TrainedModel
 
 #: Rows per block when computing SHAP values or sums, bounding temporary memory.
 BLOCK_ROWS = 8192
+#: Motifs per block of the ACV sums: blocks are added in order, however the motifs are
+#: shared out, so the sums are the same bits for any number of workers.
+SUM_BLOCK = 256
+#: The stored per-atom results, fields of :class:`AtomContributions`.
+ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
 
 
 def _as_booster(booster_or_model: xgb.Booster | TrainedModel | bytes | bytearray,
@@ -245,3 +250,36 @@ def atom_contributions(sums: ContributionSums) -> AtomContributions:
         kept_std=k_std,
         removed_std=r_std,
     )
+
+
+def block_share(n: int, worker: int, workers: int) -> tuple[int, int]:
+    """Worker ``worker`` of ``workers``: its contiguous share ``lo:hi`` of n motifs, in
+    whole :data:`SUM_BLOCK` s (the first ``n_blocks % workers`` get one block more)."""
+    n_blocks = -(-n // SUM_BLOCK)
+    count = n_blocks // workers + (n_blocks % workers > worker)
+    first = worker * (n_blocks // workers) + min(worker, n_blocks % workers)
+    return min(n, first * SUM_BLOCK), min(n, (first + count) * SUM_BLOCK)
+
+
+def block_sums(masks: np.ndarray, phi: np.ndarray, ok: np.ndarray, lo: int) -> list[np.ndarray]:
+    """The :class:`ContributionSums` (as arrays) of each :data:`SUM_BLOCK` of motifs
+    ``lo:lo + len(phi)``, counting only those with ``ok`` (a finite Rw).
+
+    ``masks`` and ``ok`` cover all motifs, ``phi`` this share's rows; ``lo`` is a
+    multiple of :data:`SUM_BLOCK`.
+    """
+    blocks = []
+    for b in range(lo, lo + len(phi), SUM_BLOCK):
+        keep = ok[b:b + SUM_BLOCK]
+        rows = phi[b - lo:b - lo + SUM_BLOCK]
+        blocks.append(contribution_sums(masks[b:b + SUM_BLOCK][keep], rows[keep]).as_array())
+    return blocks
+
+
+def add_blocks(shares: list[list[np.ndarray]], n_atoms: int) -> ContributionSums:
+    """The sums of every block, added in block order (``shares`` in worker order)."""
+    total = np.zeros((6, n_atoms))
+    for share in shares:
+        for block in share:
+            total += block
+    return ContributionSums.from_array(total)

@@ -23,14 +23,15 @@ watches a validation split carved from the training part.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import xgboost as xgb
+
+T = TypeVar("T")
 
 #: Fewer motifs (with a finite Rw) than this cannot be split, searched and tested.
 MIN_MOTIFS = 10
@@ -43,6 +44,8 @@ MIN_TRAIN_FOR_EARLY_STOPPING = 50
 EARLY_STOPPING_ROUNDS = 20
 #: Random points the Bayesian search evaluates before the Gaussian process takes over.
 INITIAL_POINTS = 10
+#: The test metrics stored per frame (:attr:`TrainedModel.metrics` holds more).
+METRICS = ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score", "n_train", "n_test")
 #: Test R² below which the atom contributions are flagged as untrustworthy.
 R2_WARNING = 0.5
 
@@ -545,12 +548,42 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class Workers:
+    """How :func:`train_rw_model` spreads its work: here, on this process alone.
+
+    A parallel driver hands in an object with the same three methods and ``size``
+    (:class:`mlmotex_hpc.parallel.learning.GroupWorkers` spreads them over a group of
+    ranks); the model code itself never communicates.
+
+    Attributes
+    ----------
+    size : int
+        Workers taking part: candidates asked per search round.
+    """
+
+    size = 1
+
+    def evaluate(self, score: Callable[[dict[str, Any]], float],
+                 points: list[dict[str, Any]]) -> list[float]:
+        """``score`` of each of a round's points, the same list on every worker."""
+        return [score(p) for p in points]
+
+    def agree(self, value: T) -> T:
+        """The first worker's ``value``, on every worker."""
+        return value
+
+    def train_once(self, train: Callable[[int], tuple[bytes, int]],
+                   n_jobs: int) -> tuple[bytes, int]:
+        """``train(threads)`` run once, its result on every worker."""
+        return train(n_jobs)
+
+
 def train_rw_model(
     X: np.ndarray,
     y: np.ndarray,
     settings: LearnSettings,
     log: Callable[[str], None] = lambda s: None,
-    comm=None,
+    workers: Workers | None = None,
 ) -> TrainedModel:
     """Learn Rw from motif features: split, search, train, test.
 
@@ -563,10 +596,10 @@ def train_rw_model(
     settings : LearnSettings
     log : callable
         Progress lines and warnings (a test R² below 0.5 is reported as a warning).
-    comm : mpi4py communicator, optional
-        Every rank of it calls this with the same data. Each search round then holds
-        one candidate per rank, each rank cross-validates its own, and rank 0's choices
-        are broadcast, so every rank ends with the same model.
+    workers : Workers, optional
+        How the search and the final training are spread over processes (see
+        :class:`Workers`); by default everything runs here. Every worker calls this
+        with the same data and ends with the same model.
 
     Returns
     -------
@@ -587,6 +620,7 @@ def train_rw_model(
         raise ValueError(f"X of shape {X.shape} and y of shape {y.shape} do not match")
     if not np.all(np.isfinite(y)):
         raise ValueError("y (Rw) holds non-finite values: drop failed fits first")
+    workers = workers or Workers()
     train_idx, test_idx = split_indices(len(y), settings.test_fraction, settings.seed)
     X_train, y_train = X[train_idx], y[train_idx]
     n_train = len(train_idx)
@@ -607,44 +641,25 @@ def train_rw_model(
         log(f"search: {settings.search_iterations} evaluations × {k}-fold CV "
             f"on {n_train} training motifs")
 
-        size = 1 if comm is None else comm.size
+        def score(point: dict[str, Any]) -> float:
+            return cv_rmse(X_train, y_train, folds, xgb_params(point, settings))
 
-        def evaluate(points: list[dict[str, Any]]) -> list[float]:
-            if size == 1:
-                return [cv_rmse(X_train, y_train, folds, xgb_params(p, settings))
-                        for p in points]
-            points = comm.bcast(points)  # rank 0's optimiser decides
-            mine = {i: cv_rmse(X_train, y_train, folds, xgb_params(points[i], settings))
-                    for i in range(comm.rank, len(points), size)}
-            scores: dict[int, float] = {}
-            for part in comm.allgather(mine):
-                scores.update(part)
-            return [scores[i] for i in range(len(points))]
-
-        result = search_hyperparameters(evaluate, settings.search_iterations, settings.seed,
-                                        points_per_round=size, log=log)
-        point, history, cv_score = result.best, result.history, result.best_score
-        if size > 1:
-            point, history, cv_score = comm.bcast((point, history, cv_score))
+        result = search_hyperparameters(lambda points: workers.evaluate(score, points),
+                                        settings.search_iterations, settings.seed,
+                                        points_per_round=workers.size, log=log)
+        point, history, cv_score = workers.agree(
+            (result.best, result.history, result.best_score))
     params = xgb_params(point, settings)
     check_params(params)
-    if comm is None or comm.size == 1:
+    if workers.size == 1:
         booster, n_val = fit_final(X_train, y_train, params, settings.seed)
     else:
-        # Rank 0 trains the final model on the ranks' cores while the others sleep
-        # (hist gives the same trees for any thread count), then broadcasts it.
-        from ..parallel.comm import wait_idle
+        def train(threads: int) -> tuple[bytes, int]:
+            trained, n_held = fit_final(X_train, y_train, dict(params, nthread=threads),
+                                        settings.seed)
+            return bytes(trained.save_raw("ubj")), n_held
 
-        raw = n_val = None
-        if comm.rank == 0:
-            # the cores of this group's ranks (they wait), within what this rank may use
-            owned = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            threads = max(1, min(owned, settings.n_jobs * comm.size))
-            booster, n_val = fit_final(X_train, y_train, dict(params, nthread=threads),
-                                       settings.seed)
-            raw = bytes(booster.save_raw("ubj"))
-        wait_idle(comm)
-        raw, n_val = comm.bcast((raw, n_val))
+        raw, n_val = workers.train_once(train, settings.n_jobs)
         booster = load_booster(raw, settings.n_jobs)
     n_trees = booster.num_boosted_rounds()
     stop = f"early stopping on {n_val} validation motifs" if n_val else "no early stopping"

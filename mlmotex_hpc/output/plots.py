@@ -1,14 +1,16 @@
 """Figures written from a finished ``motex.h5`` (matplotlib, Agg, PNG).
 
-Each function reads what it needs from the open file and returns the path it wrote.
+Each function reads what it needs from the open run (a
+:class:`~mlmotex_hpc.io.runfile.RunFile`) and returns the path it wrote.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import h5py
 import numpy as np
+
+from ..io.runfile import RunFile
 
 #: Fraction of the motifs of a frame whose sizes describe "the best fits".
 BEST_FRACTION = 0.01
@@ -23,13 +25,12 @@ def _pyplot():
     return plt
 
 
-def frame_axis(h5: h5py.File) -> tuple[np.ndarray, str]:
+def frame_axis(run: RunFile) -> tuple[np.ndarray, str]:
     """The series' x values and label: times when the config gave them, else frames."""
-    if "frames/time" in h5:
-        unit = h5["frames/time"].attrs.get("unit", "s")
-        return h5["frames/time"][:], f"time ({unit})"
-    n = h5["frames/names"].shape[0]
-    return np.arange(n, dtype=float), "frame"
+    times = run.times()
+    if times is not None:
+        return times[0], f"time ({times[1]})"
+    return np.arange(run.n_frames, dtype=float), "frame"
 
 
 def atom_order(acv: np.ndarray) -> np.ndarray:
@@ -43,15 +44,15 @@ def atom_order(acv: np.ndarray) -> np.ndarray:
     return leaves_list(linkage(finite, method="average", optimal_ordering=True))
 
 
-def contributions_vs_frame(h5: h5py.File, path: Path) -> Path:
+def contributions_vs_frame(run: RunFile, path: Path) -> Path:
     """``contributions_vs_frame.png``: frame × atom heat map of the atom contributions."""
     plt = _pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
-    acv = h5["atoms/contribution"][:]
-    index = h5["atoms/index"][:]
-    elements = [e.decode() for e in h5["model/elements"][:]]
-    x, xlabel = frame_axis(h5)
+    acv = run.atoms("contribution")
+    index = run.atoms("index")
+    elements = run.elements()
+    x, xlabel = frame_axis(run)
     order = atom_order(acv)
     data = acv[:, order].T  # atoms down, frames across
     n_atoms, n_frames = data.shape
@@ -86,14 +87,14 @@ def _edges(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
 
 
-def series_summary(h5: h5py.File, path: Path) -> Path:
+def series_summary(run: RunFile, path: Path) -> Path:
     """``series_summary.png``: best Rw, the size of the best motifs and the test R²
     against frame (or time)."""
     plt = _pyplot()
-    rw = h5["fits/rw"][:]
-    size = h5["catalogue/size"][:]
+    rw = run.fits("rw")
+    size = run.sizes()
     n_frames, n_motifs = rw.shape
-    x, xlabel = frame_axis(h5)
+    x, xlabel = frame_axis(run)
     best_rw = np.full(n_frames, np.nan)
     best_size = np.full(n_frames, np.nan)
     top_mean = np.full(n_frames, np.nan)
@@ -110,7 +111,8 @@ def series_summary(h5: h5py.File, path: Path) -> Path:
         top = size[ranked[:n_top]]
         top_mean[f], top_lo[f], top_hi[f] = top.mean(), np.percentile(top, 10), \
             np.percentile(top, 90)
-    r2 = np.atleast_1d(h5["ml"].attrs["test_r2"]) if "ml" in h5 else np.full(n_frames, np.nan)
+    ml = run.ml()
+    r2 = np.atleast_1d(ml["test_r2"]) if "test_r2" in ml else np.full(n_frames, np.nan)
     fig, axes = plt.subplots(3, 1, figsize=(8.0, 8.0), sharex=True, constrained_layout=True)
     ax = axes[0]
     ax.plot(x, best_rw, "o-", ms=3, color="C0")
@@ -154,38 +156,38 @@ def frame_metric(ml, name: str, frame: int) -> float:
     return float(value[frame] if value.size > 1 else value[0])
 
 
-def atom_labels(h5: h5py.File) -> list[str]:
+def atom_labels(run: RunFile) -> list[str]:
     """``W0``, ``O17``...: element and 0-based index in the starting model, per
     permutable atom (the CSV's ``index``)."""
-    elements = [e.decode() for e in h5["model/elements"][:]]
-    return [f"{elements[i]}{i}" for i in h5["catalogue/permutable"][:]]
+    elements = run.elements()
+    return [f"{elements[i]}{i}" for i in run.permutable()]
 
 
-def _frame_title(h5: h5py.File, frame: int) -> str:
-    names = h5["frames/names"]
-    if names.shape[0] == 1:
+def _frame_title(run: RunFile, frame: int) -> str:
+    names = run.frame_names()
+    if len(names) == 1:
         return ""
-    return f" — frame {frame} ({names[frame].decode()})"
+    return f" — frame {frame} ({names[frame]})"
 
 
-def shap_summary(h5: h5py.File, path: Path, frame: int = 0, max_display: int = 20,
+def shap_summary(run: RunFile, path: Path, frame: int = 0, max_display: int = 20,
                  seed: int = 0) -> Path:
     """``shap_summary.png``: shap's beeswarm of the features (atoms kept or removed, and
     the motif size) of up to :data:`MAX_POINTS` motifs drawn at random."""
     plt = _pyplot()
     import shap
 
-    values = h5["shap/values"]
-    n_motifs = values.shape[1]
+    n_motifs = run.n_motifs
     rows = np.arange(n_motifs)
     if n_motifs > MAX_POINTS:
         rows = np.sort(np.random.default_rng(seed).choice(n_motifs, MAX_POINTS, replace=False))
-    phi = values[frame, rows, :].astype(np.float64)
-    masks = h5["catalogue/mask"][rows, :].astype(np.float64)
+    phi, base = run.shap(frame, rows)
+    phi = phi.astype(np.float64)
+    masks = run.masks(rows).astype(np.float64)
     data = np.column_stack([masks, masks.sum(axis=1)])
-    names = atom_labels(h5) + ["motif size"]
-    explanation = shap.Explanation(values=phi, base_values=h5["shap/base_value"][frame, rows],
-                                   data=data, feature_names=names)
+    names = atom_labels(run) + ["motif size"]
+    explanation = shap.Explanation(values=phi, base_values=base, data=data,
+                                   feature_names=names)
     plt.figure(figsize=(8.0, 0.32 * min(max_display, len(names)) + 2.0))
     shap.plots.beeswarm(explanation, max_display=max_display, show=False,
                         color_bar_label="feature value (atom: 1 kept, 0 removed)")
@@ -193,22 +195,22 @@ def shap_summary(h5: h5py.File, path: Path, frame: int = 0, max_display: int = 2
     ax = fig.axes[0]
     ax.set_xlabel("SHAP value: change of the predicted Rw")
     shown = "" if len(rows) == n_motifs else f", {len(rows)} of {n_motifs} motifs drawn"
-    ax.set_title(f"Features that move the predicted Rw most{_frame_title(h5, frame)}{shown}",
+    ax.set_title(f"Features that move the predicted Rw most{_frame_title(run, frame)}{shown}",
                  fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def atom_contributions(h5: h5py.File, path: Path, frame: int = 0, max_atoms: int = 300) -> Path:
+def atom_contributions(run: RunFile, path: Path, frame: int = 0, max_atoms: int = 300) -> Path:
     """``atom_contributions.png``: each permutable atom's ACV with ± σ bars, blue when
     negative (the atom lowers Rw: motif), red when positive; pale when |ACV| < σ."""
     plt = _pyplot()
     from matplotlib.patches import Patch
 
-    acv = h5["atoms/contribution"][frame]
-    sigma = h5["atoms/uncertainty"][frame]
-    labels = np.array(atom_labels(h5))
+    acv = run.atoms("contribution", frame)
+    sigma = run.atoms("uncertainty", frame)
+    labels = np.array(atom_labels(run))
     order = np.arange(acv.size)
     note = ""
     if acv.size > max_atoms:  # readable labels: the atoms that matter most
@@ -229,7 +231,7 @@ def atom_contributions(h5: h5py.File, path: Path, frame: int = 0, max_atoms: int
     ax.set_xlim(-0.7, order.size - 0.3)
     ax.set_xlabel("permutable atom (element and index in the starting model)")
     ax.set_ylabel("atom contribution value, ACV (Rw)")
-    ax.set_title(f"Atom contributions ± σ{_frame_title(h5, frame)}{note}", fontsize=10,
+    ax.set_title(f"Atom contributions ± σ{_frame_title(run, frame)}{note}", fontsize=10,
                  pad=24)
     ax.legend(handles=[  # above the bars, never over them
         Patch(color=MOTIF_BLUE, label="ACV < 0: lowers Rw (in the motif)"),
@@ -242,15 +244,15 @@ def atom_contributions(h5: h5py.File, path: Path, frame: int = 0, max_atoms: int
     return path
 
 
-def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
+def parity(run: RunFile, path: Path, frame: int = 0) -> Path:
     """``parity.png``: the model's predicted Rw against the fitted Rw of the test motifs
     (never seen in training), with MAE, RMSE, R² and the mean-predictor baseline."""
     plt = _pyplot()
-    predicted = h5["ml/test_predicted"][frame]
-    fitted = h5["fits/rw"][frame]
+    predicted = run.test_predicted(frame)
+    fitted = run.fits("rw", frame)
     test = np.isfinite(predicted) & np.isfinite(fitted)
     x, y = fitted[test], predicted[test]
-    ml = h5["ml"].attrs
+    ml = run.ml()
 
     fig, ax = plt.subplots(figsize=(5.6, 5.2), constrained_layout=True)
     lo = float(min(x.min(), y.min())) if x.size else 0.0
@@ -278,7 +280,7 @@ def parity(h5: h5py.File, path: Path, frame: int = 0) -> Path:
     if r2 < 0.5:
         text += "\nR² < 0.5: the atom contributions are not to be trusted"
     ax.legend(loc="lower right", fontsize=8, frameon=False)
-    ax.set_title(f"Model of Rw on the test set{_frame_title(h5, frame)}\n{text}", fontsize=9,
+    ax.set_title(f"Model of Rw on the test set{_frame_title(run, frame)}\n{text}", fontsize=9,
                  color="firebrick" if r2 < 0.5 else "black")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
@@ -314,13 +316,13 @@ def best_fit(path: Path, r: np.ndarray, g: np.ndarray, curves: list[tuple[str, n
     return path
 
 
-def rw_vs_size(h5: h5py.File, path: Path, frame: int = 0,
+def rw_vs_size(run: RunFile, path: Path, frame: int = 0,
                marks: list[tuple[str, float, float]] = ()) -> Path:
     """``rw_vs_size.png``: fitted Rw of every motif against its size, the best Rw per
     size, and ``marks`` ``(label, size, Rw)`` such as the extracted motif."""
     plt = _pyplot()
-    rw = h5["fits/rw"][frame]
-    size = h5["catalogue/size"][:].astype(float)
+    rw = run.fits("rw", frame)
+    size = run.sizes().astype(float)
     ok = np.isfinite(rw)
     x, y = size[ok], rw[ok]
     fig, ax = plt.subplots(figsize=(7.0, 4.8), constrained_layout=True)
@@ -338,7 +340,7 @@ def rw_vs_size(h5: h5py.File, path: Path, frame: int = 0,
         ax.plot([s], [value], marker, ms=11, color=colour, mec="k", label=label)
     ax.set_xlabel("motif size (permutable atoms kept)")
     ax.set_ylabel("fitted Rw")
-    ax.set_title(f"Fit quality against motif size{_frame_title(h5, frame)}", fontsize=10)
+    ax.set_title(f"Fit quality against motif size{_frame_title(run, frame)}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110)

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from ..io.runfile import RunFile
 from ..io.structure import Structure
 from . import plots
 from .structure_files import contribution_colours, write_cmtx, write_vesta
@@ -61,11 +61,10 @@ def frame_folder(out_dir: Path, frame: int, n_frames: int) -> Path:
     return out_dir if n_frames == 1 else out_dir / f"frame_{frame:05d}"
 
 
-def frame_data(h5: h5py.File, config, frame: int) -> tuple[np.ndarray, np.ndarray,
-                                                            np.ndarray | None]:
+def frame_data(run: RunFile, config, frame: int) -> tuple[np.ndarray, np.ndarray,
+                                                           np.ndarray | None]:
     """r, G and the fit weights (None: unit) of a frame, as the run fitted them."""
-    r = h5[f"data/{frame:05d}/r"][:]
-    g = h5[f"data/{frame:05d}/g"][:]
+    r, g = run.data(frame)
     weights = None
     if config.fit.weights == "dG":  # the weights are not stored: read the data again
         from ..io.pdfdata import read_pdf_data
@@ -75,15 +74,15 @@ def frame_data(h5: h5py.File, config, frame: int) -> tuple[np.ndarray, np.ndarra
     return r, g, weights
 
 
-def refit(h5: h5py.File, config, structure: Structure, space, frame: int,
+def refit(run: RunFile, config, structure: Structure, space, frame: int,
           motifs: list[tuple[str, np.ndarray]]) -> list[MotifFit]:
     """Fit each ``(label, permutable-atom mask)`` to the frame as step 2 does."""
     from ..config import pdf_settings
+    from ..fit.batch import fit_settings
     from ..fit.fitter import fit_motif
-    from ..parallel.driver import fit_settings
     from ..pdf import make_calculator
 
-    r, g, weights = frame_data(h5, config, frame)
+    r, g, weights = frame_data(run, config, frame)
     calc = make_calculator(structure.elements, structure.xyz, pdf_settings(config), r)
     settings = fit_settings(config, structure)
     out = []
@@ -98,17 +97,17 @@ def refit(h5: h5py.File, config, structure: Structure, space, frame: int,
     return out
 
 
-def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: Path,
+def frame_products(run: RunFile, config, structure: Structure, space, out_dir: Path,
                    frame: int = 0, log: Callable = print) -> FrameProducts:
     """Write one frame's structure files and figures (see the module notes)."""
-    n_frames = h5["frames/names"].shape[0]
+    n_frames = run.n_frames
     folder = frame_folder(out_dir, frame, n_frames)
     folder.mkdir(parents=True, exist_ok=True)
     done = FrameProducts(frame, folder)
     label = "" if n_frames == 1 else f" of frame {frame}"
-    permutable = h5["catalogue/permutable"][:]
-    acv = h5["atoms/contribution"][frame]
-    in_motif = h5["atoms/in_motif"][frame].astype(bool)
+    permutable = run.permutable()
+    acv = run.atoms("contribution", frame)
+    in_motif = run.atoms("in_motif", frame)
     colours = contribution_colours(acv, len(structure), permutable)
     title = f"{config.structure.name}: atom contributions{label}"
 
@@ -123,22 +122,22 @@ def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: 
                                       colours[motif_atoms], title=f"extracted motif{label}"))
 
     log(f"refitting the best and the extracted motif{label}")
-    rw = h5["fits/rw"][frame]
+    rw = run.fits("rw", frame)
     motifs = []
     if np.isfinite(rw).any():
         best = int(np.nanargmin(rw))
         motifs.append((f"best catalogue motif ({best})",
-                       h5["catalogue/mask"][best, :].astype(bool)))
+                       run.masks(best)))
     if in_motif.any():
         motifs.append(("extracted motif", in_motif))
-    done.fits = refit(h5, config, structure, space, frame, motifs)
+    done.fits = refit(run, config, structure, space, frame, motifs)
 
     log(f"drawing the figures{label}")
-    r, g, _ = frame_data(h5, config, frame)
-    done.files.append(plots.atom_contributions(h5, folder / "atom_contributions.png", frame))
-    done.files.append(plots.shap_summary(h5, folder / "shap_summary.png", frame))
-    if "ml/test_predicted" in h5:
-        done.files.append(plots.parity(h5, folder / "parity.png", frame))
+    r, g, _ = frame_data(run, config, frame)
+    done.files.append(plots.atom_contributions(run, folder / "atom_contributions.png", frame))
+    done.files.append(plots.shap_summary(run, folder / "shap_summary.png", frame))
+    if run.has_test_predicted():
+        done.files.append(plots.parity(run, folder / "parity.png", frame))
     else:  # files of mlmotex-hpc before 0.2 kept no test predictions
         log("  no parity.png: the file holds no test-set predictions (rerun "
             "`mlmotex-hpc learn` on it to store them)")
@@ -146,6 +145,6 @@ def frame_products(h5: h5py.File, config, structure: Structure, space, out_dir: 
         folder / "best_fit.png", r, g, [(f.label, f.g_calc, f.rw) for f in done.fits],
         title=f"Best catalogue motif and extracted motif{label}, refitted"))
     done.files.append(plots.rw_vs_size(
-        h5, folder / "rw_vs_size.png", frame,
+        run, folder / "rw_vs_size.png", frame,
         marks=[(f"{f.label}: Rw {f.rw:.4f}", f.size, f.rw) for f in done.fits]))
     return done

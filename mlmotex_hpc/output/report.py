@@ -14,10 +14,10 @@ import json
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .. import __version__
+from ..io.runfile import RunFile
 from ..io.structure import Structure
 from .plots import frame_metric
 from .products import FIGURES, FrameProducts
@@ -83,20 +83,18 @@ def _num(value, fmt: str = ".4f") -> str:
     return "–" if not np.isfinite(value) else format(value, fmt)
 
 
-def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Path],
+def write_report(path: Path, run: RunFile, structure: Structure, files: list[Path],
                  products: FrameProducts | None = None,
                  series_figures: list[Path] = ()) -> Path:
-    """Write ``report.html`` for the run in ``h5`` (see the module notes)."""
-    names = [n.decode() for n in h5["frames/names"][:]]
+    """Write ``report.html`` for ``run`` (see the module notes)."""
+    names = run.frame_names()
     n_frames = len(names)
     frame = products.frame if products is not None else 0
-    ml = h5["ml"].attrs if "ml" in h5 else {}
-    timings = dict(h5["timings"].attrs) if "timings" in h5 else {}
-    config_text = h5.attrs.get("config", "")
-    if isinstance(config_text, bytes):
-        config_text = config_text.decode()
-    permutable = h5["catalogue/permutable"][:]
-    n_motifs = h5["catalogue/mask"].shape[0]
+    ml = run.ml()
+    timings = run.timings()
+    config_text = run.config_text
+    permutable = run.permutable()
+    n_motifs = run.n_motifs
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<title>mlmotex-hpc report: {_esc(path.parent.name)}</title>"
              f"<style>{STYLE}</style></head><body>"]
@@ -110,10 +108,10 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
                                     f"({', '.join(sorted(set(structure.elements)))})")],
             ["data", _esc(names[0] if n_frames == 1 else f"{n_frames} frames: {names[0]} … "
                           f"{names[-1]}")],
-            ["motifs fitted", f"{int(np.isfinite(h5['fits/rw'][:]).sum()):,} "
+            ["motifs fitted", f"{int(np.isfinite(run.fits('rw')).sum()):,} "
                               f"({n_motifs:,} motifs × {n_frames} frame(s))"]]
-    if "atoms/in_motif" in h5:
-        in_motif = h5["atoms/in_motif"][frame].astype(bool)
+    if run.has_atoms():
+        in_motif = run.atoms("in_motif", frame)
         atoms = " ".join(f"{structure.elements[i]}{i}" for i in permutable[in_motif])
         frame_note = "" if n_frames == 1 else f" (frame {frame})"
         rows.append([f"extracted motif{frame_note}",
@@ -176,11 +174,11 @@ def write_report(path: Path, h5: h5py.File, structure: Structure, files: list[Pa
                      if (products.folder / name).exists())
 
     # -- atoms
-    if "atoms/contribution" in h5:
+    if run.has_atoms():
         parts.append("<h2>Atom contributions</h2>")
-        acv = h5["atoms/contribution"][frame]
-        sigma = h5["atoms/uncertainty"][frame]
-        conf = h5["atoms/confidence"][frame]
+        acv = run.atoms("contribution", frame)
+        sigma = run.atoms("uncertainty", frame)
+        conf = run.atoms("confidence", frame)
         colours = contribution_colours(acv, len(structure), permutable)
         order = np.argsort(acv, kind="stable")
         rows = []

@@ -1,25 +1,15 @@
 """The small communication facade every MPI-aware part of mlmotex-hpc uses.
 
-Everything takes a communicator (``comm=None`` means ``MPI.COMM_WORLD``); nothing else
-in the package imports mpi4py.
+Everything takes a communicator (``comm=None`` means ``MPI.COMM_WORLD``).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
 
 import numpy as np
 from mpi4py import MPI
-
-from ..errors import InputError
-
-T = TypeVar("T")
 
 
 def get_comm(comm: MPI.Comm | None = None) -> MPI.Comm:
@@ -37,24 +27,6 @@ def chunk(n: int, rank: int, size: int) -> tuple[int, int]:
     return offset, count
 
 
-def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0) -> T:
-    """Run ``func`` on ``root`` only and broadcast its result to every rank.
-
-    An :class:`InputError` raised on ``root`` is re-raised on *every* rank (so they all
-    exit cleanly with code 2); only the root's message is printed by the CLI.
-    """
-    result, error = None, None
-    if comm.rank == root:
-        try:
-            result = func()
-        except InputError as exc:
-            error = str(exc)
-    result, error = comm.bcast((result, error), root=root)
-    if error is not None:
-        raise InputError(error)
-    return result
-
-
 def wait_idle(comm: MPI.Comm, poll: float = 0.02) -> None:
     """A barrier that sleeps while it waits.
 
@@ -68,25 +40,39 @@ def wait_idle(comm: MPI.Comm, poll: float = 0.02) -> None:
         time.sleep(poll)
 
 
-@contextmanager
-def abort_on_error(comm: MPI.Comm | None = None) -> Iterator[None]:
-    """End the whole job when this rank raises anything but an :class:`InputError`.
+def bcast_array(array: np.ndarray | None, comm: MPI.Comm, root: int = 0) -> np.ndarray:
+    """Broadcast a NumPy array from ``root`` as a raw buffer (no pickling of the data)."""
+    if comm.size == 1:
+        return array
+    meta = comm.bcast(None if comm.rank != root else (array.shape, array.dtype.str), root)
+    if comm.rank == root:
+        array = np.ascontiguousarray(array)
+    else:
+        array = np.empty(meta[0], dtype=np.dtype(meta[1]))
+    comm.Bcast(array, root)
+    return array
 
-    The traceback is printed to stderr with the rank that failed, then ``Abort`` brings
-    every other rank down instead of leaving them hanging in a collective.
-    """
-    comm = get_comm(comm)
-    try:
-        yield
-    except (InputError, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
-        if comm.size == 1:
-            raise
-        detail = "".join(traceback.format_exception(exc))
-        sys.stderr.write(f"mlmotex-hpc: rank {comm.rank} of {comm.size} failed:\n{detail}")
-        sys.stderr.flush()
-        comm.Abort(1)
+
+def ranks_on_node(comm: MPI.Comm) -> int:
+    """How many ranks of ``comm`` share this rank's node (and its memory); collective."""
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    size = node.size
+    node.Free()
+    return size
+
+
+def cores_owned() -> int:
+    """The cores this process may run on (its affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+
+
+def cores_per_rank(comm: MPI.Comm) -> int:
+    """This rank's share of its cores: the ones it owns, shared evenly among the ranks on
+    its node (collective when ``comm`` has more than one rank)."""
+    n = cores_owned()
+    if comm.size > 1:
+        n = max(1, n // ranks_on_node(comm))
+    return n
 
 
 def inject_fault(stage: str, comm: MPI.Comm) -> None:
@@ -109,16 +95,3 @@ def pause_for_tests(stage: str) -> None:
         where, _, seconds = spec.partition(":")
         if where == stage:
             time.sleep(float(seconds or 1))
-
-
-def bcast_array(array: np.ndarray | None, comm: MPI.Comm, root: int = 0) -> np.ndarray:
-    """Broadcast a NumPy array from ``root`` as a raw buffer (no pickling of the data)."""
-    if comm.size == 1:
-        return array
-    meta = comm.bcast(None if comm.rank != root else (array.shape, array.dtype.str), root)
-    if comm.rank == root:
-        array = np.ascontiguousarray(array)
-    else:
-        array = np.empty(meta[0], dtype=np.dtype(meta[1]))
-    comm.Bcast(array, root)
-    return array

@@ -16,13 +16,11 @@ import argparse
 import math
 from pathlib import Path
 
-import numpy as np
-
 from .. import __version__
 from ..errors import InputError
-from ..io.structure import read_xyz
-from .calculator import make_calculator
-from .settings import CALCULATORS, RADIATIONS, PDFSettings
+from ..pdf.settings import CALCULATORS, RADIATIONS, PDFSettings
+
+HELP = "compute a structure model's G(r)"
 
 _DEFAULTS = PDFSettings()
 
@@ -83,7 +81,7 @@ def _parse_uiso(tokens: list[str], elements: tuple[str, ...]) -> tuple[dict[str,
     return per_element, default
 
 
-def r_grid(rmin: float, rmax: float, rstep: float) -> np.ndarray:
+def r_grid(rmin: float, rmax: float, rstep: float):
     """r = rmin, rmin + rstep, …, up to and including rmax (within 1e-9 of a step)."""
     if not (math.isfinite(rmin) and math.isfinite(rmax) and math.isfinite(rstep)):
         raise InputError("--rmin, --rmax and --rstep must be finite numbers")
@@ -91,12 +89,17 @@ def r_grid(rmin: float, rmax: float, rstep: float) -> np.ndarray:
         raise InputError(
             f"need 0 <= rmin < rmax and rstep > 0, got rmin {rmin}, rmax {rmax}, rstep {rstep}"
         )
+    import numpy as np
+
     n = int(math.floor((rmax - rmin) / rstep + 1e-9)) + 1
     return rmin + rstep * np.arange(n)
 
 
 def main(args: argparse.Namespace) -> int:
     """Compute the structure's G(r) and write it with a header of every parameter."""
+    from ..io.structure import read_xyz
+    from ..pdf import make_calculator
+
     structure = read_xyz(args.structure)
     species = tuple(dict.fromkeys(structure.elements))
     uiso, default_uiso = _parse_uiso(list(args.uiso or []), species)

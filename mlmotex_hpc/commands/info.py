@@ -1,10 +1,17 @@
-"""What the software stack is: for bug reports and for checking a cluster install."""
+"""``mlmotex-hpc info [--short]``: the software stack, for bug reports and for checking a
+cluster install. It reads the MPI library's version without initialising MPI (which
+fails or hangs on some login nodes)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata as md
 import os
 import platform
+
+from . import launcher_rank
+
+HELP = "print the software stack"
 
 PACKAGES = ("mlmotex-hpc", "numpy", "numba", "mpi4py", "h5py", "diffpy.srfit", "periodictable",
             "xgboost", "shap", "scikit-optimize", "scikit-learn", "scipy", "pyyaml", "matplotlib")
@@ -21,6 +28,10 @@ def software_stack(short: bool = False) -> list[tuple[str, str]]:
     """
     rows = [("python", f"{platform.python_version()} ({platform.machine()})")]
     try:
+        import mpi4py
+
+        mpi4py.rc.initialize = False  # the version is readable before MPI_Init
+        mpi4py.rc.finalize = False
         from mpi4py import MPI
 
         library = MPI.Get_library_version().splitlines()[0].strip()
@@ -54,3 +65,14 @@ def software_stack(short: bool = False) -> list[tuple[str, str]]:
     if short:
         rows = [row for row in rows if row[0] in SHORT]
     return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--short", action="store_true", help="one line per key component")
+
+
+def main(args: argparse.Namespace) -> int:
+    for name, value in software_stack(short=args.short):
+        if launcher_rank() == 0:
+            print(f"{name:22s} {value}")
+    return 0

@@ -1,6 +1,4 @@
-"""``mlmotex-hpc refine``: check one motif of a finished run with diffpy.srfit.
-
-    mlmotex-hpc refine OUT/motex.h5 [--motif extracted|best|INDEX] [--frame N] [-o DIR]
+"""Checking one motif of a finished run with diffpy.srfit (the ``refine`` command).
 
 Reads the run's config text and starting model from ``motex.h5``, re-reads the measured
 PDF the config names, and refines the chosen motif with a diffpy.srfit ``FitRecipe``
@@ -22,20 +20,17 @@ paths are absolute.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .catalogue import MotifSpace
-from .config import Config, parse_config, pdf_settings, select_frames
-from .errors import InputError
-from .io.structure import Structure
+from ..catalogue import MotifSpace
+from ..config import pdf_settings
+from ..errors import InputError
+from ..io.runfile import RunFile
+from ..io.structure import Structure
 
-#: Root attribute of ``motex.h5`` holding the folder of the run's config file.
-CONFIG_DIR_ATTR = "config_dir"
 #: Everything ``refine`` frees.
 REFINED = ("scale", "zoom", "uiso", "delta2")
 #: Output file names, inside the output folder.
@@ -44,135 +39,31 @@ XYZ_NAME = "refine_motif.xyz"
 RESULTS_NAME = "refine_results.txt"
 
 
-@dataclass(frozen=True, eq=False)
-class Run:
-    """What ``refine`` reads from a ``motex.h5``."""
-
-    path: Path
-    config_text: str
-    config_dir: Path | None
-    structure: Structure
-    permutable: np.ndarray
-    masks: np.ndarray
-    rw: np.ndarray | None
-    in_motif: np.ndarray | None
-    frame_names: tuple[str, ...]
-    #: frames START:STOP of the config's series (a job-array task's file), or None
-    frame_range: tuple[int, int] | None = None
-
-
-def read_run(path: str | Path) -> Run:
-    """Read the parts of a run's ``motex.h5`` that a refinement needs.
-
-    Raises
-    ------
-    InputError
-        When the file is missing, not HDF5, or not written by ``mlmotex-hpc run``.
-    """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"no such file: {path} (expected a run's motex.h5)")
-    try:
-        is_hdf5 = h5py.is_hdf5(path)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc}") from None
-    if not is_hdf5:
-        raise InputError(f"{path} is not an HDF5 file (expected a run's motex.h5)")
-    with h5py.File(path, "r") as h5:
-        missing = [name for name in ("model/elements", "model/xyz", "catalogue/mask",
-                                     "catalogue/permutable") if name not in h5]
-        if "config" not in h5.attrs or missing:
-            what = missing[0] if missing else "the root attribute 'config'"
-            raise InputError(
-                f"{path} is not the motex.h5 of an mlmotex-hpc run (it lacks {what})"
-            )
-        text = h5.attrs["config"]
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        config_dir = h5.attrs.get(CONFIG_DIR_ATTR)
-        if isinstance(config_dir, bytes):
-            config_dir = config_dir.decode()
-        elements = tuple(e.decode() if isinstance(e, bytes) else str(e)
-                         for e in h5["model/elements"][:])
-        structure = Structure(elements, h5["model/xyz"][:], f"model of {path}")
-        names = h5["frames/names"][:] if "frames/names" in h5 else []
-        frame_range = h5.attrs.get("frame_range")
-        return Run(
-            path=path,
-            config_text=text,
-            config_dir=Path(config_dir) if config_dir else None,
-            structure=structure,
-            permutable=h5["catalogue/permutable"][:].astype(np.int64),
-            masks=h5["catalogue/mask"][:].astype(bool),
-            rw=h5["fits/rw"][:] if "fits/rw" in h5 else None,
-            in_motif=h5["atoms/in_motif"][:].astype(bool) if "atoms/in_motif" in h5 else None,
-            frame_names=tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names),
-            frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
-        )
-
-
-def _relative_paths(text: str) -> list[str]:
-    """The config's file paths that are relative (they need the config's folder)."""
-    import yaml
-
-    raw = yaml.safe_load(text) or {}
-    values = [raw.get("structure")]
-    data = raw.get("data")
-    values += data if isinstance(data, list) else [data]
-    catalogue = raw.get("catalogue")
-    if isinstance(catalogue, dict):
-        values.append(catalogue.get("masks_file"))
-    return [v for v in values if isinstance(v, str) and not Path(v).expanduser().is_absolute()]
-
-
-def run_config(run: Run) -> Config:
-    """The run's config, its relative paths resolved against the config's folder."""
-    base = run.config_dir
-    if base is None:
-        relative = _relative_paths(run.config_text)
-        if relative:
-            raise InputError(
-                f"{run.path} does not record the folder of the run's config file (root "
-                f"attribute '{CONFIG_DIR_ATTR}'), so its relative path {relative[0]!r} "
-                "cannot be found; re-run with absolute paths in the config"
-            )
-        base = Path.cwd()  # every path is absolute: the base is never used
-    try:
-        config = parse_config(run.config_text, base, f"stored in {run.path}")
-        if run.frame_range is not None:  # one task of a job array: its frames only
-            config, _ = select_frames(config, "{}:{}".format(*run.frame_range))
-        return config
-    except InputError as exc:
-        raise InputError(f"the run's config (stored in {run.path}, paths from {base}): {exc}")\
-            from None
-
-
-def choose_motif(run: Run, which: str, frame: int) -> tuple[np.ndarray, str, float | None]:
+def choose_motif(run: RunFile, which: str, frame: int) -> tuple[np.ndarray, str, float | None]:
     """Mask over permutable atoms, a label, and the run's fitted Rw (None if not fitted)."""
-    n_motifs = len(run.masks)
+    n_motifs = run.n_motifs
+    rw = run.fits("rw", frame) if run.has_fits() else None
     if which == "extracted":
-        if run.in_motif is None:
+        if not run.has_atoms():
             raise InputError(
                 f"{run.path} holds no extracted motif (the run stopped before the explain "
                 "stage); use --motif best or a catalogue index"
             )
-        mask = run.in_motif[frame]
+        mask = run.atoms("in_motif", frame)
         if not mask.any():
             raise InputError(f"the extracted motif of frame {frame} in {run.path} is empty")
         # the extracted motif is usually not a catalogue row: no fitted Rw to compare
-        rows = np.flatnonzero(np.all(run.masks == mask, axis=1))
-        fitted = _fitted_rw(run, frame, int(rows[0])) if rows.size else None
+        rows = np.flatnonzero(np.all(run.masks() == mask, axis=1))
+        fitted = _fitted_rw(rw, int(rows[0])) if rows.size else None
         return mask, "extracted motif", fitted
     if which == "best":
-        rw = None if run.rw is None else run.rw[frame]
         if rw is None or not np.any(np.isfinite(rw)):
             raise InputError(
                 f"{run.path} holds no finished fits (the run stopped before fitting); "
                 "--motif best needs them"
             )
         index = int(np.nanargmin(rw))
-        return run.masks[index], f"motif {index} (best fit)", float(rw[index])
+        return run.masks(index), f"motif {index} (best fit)", float(rw[index])
     try:
         index = int(which)
     except ValueError:
@@ -184,13 +75,13 @@ def choose_motif(run: Run, which: str, frame: int) -> tuple[np.ndarray, str, flo
         raise InputError(
             f"--motif {index}: the catalogue of {run.path} holds motifs 0 to {n_motifs - 1}"
         )
-    return run.masks[index], f"motif {index}", _fitted_rw(run, frame, index)
+    return run.masks(index), f"motif {index}", _fitted_rw(rw, index)
 
 
-def _fitted_rw(run: Run, frame: int, index: int) -> float | None:
-    if run.rw is None or not np.isfinite(run.rw[frame, index]):
+def _fitted_rw(rw: np.ndarray | None, index: int) -> float | None:
+    if rw is None or not np.isfinite(rw[index]):
         return None
-    return float(run.rw[frame, index])
+    return float(rw[index])
 
 
 def plot_fit(path: Path, r, g_obs, g_calc, rw: float, title: str) -> None:
@@ -244,32 +135,38 @@ def refine(
         ``rw`` (srfit), ``fitted_rw`` (the run's, or None), ``values`` (refined
         variables), ``n_atoms`` and the written ``files``.
     """
-    from .fit.srfit import CONTRIBUTION_NAME, motif_recipe, refine_recipe
-    from .io.pdfdata import read_pdf_data
-    from .io.structure import write_xyz
-    from .pdf import make_calculator
-
     stream = stream or sys.stdout
-    run = read_run(h5_path)
-    config = run_config(run)
-    n_frames = len(run.frame_names) or len(config.data)
+    with RunFile.read(h5_path) as run:
+        return _refine(run, motif, frame, out_dir, stream)
+
+
+def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
+    from ..fit.srfit import CONTRIBUTION_NAME, motif_recipe, refine_recipe
+    from ..io.pdfdata import read_pdf_data
+    from ..io.structure import write_xyz
+    from ..pdf import make_calculator
+
+    config = run.config()
+    frame_names = tuple(run.frame_names())
+    structure = run.structure()
+    n_frames = len(frame_names) or len(config.data)
     if not 0 <= frame < n_frames:
         frames = "a single frame, 0" if n_frames == 1 else f"frames 0 to {n_frames - 1}"
         raise InputError(f"--frame {frame}: the run has {frames}")
     found = tuple(p.name for p in config.data)
-    if run.frame_names and found != run.frame_names:
+    if frame_names and found != frame_names:
         raise InputError(
             f"the run's config now finds the data files {', '.join(found[:3])}"
             f"{', ...' if len(found) > 3 else ''}, not the {n_frames} file(s) of the run "
-            f"({', '.join(run.frame_names[:3])}{', ...' if n_frames > 3 else ''})"
+            f"({', '.join(frame_names[:3])}{', ...' if n_frames > 3 else ''})"
         )
     data_path = config.data[frame]
     out = Path(out_dir) if out_dir is not None else run.path.parent
     xyz_path, png_path, txt_path = out / XYZ_NAME, out / PLOT_NAME, out / RESULTS_NAME
     if xyz_path.resolve() == config.structure.resolve():
         raise InputError(f"refusing to overwrite the starting model {config.structure}")
-    space = MotifSpace.from_structure(run.structure, config.permute, config.bond_threshold)
-    if not np.array_equal(space.permutable, run.permutable):
+    space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    if not np.array_equal(space.permutable, run.permutable()):
         raise InputError(
             f"the permutable atoms of {run.path} do not match its config's 'permute'"
         )
@@ -285,7 +182,7 @@ def refine(
     if config.fit.weights == "dG":
         data.weights(sl)  # refuses missing or non-positive dG with a clear message
         dg = data.dg
-    calc = make_calculator(run.structure.elements, run.structure.xyz, pdf_settings(config),
+    calc = make_calculator(structure.elements, structure.xyz, pdf_settings(config),
                            data.r[sl])
     prepared = calc.prepare(atom_mask)
     if prepared.n_pairs == 0:
@@ -301,7 +198,7 @@ def refine(
         raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
 
     n_perm = int(mask.sum())
-    atoms = " ".join(f"{run.structure.elements[i]}{i}" for i in run.permutable[mask])
+    atoms = " ".join(f"{structure.elements[i]}{i}" for i in run.permutable()[mask])
     print(f"refining {label} of {run.path} against {data_path.name} "
           f"(r {calc.r[0]:g}-{calc.r[-1]:g} Å, {config.pdf.calculator} calculator, "
           f"{config.fit.weights} weights)", file=stream)
@@ -322,7 +219,7 @@ def refine(
 
     zoom = result.values["zoom"]
     profile = recipe.get(CONTRIBUTION_NAME).profile
-    sub = run.structure.subset(atom_mask)
+    sub = structure.subset(atom_mask)
     try:
         plot_fit(png_path, profile.x, profile.y, profile.ycalc, result.rw,
                  f"{label}, {data_path.name}")
@@ -338,22 +235,3 @@ def refine(
         "rw": result.rw, "fitted_rw": fitted_rw, "values": result.values,
         "n_atoms": prepared.n_atoms, "files": [png_path, xyz_path, txt_path],
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``refine`` subcommand's arguments to ``parser``."""
-    parser.add_argument("results", metavar="OUT/motex.h5", help="a run's results file")
-    parser.add_argument("--motif", default="extracted", metavar="extracted|best|INDEX",
-                        help="the run's extracted motif (default), the catalogue motif with "
-                             "the lowest Rw, or a catalogue index (0-based)")
-    parser.add_argument("--frame", type=int, default=0, metavar="N",
-                        help="data set of a series, 0-based (default 0)")
-    parser.add_argument("-o", "--out", metavar="DIR",
-                        help=f"folder for {PLOT_NAME}, {XYZ_NAME} and {RESULTS_NAME} "
-                             "(default: the folder of motex.h5)")
-
-
-def main(args: argparse.Namespace) -> int:
-    refine(args.results, motif=args.motif, frame=args.frame, out_dir=args.out)
-    return 0
-

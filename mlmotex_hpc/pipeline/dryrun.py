@@ -12,26 +12,23 @@ import math
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from .config import Config, pdf_settings
-from .fit.fitter import fit_motif
-from .parallel.driver import (
-    fit_settings,
-    load_inputs,
-    make_fit_groups,
-    memory_estimate,
-    node_memory,
-)
+from ..config import Config
+from ..errors import InputError
+from ..fit.batch import fit_plan, make_fit_groups
+from ..fit.fitter import fit_motif
+from ..io import runfile
+from .inputs import load_inputs, memory_estimate, node_memory
 
 SAMPLE = 200
 
 
 def _sample_rate(inputs, config: Config, sample: np.ndarray) -> tuple[float, list[int]]:
     """Fits per core-second on ``sample`` (motif indices), and each motif's pair count."""
-    fsettings = fit_settings(config, inputs.structure)
-    groups = make_fit_groups(inputs, pdf_settings(config), fsettings)
+    plan = fit_plan(config, inputs.structure)
+    fsettings = plan.fit
+    groups = make_fit_groups(inputs, plan.pdf, fsettings)
     masks = inputs.space.atom_masks(np.concatenate([inputs.masks(i, i + 1) for i in sample]))
     pairs = [groups[0].calc.prepare(m).n_pairs for m in masks]
     cpu, fits = 0.0, 0
@@ -100,10 +97,12 @@ def _existing(path: Path) -> str:
     if not path.exists():
         return "new run"
     try:
-        with h5py.File(path, "r") as h5:
-            if h5.attrs.get("complete", False):
-                return "complete (a run would do nothing; --overwrite redoes it)"
-            done = h5["fits/batch_done"][:]
-            return f"exists, {int(done.sum())} of {done.size} batches done (a run resumes it)"
-    except (OSError, KeyError):
+        found = runfile.probe(path)
+    except InputError:
         return "exists but is not a readable motex.h5"
+    if found.complete:
+        return "complete (a run would do nothing; --overwrite redoes it)"
+    if found.batch_done is None:
+        return "exists but is not a readable motex.h5"
+    done = found.batch_done
+    return f"exists, {int(done.sum())} of {done.size} batches done (a run resumes it)"

@@ -1,0 +1,822 @@
+"""``motex.h5``, the one file of a run: its layout, its only writer and its only reader.
+
+Every other module calls :class:`RunFile`; no other module names a dataset of the file.
+
+Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, n atoms)::
+
+    /                       attrs: config (YAML text), config_hash, config_dir, version,
+                            layout_version, created, hdf5_mode, complete, frame_range
+    /model/elements (n)     /model/xyz (n, 3) Å
+    /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
+    /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
+    /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
+    /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
+    /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
+    /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
+    /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean (F, N)
+    /atoms/in_motif (F, N)  /atoms/index (N)
+    /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32
+    /ml                     attrs: test metrics and hyperparameters (arrays over frames)
+    /ml/test_predicted (F, M) float32
+    /timings                attrs: catalogue, fit, learn, explain, total (s), ranks, fits_per_second
+
+Layout versions: 1, files written before the attribute existed (no ``layout_version``;
+the same layout as 2, read as it is); 2, this one. A file of a later version is refused
+with a message that names both versions.
+
+Parallel or serial HDF5: a :class:`RunFile` opened with a communicator of more than one
+rank, when h5py was built against an MPI-enabled HDF5, is open on every rank with
+``driver="mpio"``; every rank makes the same metadata calls (methods named
+``collective``) and each rank writes its own slices. Otherwise (one rank, or the
+serial-HDF5 fallback) only rank 0 holds the file (:attr:`RunFile.holds`) and the other
+ranks' calls do nothing. That choice is made here and nowhere else. The communicator is
+used through its methods only, so this module loads no MPI library itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import yaml
+
+from .. import __version__
+from ..config import Config, parse_config, select_frames
+from ..errors import InputError
+from .structure import Structure
+
+#: The layout this version writes, and the newest it reads.
+LAYOUT_VERSION = 2
+#: Fit results every run has (plus ``status``, and the freed parameters' datasets).
+FIT_FIELDS = ("rw", "scale", "zoom")
+#: Per-atom results of the explain stage, one (F, N) dataset each.
+ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
+#: Datasets with a leading frame axis: ``merge`` joins them along it.
+FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
+                  "atoms/contribution", "atoms/uncertainty", "atoms/confidence",
+                  "atoms/kept_mean", "atoms/removed_mean", "atoms/in_motif",
+                  "shap/values", "shap/base_value", "ml/test_predicted")
+#: Datasets every part of a job array holds identically: ``merge`` copies the first's.
+SHARED_DATASETS = ("model", "catalogue", "atoms/index")
+
+STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, -1 not fitted"
+ATOMS_DEFINITION = (
+    "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
+    "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "
+    "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma"
+)
+PREDICTED_DEFINITION = (
+    "Rw predicted by the frame's model for its test motifs (NaN: not in the test set)")
+
+_fallback_announced = False
+
+
+# -- names and small helpers -----------------------------------------------------------------
+
+
+def parallel_hdf5_available() -> bool:
+    """True when h5py was built against an MPI-enabled HDF5.
+
+    ``MLMOTEX_SERIAL_HDF5=1`` forces the serial fallback (to test it, or to avoid a
+    broken MPI-IO layer on some file system).
+    """
+    if os.environ.get("MLMOTEX_SERIAL_HDF5", "0") not in ("", "0"):
+        return False
+    return bool(h5py.get_config().mpi)
+
+
+def _parallel(comm) -> bool:
+    return comm is not None and comm.size > 1 and parallel_hdf5_available()
+
+
+def announce_fallback(comm) -> None:
+    """Say once, on rank 0, that results travel to rank 0 for writing."""
+    global _fallback_announced
+    if comm.size > 1 and not parallel_hdf5_available() and not _fallback_announced:
+        _fallback_announced = True
+        if comm.rank == 0:
+            print("mlmotex-hpc: h5py has no MPI support: serial-HDF5 fallback "
+                  "(rank 0 writes every result)", file=sys.stderr, flush=True)
+
+
+def config_hash(text: str) -> str:
+    """Hash of a config's content: comments, spacing and key order do not count."""
+    try:
+        canonical = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+    except yaml.YAMLError:
+        canonical = text
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def creating_path(path: Path) -> Path:
+    """Where a new ``motex.h5`` is built before it takes its final name."""
+    return path.with_name(path.name + ".creating")
+
+
+def finishing_path(path: Path) -> Path:
+    """Where steps 3-4 write, on a copy, before it replaces ``motex.h5``."""
+    return path.with_name(path.name + ".finishing")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _replace(group: h5py.Group, name: str, data: np.ndarray) -> h5py.Dataset:
+    if name in group:
+        del group[name]
+    return group.create_dataset(name, data=data)
+
+
+def _per_frame(value, n: int) -> list:
+    """An ``/ml`` value as one entry per frame (single-frame files store scalars)."""
+    if isinstance(value, str | bytes):
+        loaded = json.loads(value)
+        return loaded if n > 1 else [loaded]
+    return list(np.atleast_1d(value))
+
+
+# -- what an existing file says about itself -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """What ``run`` needs to know of an existing ``motex.h5`` to resume or refuse it."""
+
+    config_hash: str | None
+    batch_done: np.ndarray | None
+    complete: bool
+    frame_range: tuple[int, int] | None
+
+
+def probe(path: Path) -> Probe:
+    """Read the resume state of ``path`` (errors are :class:`InputError`)."""
+    try:
+        with h5py.File(path, "r") as h5:
+            stored = h5.attrs.get("config_hash")
+            done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
+            frame_range = h5.attrs.get("frame_range")
+            return Probe(
+                config_hash=None if stored is None else _text(stored),
+                batch_done=done,
+                complete=bool(h5.attrs.get("complete", False)),
+                frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
+            )
+    except BlockingIOError:
+        raise InputError(
+            f"{path} is open in another process: is another job writing to this "
+            "output.dir? (if not, HDF5_USE_FILE_LOCKING=FALSE lifts a stale lock)"
+        ) from None
+    except OSError as exc:
+        raise InputError(
+            f"{path} exists but is not a readable HDF5 file ({exc}); use --overwrite to "
+            "start again"
+        ) from None
+
+
+# -- the file ---------------------------------------------------------------------------------
+
+
+class RunFile:
+    """``motex.h5`` open on one rank (serial) or on every rank (parallel HDF5).
+
+    Open a new run's file with :meth:`create`, an existing one with :meth:`open` (every
+    rank of ``comm`` calls both), or a finished one for reading with :meth:`read`.
+    Methods whose name starts with ``collective_`` must be called by every rank with
+    the same arguments; the others by the ranks that write (``write_batch``,
+    ``write_shap``) or by any holder (the readers).
+    """
+
+    def __init__(self, path: Path, file: h5py.File | None, comm=None, parallel: bool = False):
+        self.path = Path(path)
+        self.file = file
+        self.comm = comm
+        self.parallel = parallel
+
+    # -- opening and closing --------------------------------------------------------------
+    @property
+    def holds(self) -> bool:
+        """Whether this rank holds the file open."""
+        return self.file is not None
+
+    @classmethod
+    def open(cls, path: Path, mode: str = "r", comm=None) -> RunFile:
+        """Open ``path``: on every rank of ``comm`` with parallel HDF5, else on rank 0 only
+        (no ``comm``: in this process, serially)."""
+        parallel = _parallel(comm)
+        if parallel:
+            file = h5py.File(path, mode, driver="mpio", comm=comm)
+        elif comm is None or comm.rank == 0:
+            file = h5py.File(path, mode)
+        else:
+            file = None
+        return cls(path, file, comm, parallel)
+
+    @classmethod
+    def read(cls, path: str | Path, mode: str = "r") -> RunFile:
+        """A finished or unfinished run's file, checked to be one (serial).
+
+        Raises
+        ------
+        InputError
+            When the file is missing, not HDF5, not written by ``mlmotex-hpc run``, or
+            of a layout newer than this version reads.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"no such file: {path} (expected a run's motex.h5)")
+        try:
+            is_hdf5 = h5py.is_hdf5(path)
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+        if not is_hdf5:
+            raise InputError(f"{path} is not an HDF5 file (expected a run's motex.h5)")
+        try:
+            file = h5py.File(path, mode)
+        except BlockingIOError:
+            raise InputError(f"{path} is open in another process (is a job still writing "
+                             "it?)") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
+        run = cls(path, file)
+        missing = [name for name in ("model/elements", "model/xyz", "catalogue/mask",
+                                     "catalogue/permutable") if name not in file]
+        if "config" not in file.attrs or missing:
+            file.close()
+            what = missing[0] if missing else "the root attribute 'config'"
+            raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run (it lacks {what})")
+        if run.layout_version > LAYOUT_VERSION:
+            file.close()
+            raise InputError(
+                f"{path} has motex.h5 layout version {run.layout_version}, written by a newer "
+                f"mlmotex-hpc; this version ({__version__}) reads layouts up to "
+                f"{LAYOUT_VERSION}: upgrade mlmotex-hpc to read it")
+        return run
+
+    def __enter__(self) -> RunFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def close_quietly(self) -> None:
+        """Close after a failed write, and remove the unfinished new file."""
+        try:
+            self.close()
+        except OSError:
+            self.file = None
+        if self.comm is None or self.comm.rank == 0:
+            creating_path(self.path).unlink(missing_ok=True)
+
+    # -- a new run ---------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        comm,
+        *,
+        config_text: str,
+        config_dir: str = "",
+        n_frames: int,
+        n_motifs: int,
+        n_permutable: int,
+        n_batches: int,
+        batch_size: int,
+        frame_block: int | None = None,
+        refined_extra: tuple[str, ...] = (),
+        frame_range: tuple[int, int] | None = None,
+    ) -> RunFile:
+        """Create the file under a temporary name and preallocate every fit dataset.
+
+        :meth:`collective_publish` gives it its final name once the inputs are written, so
+        a job killed while creating it never leaves a half-made ``motex.h5``.
+        """
+        run = cls.open(creating_path(Path(path)), "w", comm)
+        run.path = Path(path)
+        file = run.file
+        if file is None:
+            return run
+        file.attrs["config"] = config_text
+        file.attrs["config_hash"] = config_hash(config_text)
+        # relative paths in the config are relative to this folder
+        file.attrs["config_dir"] = config_dir
+        file.attrs["version"] = __version__
+        file.attrs["layout_version"] = LAYOUT_VERSION
+        file.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        file.attrs["hdf5_mode"] = "parallel (mpio)" if run.parallel else "serial"
+        if frame_range is not None:
+            file.attrs["frame_range"] = np.array(frame_range)
+        shape = (n_frames, n_motifs)
+        # Chunks of whole batches along motifs: a rank's write touches few chunks, and the
+        # learning stage reads a frame's row in large contiguous pieces.
+        fit_chunk = (1, max(1, min(n_motifs, batch_size * max(1, 8192 // batch_size))))
+        fits = file.create_group("fits")
+        for name in FIT_FIELDS + refined_extra:
+            fits.create_dataset(name, shape, dtype="f8", chunks=fit_chunk, fillvalue=np.nan)
+        fits.create_dataset("status", shape, dtype="i1", chunks=fit_chunk, fillvalue=-1)
+        frame_block = frame_block or n_frames
+        n_fblocks = -(-n_frames // frame_block)
+        fits.create_dataset("batch_done", (n_batches, n_fblocks), dtype="u1", fillvalue=0)
+        fits.attrs["batch_size"] = batch_size
+        fits.attrs["frame_block"] = frame_block
+        fits.attrs["status_codes"] = STATUS_CODES
+        cat = file.create_group("catalogue")
+        mask_chunk = (max(1, min(n_motifs, 8192)), n_permutable)
+        cat.create_dataset("mask", (n_motifs, n_permutable), dtype="u1", chunks=mask_chunk)
+        cat.create_dataset("size", (n_motifs,), dtype="i4")
+        if not run.parallel:
+            # Serial HDF5 allocates chunks on first write, which changes metadata: write the
+            # fill values now, so that fitting only ever overwrites raw data (a job killed
+            # mid-write cannot damage the file's structure). Parallel HDF5 allocates early.
+            for name in FIT_FIELDS + refined_extra + ("status",):
+                ds = fits[name]
+                for row in range(n_frames):
+                    ds[row] = np.full(n_motifs, ds.fillvalue, dtype=ds.dtype)
+        return run
+
+    def collective_write_inputs(
+        self,
+        *,
+        elements: tuple[str, ...],
+        xyz: np.ndarray,
+        permutable: np.ndarray,
+        frame_names: list[str],
+        frames: list[tuple[np.ndarray, np.ndarray]],
+        masks: np.ndarray | None,
+        times: tuple[float, ...] | None = None,
+        time_unit: str = "s",
+    ) -> None:
+        """The model, the data in the fit range, and the catalogue (data from rank 0)."""
+        if self.file is None:
+            return
+        f = self.file
+        root = self.comm is None or self.comm.rank == 0 or not self.parallel
+        model = f.create_group("model")
+        # Fixed-length ASCII: parallel HDF5 cannot write variable-length strings.
+        el_bytes = np.array([e.encode() for e in elements], dtype="S3")
+        name_bytes = np.array([n.encode() for n in frame_names])
+        ds_el = model.create_dataset("elements", el_bytes.shape, dtype=el_bytes.dtype)
+        ds_xyz = model.create_dataset("xyz", xyz.shape, dtype="f8")
+        ds_xyz.attrs["units"] = "Å"
+        frames_grp = f.create_group("frames")
+        names = frames_grp.create_dataset("names", name_bytes.shape, dtype=name_bytes.dtype)
+        times_ds = None
+        if times is not None:
+            times_ds = frames_grp.create_dataset("time", (len(times),), dtype="f8")
+            times_ds.attrs["unit"] = time_unit
+        data = f.create_group("data")
+        frame_ds = []
+        for k, (r, g) in enumerate(frames):
+            grp = data.create_group(f"{k:05d}")
+            frame_ds.append((grp.create_dataset("r", r.shape, "f8"),
+                             grp.create_dataset("g", g.shape, "f8")))
+        cat = f["catalogue"]
+        perm = cat.create_dataset("permutable", permutable.shape, dtype="i8")
+        if root:
+            ds_el[:] = el_bytes
+            ds_xyz[:] = xyz
+            names[:] = name_bytes
+            if times_ds is not None:
+                times_ds[:] = np.asarray(times, dtype=float)
+            for (ds_r, ds_g), (r, g) in zip(frame_ds, frames, strict=True):
+                ds_r[:] = r
+                ds_g[:] = g
+            perm[:] = permutable
+            cat["mask"][:] = masks.astype(np.uint8)
+            cat["size"][:] = masks.sum(axis=1)
+
+    def collective_publish(self) -> None:
+        """Flush the new file and give it its final name (after the inputs are written)."""
+        if self.file is not None:
+            self.file.flush()
+        self.comm.Barrier()
+        if self.comm.rank == 0:
+            os.replace(creating_path(self.path), self.path)
+        self.comm.Barrier()
+
+    # -- the fit stage -----------------------------------------------------------------------
+    def write_batch(self, start: int, results: Mapping[str, np.ndarray], batch: int,
+                    frames: slice = slice(None), fblock: int = 0) -> None:
+        """Write one work unit's fit results (arrays frames × count) and mark it done.
+
+        Independent I/O: only the rank that fitted the unit calls it.
+        """
+        fits = self.file["fits"]
+        stop = start + next(iter(results.values())).shape[1]
+        for name, values in results.items():
+            fits[name][frames, start:stop] = values
+        if not self.parallel:
+            # serial HDF5 caches chunks: the results must be on disk before the batch is
+            # marked done (parallel HDF5 writes through at once)
+            self.file.flush()
+        fits["batch_done"][batch, fblock] = 1
+        if not self.parallel:
+            self.file.flush()
+
+    # -- the learning stage ------------------------------------------------------------------
+    def collective_create_shap(self, n_frames: int, n_motifs: int, n_features: int) -> None:
+        """(Re)create ``/shap``: values (F, M, n_features) and base values (F, M), float32."""
+        if self.file is None:
+            return
+        grp = self.file.require_group("shap")
+        for name in ("values", "base_value"):
+            if name in grp:
+                del grp[name]
+        chunks = (1, min(n_motifs, 4096), n_features)
+        grp.create_dataset("values", (n_frames, n_motifs, n_features), "f4", chunks=chunks)
+        grp.create_dataset("base_value", (n_frames, n_motifs), "f4")
+
+    def write_shap(self, frame: int, lo: int, hi: int, rows: np.ndarray) -> None:
+        """SHAP rows ``lo:hi`` of a frame: feature columns, then the base value last."""
+        self.file["shap/values"][frame, lo:hi] = rows[:, :-1]
+        self.file["shap/base_value"][frame, lo:hi] = rows[:, -1]
+
+    def collective_write_learning(
+        self,
+        *,
+        settings: str,
+        metrics: Mapping[str, np.ndarray],
+        params: Sequence[dict],
+        histories: Sequence[list],
+        predicted: np.ndarray,
+        atoms: Mapping[str, np.ndarray] | None,
+    ) -> None:
+        """``/ml`` (metrics, hyperparameters, search history, test predictions) and, after
+        the explain stage, ``/atoms`` (identical data on every rank)."""
+        if self.file is None:
+            return
+        h5 = self.file
+        n_frames = len(params)
+        ml = h5.require_group("ml")
+        for key, values in metrics.items():
+            ml.attrs[key] = values if n_frames > 1 else values[0]
+        ml.attrs["params"] = json.dumps(params if n_frames > 1 else params[0], default=str)
+        ml.attrs["history"] = json.dumps(histories if n_frames > 1 else histories[0],
+                                         default=str)
+        ml.attrs["settings"] = settings
+        if atoms is not None:
+            grp = h5.require_group("atoms")
+            for key in ATOM_DATASETS:
+                _replace(grp, key, atoms[key])
+            _replace(grp, "in_motif", atoms["contribution"] < 0)
+            _replace(grp, "index", h5["catalogue/permutable"][:])
+            grp.attrs["definition"] = ATOMS_DEFINITION
+        _replace(ml, "test_predicted", predicted)
+        ml["test_predicted"].attrs["definition"] = PREDICTED_DEFINITION
+
+    def write_timings(self, timings: Mapping[str, float], ranks: int) -> None:
+        self.file.require_group("timings").attrs.update(
+            {**{k: float(v) for k, v in timings.items()}, "ranks": ranks})
+
+    def mark_complete(self) -> None:
+        self.file.attrs["complete"] = True
+
+    # -- reading -------------------------------------------------------------------------------
+    def _attr(self, name: str, default=None):
+        return self.file.attrs.get(name, default)
+
+    @property
+    def layout_version(self) -> int:
+        return int(self._attr("layout_version", 1))
+
+    @property
+    def config_text(self) -> str:
+        return _text(self._attr("config", ""))
+
+    @property
+    def config_dir(self) -> Path | None:
+        value = self._attr("config_dir")
+        return Path(_text(value)) if value is not None and _text(value) else None
+
+    @property
+    def config_hash(self) -> str | None:
+        value = self._attr("config_hash")
+        return None if value is None else _text(value)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self._attr("complete", False))
+
+    @property
+    def frame_range(self) -> tuple[int, int] | None:
+        value = self._attr("frame_range")
+        return None if value is None else tuple(int(v) for v in value)
+
+    @property
+    def n_frames(self) -> int:
+        if "frames/names" in self.file:
+            return int(self.file["frames/names"].shape[0])
+        return int(self.file["fits/rw"].shape[0])
+
+    @property
+    def n_motifs(self) -> int:
+        return int(self.file["catalogue/mask"].shape[0])
+
+    def frame_names(self) -> list[str]:
+        if "frames/names" not in self.file:
+            return []
+        return [_text(n) for n in self.file["frames/names"][:]]
+
+    def times(self) -> tuple[np.ndarray, str] | None:
+        """The frames' times and their unit, when the config gave them."""
+        if "frames/time" not in self.file:
+            return None
+        ds = self.file["frames/time"]
+        return ds[:], _text(ds.attrs.get("unit", "s"))
+
+    def data(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """r and G of a frame, in the fit range."""
+        return self.file[f"data/{frame:05d}/r"][:], self.file[f"data/{frame:05d}/g"][:]
+
+    def elements(self) -> tuple[str, ...]:
+        return tuple(_text(e) for e in self.file["model/elements"][:])
+
+    def structure(self) -> Structure:
+        return Structure(self.elements(), self.file["model/xyz"][:], f"model of {self.path}")
+
+    def permutable(self) -> np.ndarray:
+        return self.file["catalogue/permutable"][:].astype(np.int64)
+
+    def masks(self, rows=slice(None)) -> np.ndarray:
+        """Catalogue masks (bool, M × N), or the rows asked for."""
+        return self.file["catalogue/mask"][rows, :].astype(bool)
+
+    def sizes(self) -> np.ndarray:
+        return self.file["catalogue/size"][:]
+
+    def has_fits(self) -> bool:
+        return "fits/rw" in self.file
+
+    def fits(self, name: str = "rw", frame: int | None = None) -> np.ndarray:
+        """A fit result (F × M, or one frame's M)."""
+        ds = self.file[f"fits/{name}"]
+        return ds[:] if frame is None else ds[frame]
+
+    def batch_done(self) -> np.ndarray:
+        return self.file["fits/batch_done"][:].astype(bool)
+
+    def has_learning(self) -> bool:
+        return "ml" in self.file
+
+    def ml(self) -> dict[str, Any]:
+        """The ``/ml`` attributes: metrics (scalars or arrays over frames), ``params`` and
+        ``history`` (JSON text), ``settings``."""
+        return dict(self.file["ml"].attrs) if "ml" in self.file else {}
+
+    def has_test_predicted(self) -> bool:
+        return "ml/test_predicted" in self.file
+
+    def test_predicted(self, frame: int) -> np.ndarray:
+        return self.file["ml/test_predicted"][frame]
+
+    def has_atoms(self) -> bool:
+        return "atoms/contribution" in self.file
+
+    def atoms(self, name: str, frame: int | None = None) -> np.ndarray:
+        """A per-atom result (F × N, or one frame's N); ``in_motif`` is bool."""
+        ds = self.file[f"atoms/{name}"]
+        values = ds[:] if frame is None else ds[frame]
+        return values.astype(bool) if name == "in_motif" else values
+
+    def has_shap(self) -> bool:
+        return "shap/values" in self.file
+
+    def shap(self, frame: int, rows) -> tuple[np.ndarray, np.ndarray]:
+        """SHAP values (rows × features) and base values of a frame's motifs ``rows``."""
+        return (self.file["shap/values"][frame, rows, :],
+                self.file["shap/base_value"][frame, rows])
+
+    def timings(self) -> dict[str, Any]:
+        return dict(self.file["timings"].attrs) if "timings" in self.file else {}
+
+    def config(self) -> Config:
+        """The run's config, its relative paths resolved against the config's folder
+        (root attribute ``config_dir``); a job-array task's file: its frames only."""
+        base = self.config_dir
+        text = self.config_text
+        if base is None:
+            relative = _relative_paths(text)
+            if relative:
+                raise InputError(
+                    f"{self.path} does not record the folder of the run's config file (root "
+                    f"attribute 'config_dir'), so its relative path {relative[0]!r} "
+                    "cannot be found; re-run with absolute paths in the config"
+                )
+            base = Path.cwd()  # every path is absolute: the base is never used
+        try:
+            config = parse_config(text, base, f"stored in {self.path}")
+            if self.frame_range is not None:  # one task of a job array: its frames only
+                config, _ = select_frames(config, "{}:{}".format(*self.frame_range))
+            return config
+        except InputError as exc:
+            raise InputError(f"the run's config (stored in {self.path}, paths from {base}): "
+                             f"{exc}") from None
+
+    def series_length(self) -> int:
+        """Frames in the config's whole series (a job-array task's config lists them all)."""
+        return len(parse_config(self.config_text, self.config_dir or Path.cwd()).data)
+
+
+def _relative_paths(text: str) -> list[str]:
+    """The config's file paths that are relative (they need the config's folder)."""
+    raw = yaml.safe_load(text) or {}
+    values = [raw.get("structure")]
+    data = raw.get("data")
+    values += data if isinstance(data, list) else [data]
+    catalogue = raw.get("catalogue")
+    if isinstance(catalogue, dict):
+        values.append(catalogue.get("masks_file"))
+    return [v for v in values if isinstance(v, str) and not Path(v).expanduser().is_absolute()]
+
+
+# -- the learning copy ------------------------------------------------------------------------
+
+
+def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable):
+    """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
+
+    Every rank calls it. Rank 0 makes the copy; ``learn(run)`` runs on every rank with
+    the copy open on every rank (parallel HDF5) or on rank 0 only (a :class:`RunFile`
+    that holds nothing elsewhere); then rank 0 reopens it serially for
+    ``outputs(run, learned)``, whose result it returns (None on the other ranks). HDF5
+    cannot survive a kill while it adds groups and datasets, and the fits it would put
+    at risk took the whole machine to compute. Working on a copy keeps them safe: a job
+    killed while learning leaves ``motex.h5`` as the fit stage left it, and a rerun
+    (resume) only learns again.
+    """
+    tmp = finishing_path(path)
+    error = None
+    if comm.rank == 0:
+        try:
+            shutil.copyfile(path, tmp)
+        except OSError as exc:  # a full disk, a quota
+            tmp.unlink(missing_ok=True)
+            error = (f"writing the learning results next to {path} failed "
+                     f"({exc.strerror or exc}); the fits in it are intact: free some space "
+                     "and run again to learn")
+    error = comm.bcast(error)
+    if error is not None:
+        raise InputError(error)
+    run = None
+    done = False
+    try:
+        run = RunFile.open(tmp, "r+", comm)
+        learned = learn(run)
+        run.close()
+        summary = None
+        if comm.rank == 0:
+            run = RunFile.open(tmp, "r+")
+            summary = outputs(run, learned)
+            run.mark_complete()
+        done = True
+    finally:
+        if run is not None:
+            run.close()
+        if comm.rank == 0:
+            if done:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)
+    return summary
+
+
+# -- a job array's parts, joined ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Part:
+    """What merging needs to know of one task's file."""
+
+    path: Path
+    config_hash: str
+    frame_range: tuple[int, int]
+    masks: np.ndarray
+    has_shap: bool
+
+
+def read_part(path: Path) -> Part:
+    """One task's finished file (errors are :class:`InputError`)."""
+    if not path.is_file():
+        raise InputError(f"no such file: {path} (expected a task's motex.h5)")
+    try:
+        with h5py.File(path, "r") as h5:
+            if "config_hash" not in h5.attrs or "fits/rw" not in h5:
+                raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run")
+            if not h5.attrs.get("complete", False) or "atoms/contribution" not in h5:
+                raise InputError(f"{path} is not finished (no learned contributions yet): "
+                                 "let its task finish, or rerun it with --resume")
+            frame_range = h5.attrs.get("frame_range")
+            if frame_range is None:
+                frame_range = (0, h5["fits/rw"].shape[0])
+            return Part(path, _text(h5.attrs["config_hash"]),
+                        tuple(int(v) for v in frame_range), h5["catalogue/mask"][:],
+                        "shap/values" in h5)
+    except OSError as exc:
+        raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
+
+
+def merge_parts(target: Path, parts: Sequence[Part], n_series: int) -> None:
+    """Write ``target`` holding the frames of ``parts`` (in frame order, consecutive,
+    checked by the caller) as one run of those frames would have written it.
+
+    ``n_series`` is the length of the config's whole series: a merge that covers it
+    records no ``frame_range``. Built under a temporary name, renamed when complete.
+    """
+    tmp = target.with_name(target.name + ".merging")
+    sources = [h5py.File(p.path, "r") for p in parts]
+    try:
+        with h5py.File(tmp, "w") as out:
+            _merge_into(out, sources, parts, n_series)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        for src in sources:
+            src.close()
+    tmp.replace(target)
+
+
+def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
+                n_series: int) -> None:
+    first = sources[0]
+    start, stop = parts[0].frame_range[0], parts[-1].frame_range[1]
+    n_frames = stop - start
+    for key, value in first.attrs.items():
+        if key not in ("frame_range", "complete"):
+            out.attrs[key] = value
+    if (start, stop) != (0, n_series):
+        out.attrs["frame_range"] = np.array([start, stop])
+    out.attrs["merged_from"] = json.dumps([str(p.path) for p in parts])
+    for name in SHARED_DATASETS:
+        if name in first:
+            first.copy(first[name], out, name=name)
+    # frames: names, times, data renumbered
+    names = np.concatenate([src["frames/names"][:] for src in sources])
+    out.create_dataset("frames/names", data=names.astype(f"S{max(len(n) for n in names)}"))
+    if "frames/time" in first:
+        times = out.create_dataset("frames/time",
+                                   data=np.concatenate([s["frames/time"][:] for s in sources]))
+        times.attrs["unit"] = first["frames/time"].attrs.get("unit", "s")
+    k = 0
+    for src in sources:
+        for f in range(src["frames/names"].shape[0]):
+            src.copy(src[f"data/{f:05d}"], out, name=f"data/{k:05d}")
+            k += 1
+    # per-frame datasets, one part's rows at a time
+    for name in FRAME_DATASETS:
+        if name not in first:
+            continue
+        ds0 = first[name]
+        ds = out.create_dataset(name, (n_frames, *ds0.shape[1:]), dtype=ds0.dtype,
+                                chunks=ds0.chunks, fillvalue=ds0.fillvalue)
+        for key, value in ds0.attrs.items():
+            ds.attrs[key] = value
+        row = 0
+        for src in sources:
+            for f in range(src[name].shape[0]):
+                ds[row] = src[name][f]
+                row += 1
+    for group in ("fits", "atoms"):
+        for key, value in first[group].attrs.items():
+            out[group].attrs[key] = value
+    batches = first["fits/batch_done"].shape[0]
+    out.create_dataset("fits/batch_done", data=np.ones((batches, 1), dtype="u1"))
+    out["fits"].attrs["frame_block"] = n_frames
+    # learning: per-frame attributes joined in frame order
+    ml = out.require_group("ml")
+    for key in first["ml"].attrs:
+        values = []
+        for src in sources:
+            values += _per_frame(src["ml"].attrs[key], src["frames/names"].shape[0])
+        if key in ("params", "history"):
+            ml.attrs[key] = json.dumps(values if n_frames > 1 else values[0], default=str)
+        elif key == "settings":
+            ml.attrs[key] = first["ml"].attrs[key]
+        else:
+            ml.attrs[key] = np.array(values) if n_frames > 1 else values[0]
+    timings = out.create_group("timings")
+    for key in ("catalogue", "fit", "learn", "explain", "total"):
+        timings.attrs[key] = float(sum(s["timings"].attrs.get(key, 0.0) for s in sources))
+    fits = sum(s["timings"].attrs.get("fits_per_second", 0.0) * s["timings"].attrs.get("fit", 0.0)
+               for s in sources)
+    timings.attrs["fits_per_second"] = fits / max(timings.attrs["fit"], 1e-9)
+    timings.attrs["ranks"] = int(max(s["timings"].attrs.get("ranks", 1) for s in sources))
+    timings.attrs["note"] = "summed over the merged parts (they ran as separate jobs)"
+    out.attrs["complete"] = True
+
+

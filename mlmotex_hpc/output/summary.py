@@ -1,0 +1,184 @@
+"""Step 5: every file a user opens after a run, and the printed summary.
+
+Rank 0, with the finished ``motex.h5`` open (a :class:`~mlmotex_hpc.io.runfile.RunFile`).
+:func:`write_outputs` is what ``run``, ``learn`` and ``merge`` end with;
+:func:`redraw` is the ``plot`` command: the same files again, for other frames or into
+another folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..catalogue import MotifSpace
+from ..config import Config
+from ..errors import InputError
+from ..io.runfile import ATOM_DATASETS, RunFile
+from ..io.structure import Structure, write_xyz
+
+
+def motif_structure(structure: Structure, atom_mask: np.ndarray, name: str) -> Structure:
+    sub = structure.subset(atom_mask)
+    return Structure(sub.elements, sub.xyz, f"{name}: extracted motif, {len(sub)} atoms")
+
+
+def write_contributions_csv(
+    path: Path, structure: Structure, permutable: np.ndarray, atoms: dict[str, np.ndarray],
+    frame_names: list[str] | None = None, times: np.ndarray | None = None,
+) -> None:
+    """``atom_contributions.csv`` in long format: one row per frame and permutable atom
+    (``time`` is empty without ``frames.time``)."""
+    n_frames = atoms["contribution"].shape[0]
+    frame_names = frame_names or [str(f) for f in range(n_frames)]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["frame", "frame_name", "time", "index", "element", "x", "y", "z",
+                         "contribution", "uncertainty", "confidence", "in_motif"])
+        for f in range(n_frames):
+            time_text = "" if times is None else f"{times[f]:.10g}"
+            for i, idx in enumerate(permutable):
+                x, y, z = structure.xyz[idx]
+                acv = atoms["contribution"][f, i]
+                writer.writerow([
+                    f, frame_names[f], time_text, int(idx), structure.elements[idx],
+                    f"{x:.6f}", f"{y:.6f}", f"{z:.6f}",
+                    f"{acv:.8g}", f"{atoms['uncertainty'][f, i]:.8g}",
+                    f"{atoms['confidence'][f, i]:.8g}", int(bool(acv < 0)),
+                ])
+
+
+def write_outputs(
+    run: RunFile,
+    config: Config,
+    structure: Structure,
+    space: MotifSpace,
+    out_dir: Path,
+    *,
+    until: str,
+    timings: dict[str, float],
+    n_ranks: int,
+    t_start: float,
+    log: Callable,
+    metrics: dict | None = None,
+) -> dict:
+    """Every output file of a finished run, its timings into the file; the summary."""
+    from .products import frame_products
+
+    summary: dict = dict(metrics or {})
+    files = [out_dir / "motex.h5"]
+    summary.update(fits=int(np.isfinite(run.fits("rw")).sum()),
+                   fits_per_second=timings["fits_per_second"])
+    names = run.frame_names()
+    times = run.times()
+    times = None if times is None else times[0]
+    n_frames = len(names)
+    if until == "explain":
+        atoms = {k: run.atoms(k) for k in ATOM_DATASETS}
+        permutable = run.permutable()
+        csv_path = out_dir / "atom_contributions.csv"
+        write_contributions_csv(csv_path, structure, permutable, atoms, names, times)
+        files.append(csv_path)
+        motifs = []
+        if n_frames > 1:  # one motif a frame, in a folder of their own
+            (out_dir / "motifs").mkdir(exist_ok=True)
+        for f in range(n_frames):
+            in_motif = atoms["contribution"][f] < 0
+            atom_mask = space.atom_masks(in_motif[None, :])[0]
+            name = "motif.xyz" if n_frames == 1 else f"motifs/motif_{f:05d}.xyz"
+            title = name if n_frames == 1 else f"frame {f} ({names[f]})"
+            write_xyz(out_dir / name, motif_structure(structure, atom_mask, title))
+            motifs.append(permutable[in_motif])
+        files.append(out_dir / ("motif.xyz" if n_frames == 1 else
+                                f"motifs/motif_NNNNN.xyz ({n_frames} files, one a frame)"))
+        summary["motif"] = [int(i) for i in motifs[0]]
+        summary["motif_atoms"] = int(space.atom_masks(
+            (atoms["contribution"][0] < 0)[None, :])[0].sum())
+        summary["contributions"] = atoms["contribution"][0]
+        summary["permutable"] = permutable
+    products, series_figures = None, []
+    if until == "explain" and n_frames == 1:
+        products = frame_products(run, config, structure, space, out_dir, 0, log)
+        files.extend(products.files)
+    elif until == "explain":
+        log("writing the series plots")
+        series_figures = _series_figures(run, out_dir)
+        files.extend(series_figures)
+    timings["total"] = time.perf_counter() - t_start
+    run.write_timings(timings, n_ranks)
+    if until == "explain":
+        from .report import write_report
+
+        files.append(write_report(out_dir / "report.html", run, structure, files,
+                                  products, series_figures))
+    summary["n_frames"] = n_frames
+    summary["files"] = [str(p) for p in files]
+    print_summary(summary, structure, log)
+    return summary
+
+
+def _series_figures(run: RunFile, out_dir: Path) -> list[Path]:
+    from .plots import contributions_vs_frame, series_summary
+
+    return [contributions_vs_frame(run, out_dir / "contributions_vs_frame.png"),
+            series_summary(run, out_dir / "series_summary.png")]
+
+
+def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> list[Path]:
+    """The ``plot`` command: write the outputs of the finished run in ``path`` again.
+
+    A single-frame run gets what ``run`` writes: the VESTA and CrystalMaker files, the
+    five figures and ``report.html``. A series gets the series figures and the report,
+    and each frame of ``frames`` its own files in ``frame_NNNNN/``. Returns the files.
+    """
+    from .products import frame_products
+    from .report import write_report
+
+    with RunFile.read(path) as run:
+        config = run.config()
+        structure = run.structure()
+        space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+        if not run.has_atoms() or not run.has_shap():
+            raise InputError(f"{path} holds no atom contributions yet (the run stopped before "
+                             f"the explain stage): run `mlmotex-hpc learn {path}` first")
+        n_frames = run.n_frames
+        frames = frames if frames is not None else ([0] if n_frames == 1 else [])
+        for f in frames:
+            if not 0 <= f < n_frames:
+                raise InputError(f"--frame {f}: {path} holds frames 0 to {n_frames - 1}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files: list[Path] = []
+        series = []
+        if n_frames > 1:
+            log("drawing the series figures")
+            series = _series_figures(run, out_dir)
+            files.extend(series)
+        products = [frame_products(run, config, structure, space, out_dir, f, log)
+                    for f in dict.fromkeys(frames)]
+        for done in products:
+            files.extend(done.files)
+        files.append(write_report(out_dir / "report.html", run, structure, files,
+                                  products[0] if products else None, series))
+    return files
+
+
+def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
+    log("")
+    log(f"fits done          {summary['fits']}")
+    if summary.get("n_frames", 1) > 1:
+        log(f"frames             {summary['n_frames']} (below: frame 0; every frame in "
+            "the CSV and the plots)")
+    log(f"fits per second    {summary['fits_per_second']:,.0f}")
+    if "test_mae" in summary:
+        log(f"test MAE (Rw)      {summary['test_mae']:.4f}   (R² {summary['test_r2']:.3f})")
+    if "motif" in summary:
+        atoms = " ".join(f"{structure.elements[i]}{i}" for i in summary["motif"])
+        log(f"extracted motif    {len(summary['motif'])} permutable atoms "
+            f"({summary['motif_atoms']} with bonded atoms): {atoms}")
+    log("files written:")
+    for path in summary["files"]:
+        log(f"  {path}")

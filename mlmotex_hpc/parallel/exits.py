@@ -1,0 +1,111 @@
+"""The exit policy: every rank leaves a region together, with one exit code.
+
+An error on one rank must never leave the others waiting in a collective. Each region of
+the program is one of three kinds, and says so by the helper it runs under:
+
+* :func:`root_then_bcast`: work on rank 0 alone (reading and checking the inputs). What
+  it raises reaches every rank: an :class:`InputError` as the same error (exit code 2,
+  printed once, by rank 0); anything else prints its traceback on rank 0, and every
+  rank raises :class:`JobFailed` (exit code 1).
+* :func:`agreed`: the same work on every rank with no collective inside (creating a
+  file, building calculators). Leaving it, the ranks exchange their outcome; when any
+  failed, every rank raises the failure of the lowest failing rank, so rank 0 prints
+  the message of whichever rank failed.
+* :func:`abort_on_error`: work with collectives inside (fitting, learning). An
+  unexpected exception prints its traceback with the rank and aborts the job
+  (``MPI_Abort``): the other ranks may be inside a collective that the failing rank
+  will never join. An :class:`InputError` passes, for errors that every rank raises
+  alike from data they all share.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from mpi4py import MPI
+
+from ..errors import InputError, JobFailed
+from .comm import get_comm
+
+T = TypeVar("T")
+
+
+def _print_failure(exc: BaseException, comm: MPI.Comm) -> None:
+    detail = "".join(traceback.format_exception(exc))
+    where = f"rank {comm.rank} of {comm.size}" if comm.size > 1 else "the program"
+    sys.stderr.write(f"mlmotex-hpc: {where} failed:\n{detail}")
+    sys.stderr.flush()
+
+
+def _outcome(exc: BaseException, comm: MPI.Comm) -> tuple[str, str]:
+    """How a failure travels to the other ranks: ("input", message) or ("failed", "")."""
+    if isinstance(exc, InputError):
+        return "input", str(exc)
+    if not isinstance(exc, JobFailed):
+        _print_failure(exc, comm)
+    return "failed", ""
+
+
+def _raise(outcome: tuple[str, str]) -> None:
+    kind, message = outcome
+    if kind == "input":
+        raise InputError(message)
+    raise JobFailed()
+
+
+def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0) -> T:
+    """Run ``func`` on ``root`` only and broadcast its result (or its failure) to every rank."""
+    result, outcome = None, None
+    if comm.rank == root:
+        try:
+            result = func()
+        except Exception as exc:  # noqa: BLE001 - every failure must reach every rank
+            if comm.size == 1 and not isinstance(exc, InputError):
+                raise
+            outcome = _outcome(exc, comm)
+    if comm.size > 1:
+        result, outcome = comm.bcast((result, outcome), root=root)
+    if outcome is not None:
+        _raise(outcome)
+    return result
+
+
+@contextmanager
+def agreed(comm: MPI.Comm | None = None) -> Iterator[None]:
+    """Run the body on every rank; leave it together, failing together when any rank
+    failed (the body must not call collectives)."""
+    comm = get_comm(comm)
+    outcome = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        if comm.size == 1 and not isinstance(exc, InputError):
+            raise
+        outcome = _outcome(exc, comm)
+    if comm.size > 1:
+        outcome = next((o for o in comm.allgather(outcome) if o is not None), None)
+    if outcome is not None:
+        _raise(outcome)
+
+
+@contextmanager
+def abort_on_error(comm: MPI.Comm | None = None) -> Iterator[None]:
+    """End the whole job when this rank raises anything but an :class:`InputError`.
+
+    The traceback is printed to stderr with the rank that failed, then ``Abort`` brings
+    every other rank down instead of leaving them hanging in a collective.
+    """
+    comm = get_comm(comm)
+    try:
+        yield
+    except (InputError, JobFailed, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
+        if comm.size == 1:
+            raise
+        _print_failure(exc, comm)
+        comm.Abort(1)

@@ -1,0 +1,103 @@
+"""Step 2 on every rank: work units handed out on demand, results into ``motex.h5``.
+
+A work unit is a motif batch × a frame block (``frames.block``): unit u is batch
+u // FB, block u % FB. A one-sided MPI counter (``mpi4py.util.sync.Counter``) hands out
+the next unit to whichever rank asks, so the schedule adapts to motif cost without rank 0
+taking part. Each motif's result depends only on the motif, so every number is the same
+for any rank count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from mpi4py import MPI
+from mpi4py.util.sync import Counter
+
+from ..fit.batch import FitGroup, FitPlan, Inputs, fit_batch, frame_blocks, make_fit_groups
+from ..io.runfile import RunFile
+from .comm import inject_fault, pause_for_tests
+from .log import Progress
+
+_RESULTS_TAG = 17  # serial fallback: a batch's results on their way to rank 0
+
+
+def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: Callable,
+             pending: np.ndarray) -> int:
+    """Fit the ``pending`` work units on every rank; the number of fits done (all ranks).
+
+    With parallel HDF5 each rank writes its own batches; in the serial fallback the
+    other ranks send each batch to rank 0 as soon as it is fitted, and rank 0 writes
+    them between its own, so a killed job loses only the batches in flight either way.
+    """
+    blocks = frame_blocks(len(inputs.frames), plan.frame_block)
+    groups_of: dict[int, list[FitGroup]] = {}  # per frame block, built when first needed
+
+    def groups_for(fb: int) -> list[FitGroup]:
+        if fb not in groups_of:
+            groups_of[fb] = make_fit_groups(inputs, plan.pdf, plan.fit, blocks[fb],
+                                            plan.zoom_search)
+        return groups_of[fb]
+
+    n_motifs = inputs.n_motifs
+    direct = run.parallel or comm.size == 1
+    sends = []
+    done_msgs = 0
+
+    def drain(block: bool) -> None:
+        """Rank 0 (serial fallback): write what the other ranks have sent."""
+        nonlocal done_msgs
+        while True:
+            if block:
+                if done_msgs == comm.size - 1:
+                    return
+            elif not comm.iprobe(source=MPI.ANY_SOURCE, tag=_RESULTS_TAG):
+                return
+            item = comm.recv(source=MPI.ANY_SOURCE, tag=_RESULTS_TAG)
+            if item is None:  # that rank has no more batches
+                done_msgs += 1
+                continue
+            batch, fb, start, results = item
+            run.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
+
+    counter = Counter(comm=comm)
+    progress = Progress()
+    done_here = 0
+    try:
+        while (k := counter.next()) < pending.size:
+            inject_fault("fit", comm)
+            batch, fb = divmod(int(pending[k]), len(blocks))
+            start = batch * plan.batch_size
+            stop = min(n_motifs, start + plan.batch_size)
+            results = fit_batch(
+                inputs.masks(start, stop), inputs.space, groups_for(fb), inputs.frames,
+                plan.fit, plan.base_uiso, plan.extra, blocks[fb],
+            )
+            pause_for_tests("fit")
+            done_here += (stop - start) * len(blocks[fb])
+            if direct or comm.rank == 0:
+                run.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
+            else:
+                sends.append(comm.isend((batch, fb, start, results), dest=0,
+                                        tag=_RESULTS_TAG))
+            if comm.rank == 0 and not direct:
+                drain(block=False)
+            if comm.rank == 0 and (state := progress(k + 1, pending.size)) is not None:
+                frac, elapsed, eta = state
+                rate = comm.size * done_here / elapsed  # this rank's rate × ranks
+                log(f"  fit: {100 * frac:5.1f} % of {pending.size} work units, "
+                    f"{rate:,.0f} fits/s, ETA {eta:,.0f} s")
+    finally:
+        counter.free()
+    if not direct:
+        if comm.rank == 0:
+            drain(block=True)
+        else:
+            MPI.Request.waitall(sends)
+            comm.send(None, dest=0, tag=_RESULTS_TAG)
+    return comm.allreduce(done_here)
+
+
+def _as_slice(block: range) -> slice:
+    return slice(block.start, block.stop)

@@ -1,0 +1,202 @@
+"""The inputs stage (rank 0): read and check every input, preflight, the resume decision.
+
+Every problem found here is an :class:`InputError` that names the key or the file, before
+any work is done: the model and the data, the permutable elements, the memory the run
+needs on rank 0's node and the disk its results need, the catalogue, and whether an
+existing ``motex.h5`` is resumed, finished already, or must be refused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..catalogue import MotifSpace, build_catalogue
+from ..config import Config
+from ..errors import InputError
+from ..fit.batch import Frame, Inputs
+from ..io import runfile
+from ..io.pdfdata import read_pdf_data
+from ..io.structure import read_xyz
+
+#: Python, numpy, numba, SciPy, h5py and MPI loaded, before any data (bytes).
+RUNTIME_BYTES = 300 * 2**20
+
+
+def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> Inputs:
+    """Read and check every input (rank 0 only): errors are :class:`InputError`.
+
+    ``out_dir`` None skips creating (and checking) the output folder, for a dry run.
+    ``local_ranks``: the ranks that share rank 0's node and its memory.
+    """
+    structure = read_xyz(config.structure)
+    missing = [el for el in config.permute if el not in structure.elements]
+    if missing:
+        present = ", ".join(dict.fromkeys(structure.elements))
+        raise InputError(
+            f"config key 'permute' = {list(config.permute)}: element {missing[0]} is not in "
+            f"{config.structure.name} (it has {present})"
+        )
+    unknown_uiso = [el for el, _ in config.pdf.uiso if el not in structure.elements]
+    if unknown_uiso:
+        raise InputError(
+            f"config key 'pdf.uiso' names {unknown_uiso[0]}, which is not in "
+            f"{config.structure.name}"
+        )
+    frames = []
+    for path in config.data:
+        data = read_pdf_data(path)
+        try:
+            sl = data.fit_range(config.fit.rmin, config.fit.rmax)
+        except InputError as exc:
+            raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
+        weights = data.weights(sl) if config.fit.weights == "dG" else None
+        frames.append(Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights))
+    space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    n_points = max(len(f.r) for f in frames)
+    if config.catalogue.masks_file is None:
+        check_memory(
+            memory_estimate(config.catalogue.size, space.size, len(structure.elements),
+                            len(frames), n_points),
+            local_ranks, node_memory(),
+        )
+    if out_dir is not None:
+        prepare_output_dir(out_dir)
+        check_disk(out_dir, file_estimate(config.catalogue.size, space.size, len(frames),
+                                          n_points))
+    masks = build_catalogue(
+        space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
+    )
+    if len(masks) < 10:
+        raise InputError(
+            f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "
+            "atoms): at least 10 are needed to learn from"
+        )
+    return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
+
+
+# -- preflight ---------------------------------------------------------------------------------
+
+
+def prepare_output_dir(out_dir: Path) -> None:
+    """Create the output folder and check that it is writable."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".mlmotex-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(
+            f"config key 'output.dir' = {out_dir}: the folder is not writable ({exc.strerror})"
+        ) from None
+
+
+def node_memory() -> int:
+    """Memory available on this node (bytes): MemAvailable, else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_estimate(n_motifs: int, n_perm: int, n_atoms: int, n_frames: int,
+                    n_points: int) -> dict[str, int]:
+    """Peak bytes of one fitting rank and of rank 0 while it learns.
+
+    Every rank: the runtime, the bit-packed catalogue, the data and the parent's pair
+    tables. Rank 0 also builds the catalogue unpacked and, while learning one frame at a
+    time, holds the features (float32), XGBoost's copies of them, all fits and one
+    frame's SHAP values (float64 from XGBoost, float32 for the file).
+    """
+    packed = n_motifs * math.ceil(n_perm / 8)
+    fit_rank = (RUNTIME_BYTES + packed + 3 * 8 * n_frames * n_points
+                + 12 * n_atoms**2 + 8 * 1024 * n_points)
+    learn = (n_motifs * n_perm * (1 + 4 * 3) + 8 * 3 * n_frames * n_motifs
+             + n_motifs * (n_perm + 1) * (8 + 4))
+    return {"fit_rank": fit_rank, "rank0": fit_rank + learn}
+
+
+def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> None:
+    """Refuse a run whose ranks on one node would need more memory than it has."""
+    need = estimate["rank0"] + (local_ranks - 1) * estimate["fit_rank"]
+    if need > available:
+        gib = 2**30
+        raise InputError(
+            f"this run needs about {need / gib:.1f} GiB on the node of rank 0 "
+            f"({local_ranks} rank(s): {estimate['fit_rank'] / gib:.2f} GiB each while "
+            f"fitting, rank 0 {estimate['rank0'] / gib:.1f} GiB while learning) but "
+            f"{available / gib:.1f} GiB are available: use fewer motifs (catalogue.size), "
+            "fewer ranks on that node, or a node with more memory"
+        )
+
+
+def file_estimate(n_motifs: int, n_perm: int, n_frames: int, n_points: int) -> int:
+    """Bytes of a finished ``motex.h5`` (catalogue, fits, data, SHAP values, atoms)."""
+    return (n_motifs * (n_perm + 4) + n_frames * n_motifs * (3 * 8 + 1 + 4 * (n_perm + 2))
+            + 16 * n_frames * n_points + 6 * 8 * n_frames * n_perm + 2**20)
+
+
+def check_disk(out_dir: Path, n_bytes: int) -> None:
+    """Refuse a run whose results would not fit on the output folder's file system.
+
+    Learning works on a copy of the fit results, so about twice the file is needed.
+    """
+    free = shutil.disk_usage(out_dir).free
+    need = 2 * n_bytes
+    if need > free:
+        gib = 2**30
+        raise InputError(
+            f"config key 'output.dir' = {out_dir}: the results need about {need / gib:.1f} GiB "
+            f"(motex.h5 of about {n_bytes / gib:.1f} GiB and its copy while learning) but "
+            f"{free / gib:.1f} GiB are free there"
+        )
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What an existing ``motex.h5`` of the same config has done already."""
+
+    batch_done: np.ndarray
+    complete: bool
+
+
+def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
+                 frame_range: tuple[int, int] | None = None) -> Previous | None:
+    """Decide between a new run and resuming one (rank 0; errors are InputError).
+
+    An existing file of the same config is resumed (with or without ``--resume``); one of
+    another config is never mixed with this one; ``overwrite`` starts afresh regardless.
+    """
+    if overwrite:
+        return None
+    if not path.exists():
+        if resume:  # a requeued job's first start: nothing to resume yet
+            print(f"mlmotex-hpc: --resume: no {path} yet, starting a new run", flush=True)
+        return None
+    found = runfile.probe(path)
+    if found.batch_done is None or found.config_hash is None:
+        raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run; use --overwrite "
+                         "or another output.dir")
+    if found.config_hash != runfile.config_hash(config.source):
+        raise InputError(
+            f"{path} holds a run of a different config: results of two configs are never "
+            "mixed; use another output.dir, or --overwrite to discard that run"
+        )
+    if found.frame_range != (None if frame_range is None else tuple(frame_range)):
+        held = ("all frames" if found.frame_range is None
+                else "frames {}:{}".format(*found.frame_range))
+        raise InputError(f"{path} holds {held} of this config's series, not the frames "
+                         "asked for; use another output folder (--out) or --overwrite")
+    return Previous(found.batch_done.astype(bool), found.complete)

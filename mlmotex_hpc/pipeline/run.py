@@ -1,0 +1,230 @@
+"""The stage order of a run: inputs -> fit -> learn -> explain -> outputs.
+
+:func:`run` serves 1 rank and 256; every rank of the communicator calls it.
+
+1. Inputs (rank 0): every input checked, the catalogue built, memory and disk checked,
+   the resume decision made; the result is broadcast (:mod:`.inputs`).
+2. Fit: work units on demand over the ranks, results into ``motex.h5``
+   (:mod:`mlmotex_hpc.parallel.fitting`).
+3-4. Learn and explain, on a copy of the file that replaces it when they are done
+   (:func:`mlmotex_hpc.io.runfile.finish_on_copy`), frames side by side on groups of
+   ranks (:mod:`mlmotex_hpc.parallel.learning`).
+5. Outputs (rank 0, the finished file): CSV, motifs, structure files, figures, report
+   (:mod:`mlmotex_hpc.output.summary`).
+
+:func:`learn` is steps 3-5 again on the finished fits of a run. Each stage is a function
+of its own, so that later work can call them in another order (fit, learn, sample more,
+fit again).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from ..errors import InputError
+from ..fit.batch import Inputs, fit_plan, frame_blocks
+from ..io.runfile import RunFile, announce_fallback, finish_on_copy
+from ..learn.model import LearnSettings
+from ..parallel.comm import cores_per_rank, get_comm, inject_fault, ranks_on_node, wait_idle
+from ..parallel.exits import abort_on_error, agreed, root_then_bcast
+from ..parallel.fitting import run_fits
+from ..parallel.learning import learn_and_explain
+from ..parallel.log import Log
+from .inputs import Previous, load_inputs, previous_run
+
+STAGES = ("fit", "learn", "explain")
+
+
+def run(
+    config: Config,
+    comm=None,
+    *,
+    out_dir: Path | None = None,
+    until: str = "explain",
+    quiet: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    frame_range: tuple[int, int] | None = None,
+) -> dict | None:
+    """Run the ML-MotEx pipeline; every rank of ``comm`` must call it.
+
+    Parameters
+    ----------
+    config : Config
+        The validated configuration (identical on every rank).
+    comm : MPI communicator, optional
+        ``COMM_WORLD`` when None.
+    out_dir : Path, optional
+        Output folder; ``config.output.dir`` when None.
+    until : {"fit", "learn", "explain"}
+        Last stage to run.
+    quiet : bool
+        Suppress progress messages.
+    resume : bool
+        Say so when there is nothing to resume. An unfinished ``motex.h5`` of this config
+        is resumed with or without it (so requeued jobs can always pass it); one of
+        another config is refused either way.
+    overwrite : bool
+        Start afresh even when ``motex.h5`` exists.
+    frame_range : (start, stop), optional
+        ``config`` holds only these frames of its series (see
+        :func:`~mlmotex_hpc.config.select_frames`); recorded in the file for ``merge``.
+
+    Returns
+    -------
+    dict or None
+        On rank 0 the summary (see :func:`mlmotex_hpc.output.summary.write_outputs`);
+        None on the other ranks, and when the run was complete already.
+    """
+    comm = get_comm(comm)
+    out_dir = Path(out_dir or config.output.dir)
+    path = out_dir / "motex.h5"
+    log = Log(comm, quiet=quiet)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    local_ranks = comm.bcast(ranks_on_node(comm))  # the ranks sharing rank 0's node
+
+    def check_inputs() -> tuple[Inputs, Previous | None]:
+        inputs = load_inputs(config, out_dir, local_ranks)
+        return inputs, previous_run(path, config, resume, overwrite, frame_range)
+
+    inputs, previous = root_then_bcast(check_inputs, comm)
+    timings["catalogue"] = time.perf_counter() - t0
+    log(f"mlmotex-hpc: {inputs.n_motifs} motifs over N = {inputs.space.size} permutable "
+        f"atoms, {len(inputs.frames)} frame(s), {comm.size} rank(s)")
+    if previous is not None and previous.complete:
+        log(f"{path} is complete for this config: nothing to do (--overwrite runs it again)")
+        return None
+    announce_fallback(comm)
+
+    with abort_on_error(comm):
+        fit_stage(config, inputs, previous, path, comm, log, timings, frame_range)
+        summary = finish_on_copy(
+            path, comm,
+            lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
+            lambda run_file, metrics: output_stage(
+                run_file, config, inputs, out_dir, until, timings, comm.size, t0, log,
+                metrics),
+        )
+        wait_idle(comm)
+    return summary
+
+
+def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: Path, comm,
+              log: Callable, timings: dict, frame_range: tuple[int, int] | None = None) -> int:
+    """Step 2 (every rank): create or reopen ``motex.h5`` and fit its pending work units;
+    the number of fits done. Fills ``timings`` (fit, fits_per_second)."""
+    plan = fit_plan(config, inputs.structure)
+    n_frames = len(inputs.frames)
+    n_batches = math.ceil(inputs.n_motifs / plan.batch_size)
+    n_fblocks = len(frame_blocks(n_frames, plan.frame_block))
+    if previous is None:
+        run_file = None
+        try:
+            with agreed(comm):
+                try:
+                    run_file = RunFile.create(
+                        path, comm, config_text=config.source, config_dir=str(config.base),
+                        n_frames=n_frames, n_motifs=inputs.n_motifs,
+                        n_permutable=inputs.space.size, n_batches=n_batches,
+                        batch_size=plan.batch_size, frame_block=plan.frame_block or n_frames,
+                        refined_extra=plan.extra, frame_range=frame_range,
+                    )
+                    run_file.collective_write_inputs(
+                        elements=inputs.structure.elements, xyz=inputs.structure.xyz,
+                        permutable=inputs.space.permutable,
+                        frame_names=[f.name for f in inputs.frames],
+                        frames=[(f.r, f.g) for f in inputs.frames],
+                        masks=inputs.masks() if comm.rank == 0 else None,
+                        times=config.frames.time, time_unit=config.frames.time_unit,
+                    )
+                except (OSError, RuntimeError, ValueError) as exc:  # a full disk, a quota
+                    raise InputError(
+                        f"cannot create {path} ({getattr(exc, 'strerror', None) or exc}); "
+                        "nothing was fitted: free some space (or raise the quota) and run "
+                        "again") from None
+        except Exception:
+            if run_file is not None:
+                run_file.close_quietly()
+            raise
+        run_file.collective_publish()
+        pending = np.arange(n_batches * n_fblocks)
+    else:
+        run_file = RunFile.open(path, "r+", comm)
+        pending = np.flatnonzero(~previous.batch_done.ravel())
+        n_units = n_batches * n_fblocks
+        log(f"resuming {path}: {n_units - pending.size} of {n_units} work units done")
+    if pending.size:
+        log(f"step 2: fitting {inputs.n_motifs * n_frames} motif PDFs "
+            f"({config.pdf.calculator})")
+    t_fit = time.perf_counter()
+    n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
+    timings["fit"] = time.perf_counter() - t_fit
+    timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
+    run_file.close()
+    log(f"  {n_fits} fits in {timings['fit']:.1f} s "
+        f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
+    return n_fits
+
+
+def learn_settings(config: Config, comm) -> LearnSettings:
+    """The config's learning settings; XGBoost gets this rank's share of its node's cores."""
+    lc = config.learn
+    return LearnSettings(
+        test_fraction=lc.test_fraction, cv_folds=lc.cv_folds,
+        search_iterations=lc.search_iterations, seed=lc.seed, params=lc.params,
+        n_jobs=cores_per_rank(comm),
+    )
+
+
+def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, log: Callable,
+                comm) -> dict:
+    """Steps 3-4 (every rank, on the learning copy): fills ``timings`` (learn, explain)
+    and returns the first frame's test metrics for the summary."""
+    if until == "fit":
+        return {}
+    inject_fault("learn", comm)
+    result = learn_and_explain(run_file, learn_settings(config, comm), until, log, comm)
+    timings["learn"] = result["learn"]
+    timings["explain"] = result["explain"]
+    return {"test_mae": float(np.atleast_1d(result["metrics"]["test_mae"])[0]),
+            "test_r2": float(np.atleast_1d(result["metrics"]["test_r2"])[0])}
+
+
+def output_stage(run_file: RunFile, config: Config, inputs: Inputs, out_dir: Path, until: str,
+                 timings: dict, n_ranks: int, t_start: float, log: Callable,
+                 metrics: dict | None = None) -> dict:
+    """Step 5 (rank 0, the finished copy open): every output file; the summary."""
+    from ..output.summary import write_outputs  # matplotlib and shap: rank 0 only
+
+    return write_outputs(run_file, config, inputs.structure, inputs.space, out_dir,
+                         until=until, timings=timings, n_ranks=n_ranks, t_start=t_start,
+                         log=log, metrics=metrics)
+
+
+def learn(path: Path, config: Config, inputs: Inputs, comm=None, *, until: str = "explain",
+          fits_per_second: float = float("nan"), quiet: bool = False) -> dict | None:
+    """Steps 3-5 again on the finished fits in ``path``, with ``config``'s learning
+    settings (every rank calls it; ``inputs`` as :func:`load_inputs` gave them)."""
+    comm = get_comm(comm)
+    log = Log(comm, quiet=quiet)
+    t0 = time.perf_counter()
+    log(f"mlmotex-hpc learn: {inputs.n_motifs} motifs of {path}, {comm.size} rank(s)")
+    timings = {"fits_per_second": fits_per_second, "fit": 0.0}
+    with abort_on_error(comm):
+        summary = finish_on_copy(
+            path, comm,
+            lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
+            lambda run_file, metrics: output_stage(
+                run_file, config, inputs, path.parent, until, timings, comm.size, t0, log,
+                metrics),
+        )
+        wait_idle(comm)
+    return summary
