@@ -3,7 +3,7 @@
     mpirun -n R python benchmarks/bench_scheduler.py [--tickets 200000]
     python benchmarks/bench_scheduler.py [--ranks 1,2,4] [--fit-seconds 0.000333]
 
-``run_fits`` (mlmotex_hpc/parallel/driver.py) hands one batch to whichever rank asks
+``run_fits`` (mlmotex_hpc/parallel/fitting.py) hands one batch to whichever rank asks
 next: every rank calls ``mpi4py.util.sync.Counter.next()`` (a ``Fetch_and_op`` under a
 shared passive-target lock on rank 0's window) and fits the batch whose number it got.
 Under ``mpirun`` this script measures that counter:

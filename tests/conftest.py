@@ -96,3 +96,30 @@ def keggin_run(tmp_path_factory):
     proc = run_cli("run", str(config), ranks=2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp / "out", proc
+
+
+#: Runs the command line in a fresh interpreter, then says whether MPI was loaded or
+#: started: the serial commands must do neither (MPI_Init fails or hangs on login nodes).
+_NO_MPI_PROBE = """
+import sys
+from mlmotex_hpc.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+loaded = "mpi4py.MPI" in sys.modules
+started = loaded and sys.modules["mpi4py.MPI"].Is_initialized()
+print(f"MPI-PROBE loaded={loaded} started={started}")
+sys.exit(code)
+"""
+
+
+def run_serial(*args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run ``mlmotex-hpc ARGS`` without a launcher; the process and what it did with MPI
+    (``{"loaded": bool, "started": bool}``)."""
+    proc = subprocess.run([sys.executable, "-c", _NO_MPI_PROBE, *args], capture_output=True,
+                          text=True, timeout=timeout, env=mpi_env(), cwd=ROOT)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("MPI-PROBE")]
+    assert line, proc.stdout + proc.stderr
+    state = dict(item.split("=") for item in line[-1].split()[1:])
+    return proc, {k: v == "True" for k, v in state.items()}

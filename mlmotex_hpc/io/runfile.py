@@ -255,10 +255,11 @@ class RunFile:
             file.close()
             what = missing[0] if missing else "the root attribute 'config'"
             raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run (it lacks {what})")
-        if run.layout_version > LAYOUT_VERSION:
+        version = run.layout_version
+        if version > LAYOUT_VERSION:
             file.close()
             raise InputError(
-                f"{path} has motex.h5 layout version {run.layout_version}, written by a newer "
+                f"{path} has motex.h5 layout version {version}, written by a newer "
                 f"mlmotex-hpc; this version ({__version__}) reads layouts up to "
                 f"{LAYOUT_VERSION}: upgrade mlmotex-hpc to read it")
         return run
