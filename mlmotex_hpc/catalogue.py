@@ -134,11 +134,19 @@ def read_masks_file(path: Path, n_permutable: int) -> np.ndarray:
     ``#`` starts a comment.
     """
     rows: list[list[bool]] = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    first_line: dict[bytes, int] = {}
+    try:  # utf-8-sig: a byte-order mark (some editors write one) is not part of line 1
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"masks file {path} is not UTF-8 text ({exc.reason} at byte "
+                         f"{exc.start}): save it as plain ASCII 0/1 lines") from None
+    except OSError as exc:
+        raise InputError(f"cannot read masks file {path}: {exc.strerror or exc}") from None
+    for lineno, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].replace(",", " ").strip()
         if not text:
             continue
-        tokens = text.split() if " " in text else list(text)
+        tokens = text.split() if any(c.isspace() for c in text) else list(text)
         if len(tokens) != n_permutable or any(t not in ("0", "1") for t in tokens):
             raise InputError(
                 f"masks file {path}, line {lineno}: expected {n_permutable} values of 0 or 1 "
@@ -146,7 +154,13 @@ def read_masks_file(path: Path, n_permutable: int) -> np.ndarray:
             )
         if "1" not in tokens:
             raise InputError(f"masks file {path}, line {lineno}: a motif needs at least one atom")
-        rows.append([t == "1" for t in tokens])
+        row = [t == "1" for t in tokens]
+        key = np.packbits(row).tobytes()
+        if key in first_line:  # a repeated motif would sit in the training and test sets
+            raise InputError(f"masks file {path}, line {lineno}: the same motif as line "
+                             f"{first_line[key]}; every motif must be listed once")
+        first_line[key] = lineno
+        rows.append(row)
     if not rows:
         raise InputError(f"masks file {path} holds no motif")
     return np.array(rows, dtype=bool)

@@ -40,6 +40,11 @@ from .errors import InputError
 REFINABLE = ("scale", "zoom", "uiso", "delta2")
 #: ``fit.zoom_search: auto`` shares anchor zooms among the frames from this many frames.
 SHARED_MIN_FRAMES = 4
+#: Zooms beyond these are not an expansion of the same structure (and their r tables
+#: would not fit in memory).
+ZOOM_LIMITS = (0.5, 2.0)
+#: Seeds go to NumPy, XGBoost and scikit-optimize; the last two take 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
@@ -52,7 +57,8 @@ class CatalogueConfig:
     """Step 1: how candidate motifs are drawn."""
 
     size: int = field(default=2000, metadata=_spec("int", "number of motifs", minimum=1))
-    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0))
+    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0,
+                                                 maximum=MAX_SEED))
     masks_file: Path | None = field(
         default=None, metadata=_spec("file", "text file of 0/1 rows: fit exactly these motifs")
     )
@@ -84,7 +90,7 @@ class PDFConfig:
     delta2: float = field(default=0.0, metadata=_spec("float", "delta2 (Å²)", minimum=0.0))
     qstep: float | None = field(
         default=None,
-        metadata=_spec("float?", "Q step (Å⁻¹); empty: DiffPy's grid", exclusive_min=0.0),
+        metadata=_spec("float?", "Q step (Å⁻¹); empty: DiffPy's grid", minimum=1e-3),
     )
 
 
@@ -123,7 +129,8 @@ class LearnConfig:
     search_iterations: int = field(
         default=50, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
     )
-    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0))
+    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0,
+                                                 maximum=MAX_SEED))
     params: tuple[tuple[str, Any], ...] = field(
         default=(), metadata=_spec("params", "fixed XGBoost parameters (skip the search)")
     )
@@ -159,7 +166,7 @@ class Config:
     permute: tuple[str, ...] = field(metadata=_spec("elements", "permutable elements"))
     bond_threshold: float = field(
         default=2.6, metadata=_spec("float", "bond length (Å) keeping non-permuted atoms",
-                                    exclusive_min=0.0)
+                                    exclusive_min=0.0, maximum=10.0)
     )
     catalogue: CatalogueConfig = CatalogueConfig()
     pdf: PDFConfig = PDFConfig()
@@ -281,10 +288,11 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
             not isinstance(value, list)
             or len(value) != 2
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            or not 0 < value[0] <= 1 <= value[1]
+            or not ZOOM_LIMITS[0] <= value[0] <= 1 <= value[1] <= ZOOM_LIMITS[1]
         ):
             raise _fail(
-                key, value, "expected [low, high] with 0 < low ≤ 1 ≤ high, e.g. [0.99, 1.01]"
+                key, value, f"expected [low, high] with {ZOOM_LIMITS[0]} ≤ low ≤ 1 ≤ high ≤ "
+                f"{ZOOM_LIMITS[1]}, e.g. [0.99, 1.01] (a zoom expands the whole motif)"
             )
         return (float(value[0]), float(value[1]))
     if kind == "uiso":
@@ -313,9 +321,12 @@ def _frame_times(key: str, value: Any, base: Path) -> tuple[float, ...] | None:
                         "0-based index>}")
         path = _readable_file(f"{key}.file", value["file"], base)
         column = value["column"]
-        try:
-            with path.open(newline="") as fh:
-                rows = [row for row in csv.reader(fh) if row and any(c.strip() for c in row)]
+        try:  # utf-8-sig: a byte-order mark is not part of the first column's name
+            text = path.read_text(encoding="utf-8-sig")
+            first = text.splitlines()[0] if text.strip() else ""
+            delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
+            rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter)
+                    if row and any(c.strip() for c in row)]
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise _fail(f"{key}.file", value["file"], f"cannot read it as CSV ({exc})") from None
         if not rows:
@@ -388,6 +399,8 @@ def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
     """Build a :class:`Config` from YAML text; relative paths resolve against ``base``."""
     try:
         raw = yaml.safe_load(text)
+    except RecursionError:
+        raise InputError(f"config {name}: nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""

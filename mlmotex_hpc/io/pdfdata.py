@@ -163,7 +163,18 @@ class PDFData:
                 f"r = {self.r[index]:g} Å cannot be a fit weight ({bad.size} points in the "
                 "fit range have dG <= 0); use fit.weights: unit"
             )
-        return 1.0 / dg**2
+        with np.errstate(over="ignore", divide="ignore", under="ignore"):
+            weights = 1.0 / dg**2
+        bad = np.flatnonzero(~np.isfinite(weights) | (weights > 1e300))
+        if bad.size:
+            index = np.arange(len(self.r))[sl][bad[0]]
+            raise InputError(
+                f"{self.path}, {self._where(index)}: dG = {self.dg[index]:g} at "
+                f"r = {self.r[index]:g} Å is too small to be a fit weight (1/dG² overflows; "
+                f"{bad.size} such points in the fit range); check the dG column, or use "
+                "fit.weights: unit"
+            )
+        return weights
 
 
 def _read_lines(path: Path) -> list[str]:

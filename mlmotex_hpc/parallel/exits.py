@@ -7,10 +7,11 @@ the program is one of three kinds, and says so by the helper it runs under:
   it raises reaches every rank: an :class:`InputError` as the same error (exit code 2,
   printed once, by rank 0); anything else prints its traceback on rank 0, and every
   rank raises :class:`JobFailed` (exit code 1).
-* :func:`agreed`: the same work on every rank with no collective inside (creating a
-  file, building calculators). Leaving it, the ranks exchange their outcome; when any
-  failed, every rank raises the failure of the lowest failing rank, so rank 0 prints
-  the message of whichever rank failed.
+* :func:`agreed` (and :func:`leave_together`, its core): the same work on every rank
+  with no collective inside (creating a file, fitting work units, a round of frames).
+  Leaving it, the ranks exchange their outcome; when any failed, every rank raises the
+  failure of the lowest failing rank, so rank 0 prints the message of whichever rank
+  failed, and the job ends with one exit code.
 * :func:`abort_on_error`: work with collectives inside (fitting, learning). An
   unexpected exception prints its traceback with the rank and aborts the job
   (``MPI_Abort``): the other ranks may be inside a collective that the failing rank
@@ -74,22 +75,30 @@ def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0) -> T:
     return result
 
 
+def leave_together(comm: MPI.Comm, error: BaseException | None) -> None:
+    """Every rank calls it, with the exception it met (or None) in work that holds no
+    collective: when any rank failed, every rank raises the failure of the lowest
+    failing rank (an unexpected one's traceback printed by that rank alone)."""
+    outcome = None if error is None else _outcome(error, comm)
+    if comm.size > 1:
+        outcome = next((o for o in comm.allgather(outcome) if o is not None), None)
+    if outcome is not None:
+        _raise(outcome)
+
+
 @contextmanager
 def agreed(comm: MPI.Comm | None = None) -> Iterator[None]:
     """Run the body on every rank; leave it together, failing together when any rank
     failed (the body must not call collectives)."""
     comm = get_comm(comm)
-    outcome = None
+    error = None
     try:
         yield
     except Exception as exc:  # noqa: BLE001
         if comm.size == 1 and not isinstance(exc, InputError):
             raise
-        outcome = _outcome(exc, comm)
-    if comm.size > 1:
-        outcome = next((o for o in comm.allgather(outcome) if o is not None), None)
-    if outcome is not None:
-        _raise(outcome)
+        error = exc
+    leave_together(comm, error)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from mpi4py.util.sync import Counter
 from ..fit.batch import FitGroup, FitPlan, Inputs, fit_batch, frame_blocks, make_fit_groups
 from ..io.runfile import RunFile
 from .comm import inject_fault, pause_for_tests
+from .exits import leave_together
 from .log import Progress
 
 _RESULTS_TAG = 17  # serial fallback: a batch's results on their way to rank 0
@@ -30,6 +31,8 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
     With parallel HDF5 each rank writes its own batches; in the serial fallback the
     other ranks send each batch to rank 0 as soon as it is fitted, and rank 0 writes
     them between its own, so a killed job loses only the batches in flight either way.
+    An error on any rank stops every rank after its unit in hand, and all of them raise
+    it together (:func:`~mlmotex_hpc.parallel.exits.leave_together`).
     """
     blocks = frame_blocks(len(inputs.frames), plan.frame_block)
     groups_of: dict[int, list[FitGroup]] = {}  # per frame block, built when first needed
@@ -64,6 +67,7 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
     counter = Counter(comm=comm)
     progress = Progress()
     done_here = 0
+    error = None
     try:
         while (k := counter.next()) < pending.size:
             inject_fault("fit", comm)
@@ -88,6 +92,14 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
                 rate = comm.size * done_here / elapsed  # this rank's rate × ranks
                 log(f"  fit: {100 * frac:5.1f} % of {pending.size} work units, "
                     f"{rate:,.0f} fits/s, ETA {eta:,.0f} s")
+    except Exception as exc:  # noqa: BLE001 - it must reach the other ranks
+        if comm.size == 1:
+            raise
+        # An error on some ranks only (a calculator that fails to build, a crash): run
+        # the counter past the end, so the others stop after their unit in hand, and
+        # leave together below. The unit that failed is not marked done.
+        error = exc
+        counter.next(pending.size)
     finally:
         counter.free()
     if not direct:
@@ -96,6 +108,7 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
         else:
             MPI.Request.waitall(sends)
             comm.send(None, dest=0, tag=_RESULTS_TAG)
+    leave_together(comm, error)
     return comm.allreduce(done_here)
 
 

@@ -33,6 +33,7 @@ from ..learn.explain import (
 )
 from ..learn.model import METRICS, LearnSettings, features, train_rw_model
 from .comm import bcast_array, cores_owned, pause_for_tests, wait_idle
+from .exits import leave_together
 from .log import progress_lines
 
 #: Fewest fitted motifs the learning stage accepts.
@@ -85,17 +86,27 @@ def frame_groups(n_frames: int, size: int) -> int:
     return max(1, min(n_frames, size))
 
 
+def check_fits(rw: np.ndarray, names: list[str] | None = None) -> None:
+    """Refuse frames with too few finite fits to learn from (every rank holds ``rw``,
+    F × M, and raises alike, before any group starts)."""
+    n_frames, n_motifs = rw.shape
+    for f in range(n_frames):
+        n_ok = int(np.isfinite(rw[f]).sum())
+        if n_ok < MIN_FITS:
+            label = f" in frame {f}" + (f" ({names[f]})" if names else "") if n_frames > 1 else ""
+            raise InputError(
+                f"only {n_ok} of {n_motifs} motifs have a finite Rw{label}: at least "
+                f"{MIN_FITS} are needed to learn from (check the data file and "
+                "fit.rmin/fit.rmax against the motifs' pair distances, and /fits/status in "
+                "motex.h5)"
+            )
+
+
 def _learn_frame(X, masks, y, settings, until, log, sub, label) -> dict:
     """Steps 3-4 for one frame on the ranks of ``sub``: model, metrics, atoms, and this
     rank's SHAP share (float32, N + 2 columns: features, then the base value)."""
     ok = np.isfinite(y)
     n_motifs, n_perm = masks.shape
-    if ok.sum() < MIN_FITS:  # every rank of the group sees the same fits: all raise
-        raise InputError(
-            f"only {int(ok.sum())} of {n_motifs} motifs have a finite Rw{label}: at least "
-            f"{MIN_FITS} are needed to learn from (check fit.rmin/fit.rmax against the "
-            "motifs' pair distances, and /fits/status in motex.h5)"
-        )
     t = time.perf_counter()
     log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
     pause_for_tests("learn")
@@ -138,6 +149,7 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
         masks = bcast_array(run.masks() if root else None, comm)
         rw_all = bcast_array(run.fits("rw") if root else None, comm)
     n_frames, n_motifs = rw_all.shape
+    check_fits(rw_all, run.frame_names() if run.holds else None)
     X = features(masks)
     if until == "explain":
         run.collective_create_shap(n_frames, n_motifs, X.shape[1])
@@ -152,9 +164,15 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
     try:
         for first in range(0, n_frames, n_groups):  # one round: a frame per group
             f = first + color
+            res, error = None, None
             if f < n_frames:
                 label = f" (frame {f})" if n_frames > 1 else ""
-                res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label)
+                try:  # an error every rank of the group meets alike (from shared data)
+                    res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label)
+                except InputError as exc:
+                    error = exc
+            leave_together(comm, error)  # no group goes on while another has failed
+            if res is not None:
                 t_learn += res["learn"]
                 t_explain += res["explain"]
                 shap = res.pop("shap", None)

@@ -66,7 +66,21 @@ def xray_form_factor(symbol: str, q: np.ndarray | float) -> np.ndarray:
         When the element is unknown or outside the Waasmaier–Kirfel table.
     """
     _check_xray(symbol)
-    return np.asarray(cromermann.fxrayatq(symbol, np.asarray(q, dtype=float)), dtype=float)
+    q = np.asarray(q, dtype=float)
+    limit = xray_qmax(symbol)
+    if q.size and float(np.max(q)) > limit:
+        raise InputError(
+            f"X-ray form factors of {symbol} (Waasmaier-Kirfel) are tabulated up to "
+            f"Q = {limit:.1f} Å⁻¹ (sin θ/λ ≤ {limit / (4 * np.pi):g} Å⁻¹), but Q reaches "
+            f"{float(np.max(q)):g} Å⁻¹: lower qmax to at most {limit:.1f} Å⁻¹ or use "
+            "neutron radiation")
+    return np.asarray(cromermann.fxrayatq(symbol, q), dtype=float)
+
+
+@cache
+def xray_qmax(symbol: str) -> float:
+    """The largest Q (Å⁻¹) at which the element's X-ray form factor is tabulated."""
+    return float(4 * np.pi * cromermann.getCMformula(symbol).stollimit)
 
 
 def neutron_length(symbol: str) -> float:

@@ -56,19 +56,22 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
         except InputError as exc:
             raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
         weights = data.weights(sl) if config.fit.weights == "dG" else None
-        frames.append(Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights))
+        frame = Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights)
+        check_frame(frame, path)
+        frames.append(frame)
     space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    check_calculators(config, structure, frames)
+    check_learning(config)
     n_points = max(len(f.r) for f in frames)
+    size = catalogue_size(config.catalogue.size, space.size)
     if config.catalogue.masks_file is None:
         check_memory(
-            memory_estimate(config.catalogue.size, space.size, len(structure.elements),
-                            len(frames), n_points),
+            memory_estimate(size, space.size, len(structure.elements), len(frames), n_points),
             local_ranks, node_memory(),
         )
     if out_dir is not None:
         prepare_output_dir(out_dir)
-        check_disk(out_dir, file_estimate(config.catalogue.size, space.size, len(frames),
-                                          n_points))
+        check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points))
     masks = build_catalogue(
         space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
     )
@@ -78,6 +81,68 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
             "atoms): at least 10 are needed to learn from"
         )
     return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
+
+
+# -- checks that need more than the config ---------------------------------------------------
+
+#: A fit range's largest |G| must lie within these (Å⁻²): beyond them the sums of squares
+#: behind scale and Rw overflow or underflow in float64.
+G_LIMITS = (1e-30, 1e30)
+#: Enumerating every motif is refused above this many permutable atoms (2^24 motifs).
+MAX_ENUMERATED = 24
+
+
+def check_frame(frame: Frame, path: Path) -> None:
+    """Refuse data that the fit's arithmetic cannot hold, naming the file (the weights
+    are checked where they are made, :meth:`~mlmotex_hpc.io.pdfdata.PDFData.weights`)."""
+    peak = float(np.max(np.abs(frame.g)))
+    if peak == 0.0:
+        raise InputError(f"{path}: G is zero at every point of the fit range "
+                         f"(r {frame.r[0]:g}-{frame.r[-1]:g} Å): nothing to fit")
+    if not G_LIMITS[0] <= peak <= G_LIMITS[1]:
+        raise InputError(
+            f"{path}: the largest |G| in the fit range is {peak:.3g}, outside "
+            f"{G_LIMITS[0]:g}-{G_LIMITS[1]:g}: is the column in other units? Rescale the data "
+            "(Rw does not depend on the scale of G)")
+
+
+def check_calculators(config: Config, structure, frames: list[Frame]) -> None:
+    """Build the PDF calculator of each distinct r grid once, so that settings it refuses
+    (an element without form factors, Uiso 0 for the real-space method, Q beyond the
+    tables) are refused before any file is written."""
+    from ..config import pdf_settings
+    from ..pdf import make_calculator
+
+    settings = pdf_settings(config)
+    for r in {f.r.tobytes(): f.r for f in frames}.values():
+        make_calculator(structure.elements, structure.xyz, settings, r)
+
+
+def check_learning(config: Config) -> None:
+    """Refuse fixed ``learn.params`` that XGBoost would reject, before any fit is done."""
+    if not config.learn.params:
+        return
+    from ..learn.model import LearnSettings, check_params, xgb_params
+
+    settings = LearnSettings(seed=config.learn.seed, params=config.learn.params)
+    try:
+        check_params(xgb_params({}, settings))
+    except ValueError as exc:
+        raise InputError(f"config key 'learn.params' = {dict(config.learn.params)}: {exc}") \
+            from None
+
+
+def catalogue_size(size: int, n_permutable: int) -> int:
+    """Motifs the catalogue will hold: ``size``, or every subset when it asks for as many
+    (errors are InputError)."""
+    if n_permutable < 63 and size >= 2**n_permutable - 1:
+        if n_permutable > MAX_ENUMERATED:
+            raise InputError(
+                f"config key 'catalogue.size' = {size} asks for every one of the "
+                f"2^{n_permutable} - 1 motifs of N = {n_permutable} permutable atoms; "
+                f"enumerating is limited to N ≤ {MAX_ENUMERATED}: sample fewer motifs")
+        return 2**n_permutable - 1
+    return size
 
 
 # -- preflight ---------------------------------------------------------------------------------

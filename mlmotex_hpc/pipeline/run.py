@@ -165,10 +165,12 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
         log(f"step 2: fitting {inputs.n_motifs * n_frames} motif PDFs "
             f"({config.pdf.calculator})")
     t_fit = time.perf_counter()
-    n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
+    try:
+        n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
+    finally:  # every rank: run_fits returns, or raises, on all of them together
+        run_file.close()
     timings["fit"] = time.perf_counter() - t_fit
     timings["fits_per_second"] = n_fits / max(timings["fit"], 1e-9)
-    run_file.close()
     log(f"  {n_fits} fits in {timings['fit']:.1f} s "
         f"({timings['fits_per_second']:,.0f} fits/s on {comm.size} rank(s))")
     return n_fits
