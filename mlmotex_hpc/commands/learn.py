@@ -56,13 +56,23 @@ def _prepare(path: Path, args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from ..io.runfile import RunLock
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
     from ..pipeline.run import learn
 
     comm = get_comm()
     path = Path(args.results).resolve()
-    config, inputs, fits_per_second = root_then_bcast(lambda: _prepare(path, args), comm)
-    learn(path, config, inputs, comm, until=args.until, fits_per_second=fits_per_second,
-          quiet=args.quiet)
+    lock = RunLock(path)  # rank 0: no other job may write this run meanwhile
+
+    def prepare():
+        lock.acquire()
+        return _prepare(path, args)
+
+    try:
+        config, inputs, fits_per_second = root_then_bcast(prepare, comm)
+        learn(path, config, inputs, comm, until=args.until, fits_per_second=fits_per_second,
+              quiet=args.quiet)
+    finally:
+        lock.release()
     return 0

@@ -8,7 +8,7 @@ to frames, arrays in, arrays out. No communicator and no file here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class Inputs:
     frames: list[Frame]
     packed_masks: np.ndarray
     n_permutable: int
+    #: SHA-256 of every input's content, by what it is ("structure", "data <name>",
+    #: "catalogue.masks_file", "frames.time"): a run's identity beside its config
+    digests: dict[str, str] = field(default_factory=dict)
 
     @property
     def n_motifs(self) -> int:

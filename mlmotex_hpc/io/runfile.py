@@ -5,7 +5,8 @@ Every other module calls :class:`RunFile`; no other module names a dataset of th
 Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, n atoms)::
 
     /                       attrs: config (YAML text), config_hash, config_dir, version,
-                            layout_version, created, hdf5_mode, complete, frame_range
+                            layout_version, created, hdf5_mode, complete, frame_range,
+                            input_digests (JSON: SHA-256 of each input file's content)
     /model/elements (n)     /model/xyz (n, 3) Å
     /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
     /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
@@ -36,10 +37,13 @@ used through its methods only, so this module loads no MPI library itself.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -146,6 +150,64 @@ def _per_frame(value, n: int) -> list:
     return list(np.atleast_1d(value))
 
 
+# -- one job per output folder ---------------------------------------------------------------
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file beside ``motex.h5`` (it stays; only its lock comes and goes)."""
+    return path.with_name("." + path.name + ".lock")
+
+
+class RunLock:
+    """An exclusive advisory lock (``flock``) on a run's ``motex.h5``, held by rank 0 for
+    a job's whole life: the file, its ``.creating`` and its ``.finishing`` copy.
+
+    A second job on the same output folder is refused with one line and touches
+    nothing. The kernel drops the lock when the holder dies, so a killed job never
+    leaves a stale one. On file systems without ``flock`` (some Lustre or NFS mounts)
+    the run goes on unlocked, and says so.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock (errors are :class:`InputError`)."""
+        where = lock_path(self.path)
+        try:
+            fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {where} "
+                             f"({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another job"
+            os.close(fd)
+            raise InputError(
+                f"{self.path} belongs to a job that is still running ({holder}): one job "
+                "per output folder; wait for it, or use another output.dir (--out)") from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise InputError(f"cannot lock {where} ({exc.strerror or exc})") from None
+            print(f"mlmotex-hpc: {where.parent} does not support file locks: running "
+                  "without one (do not start a second job on this folder)", file=sys.stderr,
+                  flush=True)
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
 # -- what an existing file says about itself -------------------------------------------------
 
 
@@ -157,6 +219,7 @@ class Probe:
     batch_done: np.ndarray | None
     complete: bool
     frame_range: tuple[int, int] | None
+    digests: dict[str, str] | None = None  # None: written before inputs were hashed
 
 
 def probe(path: Path) -> Probe:
@@ -166,11 +229,13 @@ def probe(path: Path) -> Probe:
             stored = h5.attrs.get("config_hash")
             done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
             frame_range = h5.attrs.get("frame_range")
+            digests = h5.attrs.get("input_digests")
             return Probe(
                 config_hash=None if stored is None else _text(stored),
                 batch_done=done,
                 complete=bool(h5.attrs.get("complete", False)),
                 frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
+                digests=None if digests is None else json.loads(_text(digests)),
             )
     except BlockingIOError:
         raise InputError(
@@ -301,6 +366,7 @@ class RunFile:
         frame_block: int | None = None,
         refined_extra: tuple[str, ...] = (),
         frame_range: tuple[int, int] | None = None,
+        input_digests: Mapping[str, str] | None = None,
     ) -> RunFile:
         """Create the file under a temporary name and preallocate every fit dataset.
 
@@ -322,6 +388,8 @@ class RunFile:
         file.attrs["hdf5_mode"] = "parallel (mpio)" if run.parallel else "serial"
         if frame_range is not None:
             file.attrs["frame_range"] = np.array(frame_range)
+        if input_digests:
+            file.attrs["input_digests"] = json.dumps(dict(input_digests), sort_keys=True)
         shape = (n_frames, n_motifs)
         # Chunks of whole batches along motifs: a rank's write touches few chunks, and the
         # learning stage reads a frame's row in large contiguous pieces.
@@ -763,6 +831,11 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
     if (start, stop) != (0, n_series):
         out.attrs["frame_range"] = np.array([start, stop])
     out.attrs["merged_from"] = json.dumps([str(p.path) for p in parts])
+    if all("input_digests" in src.attrs for src in sources):  # every part's data files
+        digests: dict[str, str] = {}
+        for src in sources:
+            digests.update(json.loads(_text(src.attrs["input_digests"])))
+        out.attrs["input_digests"] = json.dumps(digests, sort_keys=True)
     for name in SHARED_DATASETS:
         if name in first:
             first.copy(first[name], out, name=name)

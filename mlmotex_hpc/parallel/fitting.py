@@ -9,6 +9,7 @@ for any rank count.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -64,6 +65,7 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
             batch, fb, start, results = item
             run.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
 
+    warm_up(inputs, plan, blocks, groups_for, pending, comm, log)
     counter = Counter(comm=comm)
     progress = Progress()
     done_here = 0
@@ -110,6 +112,32 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
             comm.send(None, dest=0, tag=_RESULTS_TAG)
     leave_together(comm, error)
     return comm.allreduce(done_here)
+
+
+def warm_up(inputs: Inputs, plan: FitPlan, blocks: list[range], groups_for, pending,
+            comm: MPI.Comm, log: Callable) -> None:
+    """Every rank builds its first frame block's calculators and fits one motif, so that
+    the kernels are compiled (first run) or loaded from numba's cache before the clock of
+    the progress lines starts, and so that a calculator that fails fails on every rank
+    at once, before any work unit is handed out."""
+    if not pending.size:
+        return
+    t0 = time.perf_counter()
+    log("  preparing the fit kernels (compiled on the first run only, then cached)")
+    error = None
+    try:
+        fb = int(pending[0]) % len(blocks)
+        fit_batch(inputs.masks(0, 1), inputs.space, groups_for(fb), inputs.frames, plan.fit,
+                  plan.base_uiso, plan.extra, blocks[fb])
+    except Exception as exc:  # noqa: BLE001 - it must reach the other ranks
+        if comm.size == 1:
+            raise
+        error = exc
+    leave_together(comm, error)
+    seconds = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+    if seconds > 5:
+        log(f"  kernels ready in {seconds:.0f} s (compiled: later runs load them from the "
+            "cache)")
 
 
 def _as_slice(block: range) -> slice:

@@ -8,6 +8,7 @@ existing ``motex.h5`` is resumed, finished already, or must be refused.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import shutil
@@ -80,7 +81,25 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
             f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "
             "atoms): at least 10 are needed to learn from"
         )
-    return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size)
+    return Inputs(structure, space, frames, np.packbits(masks, axis=1), space.size,
+                  input_digests(config))
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def input_digests(config: Config) -> dict[str, str]:
+    """The content hash of every input file (and of the frames' times): what a resume
+    must find unchanged."""
+    digests = {"structure": _sha256(config.structure.read_bytes())}
+    for path in config.data:
+        digests[f"data {path.name}"] = _sha256(path.read_bytes())
+    if config.catalogue.masks_file is not None:
+        digests["catalogue.masks_file"] = _sha256(config.catalogue.masks_file.read_bytes())
+    if config.frames.time is not None:
+        digests["frames.time"] = _sha256(repr(tuple(config.frames.time)).encode())
+    return digests
 
 
 # -- checks that need more than the config ---------------------------------------------------
@@ -238,7 +257,8 @@ class Previous:
 
 
 def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
-                 frame_range: tuple[int, int] | None = None) -> Previous | None:
+                 frame_range: tuple[int, int] | None = None,
+                 digests: dict[str, str] | None = None) -> Previous | None:
     """Decide between a new run and resuming one (rank 0; errors are InputError).
 
     An existing file of the same config is resumed (with or without ``--resume``); one of
@@ -259,9 +279,31 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
             f"{path} holds a run of a different config: results of two configs are never "
             "mixed; use another output.dir, or --overwrite to discard that run"
         )
+    if found.digests is not None and digests is not None and found.digests != digests:
+        raise InputError(_changed_inputs(path, config, found.digests, digests))
     if found.frame_range != (None if frame_range is None else tuple(frame_range)):
         held = ("all frames" if found.frame_range is None
                 else "frames {}:{}".format(*found.frame_range))
         raise InputError(f"{path} holds {held} of this config's series, not the frames "
                          "asked for; use another output folder (--out) or --overwrite")
     return Previous(found.batch_done.astype(bool), found.complete)
+
+
+def _changed_inputs(path: Path, config: Config, stored: dict[str, str],
+                    now: dict[str, str]) -> str:
+    """The one line that says which input changed since ``path`` was begun."""
+    files = {"structure": str(config.structure), "catalogue.masks_file":
+             str(config.catalogue.masks_file), "frames.time": "the frames' times"}
+    for key in [*stored, *now]:
+        if stored.get(key) == now.get(key):
+            continue
+        name = files.get(key) or key.removeprefix("data ")
+        if key not in now:
+            what = f"data file {name} is no longer among the config's data"
+        elif key not in stored:
+            what = f"data file {name} was not among the data when the run began"
+        else:
+            what = f"{name} has changed since the run began"
+        return (f"{path} was fitted to other inputs: {what}; results of two inputs are never "
+                "mixed: restore it, use another output.dir, or --overwrite to start again")
+    return f"{path} was fitted to other inputs"

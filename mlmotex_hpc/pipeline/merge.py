@@ -18,7 +18,7 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import load_config
 from ..errors import InputError
-from ..io.runfile import Part, RunFile, merge_parts, read_part
+from ..io.runfile import Part, RunFile, RunLock, merge_parts, read_part
 
 
 def check_parts(paths: list[Path]) -> list[Part]:
@@ -63,8 +63,6 @@ def parts_of_config(path: Path) -> tuple[list[Path], Path]:
 
 def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) -> dict:
     """Merge the parts into ``out_dir/motex.h5`` and write the outputs; the summary."""
-    from ..output.summary import write_outputs
-
     t0 = time.perf_counter()
     parts = check_parts(paths)
     target = out_dir / "motex.h5"
@@ -73,6 +71,17 @@ def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) 
     if target.exists() and not overwrite:
         raise InputError(f"{target} exists: use --overwrite to replace it, or -o")
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(target)
+    lock.acquire()
+    try:
+        return _merge(parts, target, out_dir, t0, log)
+    finally:
+        lock.release()
+
+
+def _merge(parts: list[Part], target: Path, out_dir: Path, t0: float, log) -> dict:
+    from ..output.summary import write_outputs
+
     start, stop = parts[0].frame_range[0], parts[-1].frame_range[1]
     log(f"mlmotex-hpc merge: {len(parts)} parts, frames {start}:{stop}")
     with RunFile.read(parts[0].path) as first:

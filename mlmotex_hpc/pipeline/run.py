@@ -29,7 +29,7 @@ import numpy as np
 from ..config import Config
 from ..errors import InputError
 from ..fit.batch import Inputs, fit_plan, frame_blocks
-from ..io.runfile import RunFile, announce_fallback, finish_on_copy
+from ..io.runfile import RunFile, RunLock, announce_fallback, finish_on_copy
 from ..learn.model import LearnSettings
 from ..parallel.comm import cores_per_rank, get_comm, inject_fault, ranks_on_node, wait_idle
 from ..parallel.exits import abort_on_error, agreed, root_then_bcast
@@ -90,31 +90,38 @@ def run(
     t0 = time.perf_counter()
 
     local_ranks = comm.bcast(ranks_on_node(comm))  # the ranks sharing rank 0's node
+    lock = RunLock(path)  # taken by rank 0, for the job's whole life
 
     def check_inputs() -> tuple[Inputs, Previous | None]:
         inputs = load_inputs(config, out_dir, local_ranks)
-        return inputs, previous_run(path, config, resume, overwrite, frame_range)
+        lock.acquire()  # before motex.h5 is even looked at
+        return inputs, previous_run(path, config, resume, overwrite, frame_range,
+                                    inputs.digests)
 
-    inputs, previous = root_then_bcast(check_inputs, comm)
-    timings["catalogue"] = time.perf_counter() - t0
-    log(f"mlmotex-hpc: {inputs.n_motifs} motifs over N = {inputs.space.size} permutable "
-        f"atoms, {len(inputs.frames)} frame(s), {comm.size} rank(s)")
-    if previous is not None and previous.complete:
-        log(f"{path} is complete for this config: nothing to do (--overwrite runs it again)")
-        return None
-    announce_fallback(comm)
+    try:
+        inputs, previous = root_then_bcast(check_inputs, comm)
+        timings["catalogue"] = time.perf_counter() - t0
+        log(f"mlmotex-hpc: {inputs.n_motifs} motifs over N = {inputs.space.size} "
+            f"permutable atoms, {len(inputs.frames)} frame(s), {comm.size} rank(s)")
+        if previous is not None and previous.complete:
+            log(f"{path} is complete for this config: nothing to do (--overwrite runs it "
+                "again; `mlmotex-hpc learn` learns again with other settings)")
+            return None
+        announce_fallback(comm)
 
-    with abort_on_error(comm):
-        fit_stage(config, inputs, previous, path, comm, log, timings, frame_range)
-        summary = finish_on_copy(
-            path, comm,
-            lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
-            lambda run_file, metrics: output_stage(
-                run_file, config, inputs, out_dir, until, timings, comm.size, t0, log,
-                metrics),
-        )
-        wait_idle(comm)
-    return summary
+        with abort_on_error(comm):
+            fit_stage(config, inputs, previous, path, comm, log, timings, frame_range)
+            summary = finish_on_copy(
+                path, comm,
+                lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
+                lambda run_file, metrics: output_stage(
+                    run_file, config, inputs, out_dir, until, timings, comm.size, t0, log,
+                    metrics),
+            )
+            wait_idle(comm)
+        return summary
+    finally:
+        lock.release()
 
 
 def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: Path, comm,
@@ -136,6 +143,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         n_permutable=inputs.space.size, n_batches=n_batches,
                         batch_size=plan.batch_size, frame_block=plan.frame_block or n_frames,
                         refined_extra=plan.extra, frame_range=frame_range,
+                        input_digests=inputs.digests,
                     )
                     run_file.collective_write_inputs(
                         elements=inputs.structure.elements, xyz=inputs.structure.xyz,
