@@ -12,6 +12,12 @@ class InputError(Exception):
     exit_code = 2
 
 
+class AgreedError(InputError):
+    """An :class:`InputError` that every rank raises together, with the same message
+    (exchanged, or decided on data every rank holds): printed once, by rank 0. Inside a
+    region with collectives, any other InputError ends the job (it may be one rank's)."""
+
+
 class JobFailed(Exception):
     """The job ends with exit code 1 after an unexpected error whose traceback one rank
     has printed already; every rank raises it so that they all leave together."""

@@ -56,7 +56,7 @@ import yaml
 
 from .. import __version__
 from ..config import Config, parse_config, select_frames
-from ..errors import InputError
+from ..errors import AgreedError, InputError, JobFailed
 from .structure import Structure
 
 #: The layout this version writes, and the newest it reads.
@@ -740,12 +740,21 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable):
                      "and run again to learn")
     error = comm.bcast(error)
     if error is not None:
-        raise InputError(error)
+        raise AgreedError(error)
     run = None
     done = False
     try:
         run = RunFile.open(tmp, "r+", comm)
-        learned = learn(run)
+        try:
+            learned = learn(run)
+        except (AgreedError, JobFailed):
+            raise  # every rank is here: the file is closed together below
+        except BaseException:
+            # one rank's error: the others may be inside a collective, and closing a
+            # parallel file is one; leave it open for the abort that follows
+            if run.parallel:
+                run = None
+            raise
         run.close()
         summary = None
         if comm.rank == 0:

@@ -11,6 +11,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
+from ..errors import InputError
+
 
 def get_comm(comm: MPI.Comm | None = None) -> MPI.Comm:
     """``comm``, or ``MPI.COMM_WORLD`` when None."""
@@ -75,14 +77,20 @@ def cores_per_rank(comm: MPI.Comm) -> int:
     return n
 
 
-def inject_fault(stage: str, comm: MPI.Comm) -> None:
-    """Test hook: raise on one rank when ``MLMOTEX_FAULT=stage:rank`` is set."""
+def inject_fault(stage: str, comm: MPI.Comm | None = None) -> None:
+    """Test hook: raise on one rank when ``MLMOTEX_FAULT=stage:rank[:input]`` is set
+    (``input``: an :class:`InputError`, as bad data met on that rank alone would raise;
+    else a ``RuntimeError``, a crash). ``rank`` is the rank in ``comm`` (0 without one)."""
     spec = os.environ.get("MLMOTEX_FAULT")
     if not spec:
         return
-    where, _, rank = spec.partition(":")
-    if where == stage and int(rank or 0) == comm.rank:
-        raise RuntimeError(f"injected fault in stage '{stage}' (MLMOTEX_FAULT={spec})")
+    where, _, rest = spec.partition(":")
+    rank, _, kind = rest.partition(":")
+    if where == stage and int(rank or 0) == (comm.rank if comm is not None else 0):
+        message = f"injected fault in stage '{stage}' (MLMOTEX_FAULT={spec})"
+        if kind == "input":
+            raise InputError(message)
+        raise RuntimeError(message)
 
 
 def pause_for_tests(stage: str) -> None:

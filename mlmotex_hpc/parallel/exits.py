@@ -12,11 +12,12 @@ the program is one of three kinds, and says so by the helper it runs under:
   Leaving it, the ranks exchange their outcome; when any failed, every rank raises the
   failure of the lowest failing rank, so rank 0 prints the message of whichever rank
   failed, and the job ends with one exit code.
-* :func:`abort_on_error`: work with collectives inside (fitting, learning). An
-  unexpected exception prints its traceback with the rank and aborts the job
-  (``MPI_Abort``): the other ranks may be inside a collective that the failing rank
-  will never join. An :class:`InputError` passes, for errors that every rank raises
-  alike from data they all share.
+* :func:`abort_on_error`: work with collectives inside (fitting, learning). An error
+  that the ranks have agreed on (:class:`~mlmotex_hpc.errors.AgreedError`, raised by
+  the helpers above) passes; any other error ends the job at once (``MPI_Abort``; exit
+  code 2 for an :class:`InputError`, printed as one line, 1 with a traceback for
+  anything else): the other ranks may be inside a collective that the failing rank will
+  never join.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import TypeVar
 
 from mpi4py import MPI
 
-from ..errors import InputError, JobFailed
+from ..errors import AgreedError, InputError, JobFailed
 from .comm import get_comm
 
 T = TypeVar("T")
@@ -54,7 +55,7 @@ def _outcome(exc: BaseException, comm: MPI.Comm) -> tuple[str, str]:
 def _raise(outcome: tuple[str, str]) -> None:
     kind, message = outcome
     if kind == "input":
-        raise InputError(message)
+        raise AgreedError(message)
     raise JobFailed()
 
 
@@ -103,16 +104,26 @@ def agreed(comm: MPI.Comm | None = None) -> Iterator[None]:
 
 @contextmanager
 def abort_on_error(comm: MPI.Comm | None = None) -> Iterator[None]:
-    """End the whole job when this rank raises anything but an :class:`InputError`.
+    """End the whole job when this rank meets an error the others have not agreed on.
 
-    The traceback is printed to stderr with the rank that failed, then ``Abort`` brings
-    every other rank down instead of leaving them hanging in a collective.
+    An :class:`~mlmotex_hpc.errors.AgreedError` (raised by every rank together) passes.
+    Any other :class:`InputError` may be this rank's alone: its one line is printed,
+    with the rank, and ``Abort(2)`` ends the job with exit code 2. Anything else prints
+    its traceback with the rank and ``Abort(1)``: no rank is left waiting in a
+    collective.
     """
     comm = get_comm(comm)
     try:
         yield
-    except (InputError, JobFailed, SystemExit):
+    except (AgreedError, JobFailed, SystemExit):
         raise
+    except InputError as exc:
+        if comm.size == 1:
+            raise
+        where = f" (rank {comm.rank} of {comm.size})" if comm.rank else ""
+        sys.stderr.write(f"mlmotex-hpc: error: {exc}{where}\n")
+        sys.stderr.flush()
+        comm.Abort(InputError.exit_code)
     except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
         if comm.size == 1:
             raise

@@ -32,7 +32,7 @@ from ..learn.explain import (
     shap_values,
 )
 from ..learn.model import METRICS, LearnSettings, features, train_rw_model
-from .comm import bcast_array, cores_owned, pause_for_tests, wait_idle
+from .comm import bcast_array, cores_owned, inject_fault, pause_for_tests, wait_idle
 from .exits import leave_together
 from .log import progress_lines
 
@@ -120,6 +120,7 @@ def _learn_frame(X, masks, y, settings, until, log, sub, label) -> dict:
     if until != "explain":
         return out
     t = time.perf_counter()
+    inject_fault("explain", sub)
     lo, hi = block_share(n_motifs, sub.rank, sub.size)
     log(f"step 4: SHAP values for {n_motifs} motifs{label} on {sub.size} rank(s)")
     phi = shap_values(model, X[lo:hi], progress=progress_lines(log, "  SHAP"))
@@ -149,7 +150,12 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
         masks = bcast_array(run.masks() if root else None, comm)
         rw_all = bcast_array(run.fits("rw") if root else None, comm)
     n_frames, n_motifs = rw_all.shape
-    check_fits(rw_all, run.frame_names() if run.holds else None)
+    error = None
+    try:  # every rank holds the fits and meets the same verdict
+        check_fits(rw_all, run.frame_names() if run.holds else None)
+    except InputError as exc:
+        error = exc
+    leave_together(comm, error)
     X = features(masks)
     if until == "explain":
         run.collective_create_shap(n_frames, n_motifs, X.shape[1])
@@ -164,15 +170,11 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
     try:
         for first in range(0, n_frames, n_groups):  # one round: a frame per group
             f = first + color
-            res, error = None, None
             if f < n_frames:
+                # The data every group needs were checked on all ranks (check_fits); an
+                # error in here is one rank's, and abort_on_error ends the job with it.
                 label = f" (frame {f})" if n_frames > 1 else ""
-                try:  # an error every rank of the group meets alike (from shared data)
-                    res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label)
-                except InputError as exc:
-                    error = exc
-            leave_together(comm, error)  # no group goes on while another has failed
-            if res is not None:
+                res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label)
                 t_learn += res["learn"]
                 t_explain += res["explain"]
                 shap = res.pop("shap", None)

@@ -93,6 +93,7 @@ def run(
     lock = RunLock(path)  # taken by rank 0, for the job's whole life
 
     def check_inputs() -> tuple[Inputs, Previous | None]:
+        inject_fault("inputs")
         inputs = load_inputs(config, out_dir, local_ranks)
         lock.acquire()  # before motex.h5 is even looked at
         return inputs, previous_run(path, config, resume, overwrite, frame_range,
@@ -213,6 +214,8 @@ def output_stage(run_file: RunFile, config: Config, inputs: Inputs, out_dir: Pat
                  metrics: dict | None = None) -> dict:
     """Step 5 (rank 0, the finished copy open): every output file; the summary."""
     from ..output.summary import write_outputs  # matplotlib and shap: rank 0 only
+
+    inject_fault("outputs")
 
     return write_outputs(run_file, config, inputs.structure, inputs.space, out_dir,
                          until=until, timings=timings, n_ranks=n_ranks, t_start=t_start,
