@@ -132,6 +132,13 @@ REFUSED = [
     ("float trees", lambda t: {"learn": {"params": {"n_estimators": 50.0}}},
      ["n_estimators"]),
     ("seed 2^33", lambda t: {"learn": {"seed": 2**33}}, ["learn.seed"]),
+    ("more atom lines than the count", lambda t: {"structure": _model_with(
+        t, lambda ls: ls + [ls[2].replace(ls[2].split()[1], "30.0", 1)])}, ["announces 104"]),
+    ("two atoms at one place", lambda t: {"structure": _model_with(
+        t, lambda ls: [str(int(ls[0]) + 1), ls[1]] + ls[2:] + [ls[3]])}, ["lines 4 and 107"]),
+    ("an atom 1e6 Å away", lambda t: {"structure": _model_with(
+        t, lambda ls: [str(int(ls[0]) + 1), ls[1]] + ls[2:] + ["W 1e6 0 0"])},
+     ["line 107", "nearest neighbour"]),
     ("enumerate 2^25", lambda t: {"permute": ["W", "O"], "structure": _model_with(
         t, lambda ls: ["25", ""] + [ls[2 + i] for i in range(25)]),
         "pdf": {"uiso": {"W": 0.005}}, "catalogue": {"size": 33554431}}, ["2^25"]),
@@ -221,3 +228,26 @@ def test_a_second_job_is_refused_and_the_first_loses_nothing(tmp_path):
     assert first.returncode == 0, err
     with h5py.File(tmp_path / "out" / "motex.h5") as f:
         assert f.attrs["complete"] and np.isfinite(f["atoms/contribution"][()]).all()
+
+
+def test_a_run_whose_learn_settings_changed_reuses_its_fits(tmp_path):
+    cfg = _config(tmp_path)
+    proc = run_cli("run", str(cfg), "--until", "fit", "--quiet", ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    again = run_cli("run", str(cfg), ranks=2)
+    assert again.returncode == 0 and "mlmotex-hpc learn" in again.stdout  # the way on
+    h5 = tmp_path / "out" / "motex.h5"
+    with h5py.File(h5) as f:
+        rw = f["fits/rw"][()]
+    raw = yaml.safe_load(cfg.read_text())
+    raw["learn"]["params"] = {"learning_rate": 0.2, "max_depth": 2, "n_estimators": 50}
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = run_cli("run", str(cfg), ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert "only the learn settings changed" in proc.stdout
+    assert "step 2: fitting" not in proc.stdout
+    with h5py.File(h5) as f:
+        np.testing.assert_array_equal(f["fits/rw"][()], rw)
+        assert '"max_depth": 2' in f["ml"].attrs["params"]
+        assert "max_depth: 2" in f.attrs["config"]
+    assert "nothing to do" in run_cli("run", str(cfg), ranks=1).stdout

@@ -4,7 +4,8 @@ Every other module calls :class:`RunFile`; no other module names a dataset of th
 
 Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, n atoms)::
 
-    /                       attrs: config (YAML text), config_hash, config_dir, version,
+    /                       attrs: config (YAML text), config_hash, fits_hash (the config
+                            without learn: what the fits depend on), config_dir, version,
                             layout_version, created, hdf5_mode, complete, frame_range,
                             input_digests (JSON: SHA-256 of each input file's content)
     /model/elements (n)     /model/xyz (n, 3) Å
@@ -113,13 +114,23 @@ def announce_fallback(comm) -> None:
                   "(rank 0 writes every result)", file=sys.stderr, flush=True)
 
 
-def config_hash(text: str) -> str:
-    """Hash of a config's content: comments, spacing and key order do not count."""
+def config_hash(text: str, without: tuple[str, ...] = ()) -> str:
+    """Hash of a config's content: comments, spacing and key order do not count, nor the
+    top-level sections named in ``without``."""
     try:
-        canonical = yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+        raw = yaml.safe_load(text)
+        if isinstance(raw, dict):
+            raw = {k: v for k, v in raw.items() if k not in without}
+        canonical = yaml.safe_dump(raw, sort_keys=True)
     except yaml.YAMLError:
         canonical = text
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def fits_hash(text: str) -> str:
+    """Hash of what the fits depend on: the config without its ``learn`` section, so a
+    run whose learning settings changed reuses its fits."""
+    return config_hash(text, without=("learn",))
 
 
 def creating_path(path: Path) -> Path:
@@ -216,6 +227,7 @@ class Probe:
     """What ``run`` needs to know of an existing ``motex.h5`` to resume or refuse it."""
 
     config_hash: str | None
+    fits_hash: str | None  # None: written before the fits had a hash of their own
     batch_done: np.ndarray | None
     complete: bool
     frame_range: tuple[int, int] | None
@@ -227,11 +239,13 @@ def probe(path: Path) -> Probe:
     try:
         with h5py.File(path, "r") as h5:
             stored = h5.attrs.get("config_hash")
+            fits = h5.attrs.get("fits_hash")
             done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
             frame_range = h5.attrs.get("frame_range")
             digests = h5.attrs.get("input_digests")
             return Probe(
                 config_hash=None if stored is None else _text(stored),
+                fits_hash=None if fits is None else _text(fits),
                 batch_done=done,
                 complete=bool(h5.attrs.get("complete", False)),
                 frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
@@ -380,6 +394,7 @@ class RunFile:
             return run
         file.attrs["config"] = config_text
         file.attrs["config_hash"] = config_hash(config_text)
+        file.attrs["fits_hash"] = fits_hash(config_text)
         # relative paths in the config are relative to this folder
         file.attrs["config_dir"] = config_dir
         file.attrs["version"] = __version__
@@ -547,6 +562,14 @@ class RunFile:
             grp.attrs["definition"] = ATOMS_DEFINITION
         _replace(ml, "test_predicted", predicted)
         ml["test_predicted"].attrs["definition"] = PREDICTED_DEFINITION
+
+    def collective_set_config(self, text: str) -> None:
+        """Record ``text`` as the run's config (its learning settings changed)."""
+        if self.file is None:
+            return
+        self.file.attrs["config"] = text
+        self.file.attrs["config_hash"] = config_hash(text)
+        self.file.attrs["fits_hash"] = fits_hash(text)
 
     def write_timings(self, timings: Mapping[str, float], ranks: int) -> None:
         self.file.require_group("timings").attrs.update(

@@ -77,8 +77,10 @@ def read_xyz(path: str | Path) -> Structure:
             f"{path}, line 1: expected the number of atoms, found {lines[0]!r}"
         ) from None
     rows = [(i, line.split()) for i, line in enumerate(lines[2:], start=3) if line.strip()]
-    if len(rows) < count:
-        raise InputError(f"{path}: line 1 announces {count} atoms but the file has {len(rows)}")
+    if len(rows) != count:
+        extra = (" (a trajectory of several frames? keep one)" if len(rows) > count else "")
+        raise InputError(f"{path}: line 1 announces {count} atoms but the file has "
+                         f"{len(rows)} atom lines{extra}")
     if count < 2:
         raise InputError(f"{path}: a structure needs at least 2 atoms, line 1 says {count}")
     elements, xyz = [], np.empty((count, 3))
@@ -97,8 +99,38 @@ def read_xyz(path: str | Path) -> Structure:
                 f"{path}, line {lineno}: coordinates must be three finite numbers (Å)"
             )
         elements.append(symbol)
+    check_geometry(path, xyz, [lineno for lineno, _ in rows])
     comment = lines[1] if len(lines) > 1 else ""
     return Structure(tuple(elements), xyz, comment)
+
+
+#: Two atoms closer than this (Å) are one atom written twice.
+MIN_DISTANCE = 0.1
+#: An atom whose nearest neighbour is farther than this (Å) belongs to no structure.
+MAX_NEIGHBOUR_DISTANCE = 10.0
+
+
+def check_geometry(path: Path, xyz: np.ndarray, linenos: list[int]) -> None:
+    """Refuse atoms that sit on one another or far from every other atom, naming the
+    lines: the first would both end in the motif, the second ends in it by chance."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(xyz)
+    close = sorted(tree.query_pairs(MIN_DISTANCE))
+    if close:
+        i, j = close[0]
+        raise InputError(
+            f"{path}, lines {linenos[i]} and {linenos[j]}: two atoms "
+            f"{np.linalg.norm(xyz[i] - xyz[j]):.3g} Å apart (closer than {MIN_DISTANCE} Å: "
+            f"one atom written twice?); {len(close)} such pair(s)")
+    distance, _ = tree.query(xyz, k=2)
+    far = np.flatnonzero(distance[:, 1] > MAX_NEIGHBOUR_DISTANCE)
+    if far.size:
+        k = int(far[0])
+        raise InputError(
+            f"{path}, line {linenos[k]}: this atom's nearest neighbour is "
+            f"{distance[k, 1]:.3g} Å away (more than {MAX_NEIGHBOUR_DISTANCE:g} Å): it belongs "
+            f"to no structure; {far.size} such atom(s)")
 
 
 def write_xyz(path: str | Path, structure: Structure, comment: str | None = None) -> None:

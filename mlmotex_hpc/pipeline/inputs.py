@@ -254,6 +254,8 @@ class Previous:
 
     batch_done: np.ndarray
     complete: bool
+    #: The fits were made with other learning settings: they are kept, learning is redone.
+    learn_changed: bool = False
 
 
 def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
@@ -274,7 +276,10 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
     if found.batch_done is None or found.config_hash is None:
         raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run; use --overwrite "
                          "or another output.dir")
+    learn_changed = False
     if found.config_hash != runfile.config_hash(config.source):
+        learn_changed = found.fits_hash == runfile.fits_hash(config.source)
+    if found.config_hash != runfile.config_hash(config.source) and not learn_changed:
         raise InputError(
             f"{path} holds a run of a different config: results of two configs are never "
             "mixed; use another output.dir, or --overwrite to discard that run"
@@ -286,7 +291,8 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
                 else "frames {}:{}".format(*found.frame_range))
         raise InputError(f"{path} holds {held} of this config's series, not the frames "
                          "asked for; use another output folder (--out) or --overwrite")
-    return Previous(found.batch_done.astype(bool), found.complete)
+    return Previous(found.batch_done.astype(bool), found.complete and not learn_changed,
+                    learn_changed)
 
 
 def _changed_inputs(path: Path, config: Config, stored: dict[str, str],

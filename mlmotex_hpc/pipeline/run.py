@@ -108,6 +108,9 @@ def run(
             log(f"{path} is complete for this config: nothing to do (--overwrite runs it "
                 "again; `mlmotex-hpc learn` learns again with other settings)")
             return None
+        if previous is not None and previous.learn_changed:
+            log(f"{path}: only the learn settings changed: its fits are kept and learning "
+                "is done again")
         announce_fallback(comm)
 
         with abort_on_error(comm):
@@ -199,6 +202,7 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
                 comm) -> dict:
     """Steps 3-4 (every rank, on the learning copy): fills ``timings`` (learn, explain)
     and returns the first frame's test metrics for the summary."""
+    run_file.collective_set_config(config.source)  # the learn settings used
     if until == "fit":
         return {}
     inject_fault("learn", comm)
