@@ -251,3 +251,14 @@ def test_a_run_whose_learn_settings_changed_reuses_its_fits(tmp_path):
         assert '"max_depth": 2' in f["ml"].attrs["params"]
         assert "max_depth: 2" in f.attrs["config"]
     assert "nothing to do" in run_cli("run", str(cfg), ranks=1).stdout
+
+
+def test_serial_commands_refuse_impossible_outputs(keggin_run, tmp_path):
+    out, _ = keggin_run
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    _expect_one_line(run_cli("plot", str(out / "motex.h5"), "-o", str(a_file)), 2,
+                     "cannot create the output folder")
+    _expect_one_line(run_cli("pdf", str(KEGGIN_XYZ), "-o", str(tmp_path / "g.gr"), "--rmax",
+                             "1e9"), 2, "at most 1,000,000")
+    assert not (tmp_path / "g.gr").exists()

@@ -23,6 +23,8 @@ from ..pdf.settings import CALCULATORS, RADIATIONS, PDFSettings
 HELP = "compute a structure model's G(r)"
 
 _DEFAULTS = PDFSettings()
+#: Most r points the command computes (10^6: 10,000 Å at 0.01 Å).
+MAX_POINTS = 10**6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,6 +94,9 @@ def r_grid(rmin: float, rmax: float, rstep: float):
     import numpy as np
 
     n = int(math.floor((rmax - rmin) / rstep + 1e-9)) + 1
+    if n > MAX_POINTS:
+        raise InputError(f"--rmin {rmin:g} --rmax {rmax:g} --rstep {rstep:g} make {n:,} points; "
+                         f"at most {MAX_POINTS:,} are written (widen --rstep)")
     return rmin + rstep * np.arange(n)
 
 

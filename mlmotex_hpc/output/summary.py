@@ -150,7 +150,11 @@ def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> li
         for f in frames:
             if not 0 <= f < n_frames:
                 raise InputError(f"--frame {f}: {path} holds frames 0 to {n_frames - 1}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file of that name, no permission
+            raise InputError(f"cannot create the output folder {out_dir} "
+                             f"({exc.strerror or exc})") from None
         files: list[Path] = []
         series = []
         if n_frames > 1:

@@ -70,7 +70,11 @@ def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) 
         raise InputError(f"{target} is one of the parts: choose another output folder (-o)")
     if target.exists() and not overwrite:
         raise InputError(f"{target} exists: use --overwrite to replace it, or -o")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission
+        raise InputError(f"cannot create the output folder {out_dir} "
+                         f"({exc.strerror or exc})") from None
     lock = RunLock(target)
     lock.acquire()
     try:
