@@ -161,6 +161,16 @@ def _per_frame(value, n: int) -> list:
     return list(np.atleast_1d(value))
 
 
+def make_folder(folder: Path) -> Path:
+    """Create an output folder (and its parents); errors are :class:`InputError`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission
+        raise InputError(f"cannot create the output folder {folder} "
+                         f"({exc.strerror or exc})") from None
+    return folder
+
+
 # -- one job per output folder ---------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import Config
 from ..errors import InputError
-from ..io.runfile import ATOM_DATASETS, RunFile
+from ..io.runfile import ATOM_DATASETS, RunFile, make_folder
 from ..io.structure import Structure, write_xyz
 
 
@@ -150,11 +150,7 @@ def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> li
         for f in frames:
             if not 0 <= f < n_frames:
                 raise InputError(f"--frame {f}: {path} holds frames 0 to {n_frames - 1}")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a file of that name, no permission
-            raise InputError(f"cannot create the output folder {out_dir} "
-                             f"({exc.strerror or exc})") from None
+        make_folder(out_dir)
         files: list[Path] = []
         series = []
         if n_frames > 1:

@@ -18,7 +18,7 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import load_config
 from ..errors import InputError
-from ..io.runfile import Part, RunFile, RunLock, merge_parts, read_part
+from ..io.runfile import Part, RunFile, RunLock, make_folder, merge_parts, read_part
 
 
 def check_parts(paths: list[Path]) -> list[Part]:
@@ -70,11 +70,7 @@ def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) 
         raise InputError(f"{target} is one of the parts: choose another output folder (-o)")
     if target.exists() and not overwrite:
         raise InputError(f"{target} exists: use --overwrite to replace it, or -o")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file of that name, no permission
-        raise InputError(f"cannot create the output folder {out_dir} "
-                         f"({exc.strerror or exc})") from None
+    make_folder(out_dir)
     lock = RunLock(target)
     lock.acquire()
     try:
