@@ -262,3 +262,14 @@ def test_serial_commands_refuse_impossible_outputs(keggin_run, tmp_path):
     _expect_one_line(run_cli("pdf", str(KEGGIN_XYZ), "-o", str(tmp_path / "g.gr"), "--rmax",
                              "1e9"), 2, "at most 1,000,000")
     assert not (tmp_path / "g.gr").exists()
+
+
+def test_a_file_damaged_inside_gives_one_line(keggin_run, tmp_path):
+    """A motex.h5 that opens but lacks a dataset (a damaged or foreign file)."""
+    out, _ = keggin_run
+    h5 = tmp_path / "motex.h5"
+    shutil.copy(out / "motex.h5", h5)
+    with h5py.File(h5, "r+") as f:
+        del f["catalogue/size"]
+    proc = run_cli("plot", str(h5), "-o", str(tmp_path / "plot"), "--quiet")
+    _expect_one_line(proc, 2, str(h5), "sizes", "damaged")

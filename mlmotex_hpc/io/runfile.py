@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -274,6 +275,22 @@ def probe(path: Path) -> Probe:
 
 
 # -- the file ---------------------------------------------------------------------------------
+
+
+def _reader(method):
+    """A reader of :class:`RunFile`: a dataset that is missing or cannot be read becomes
+    one :class:`InputError` naming the file, not a traceback."""
+
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, KeyError) as exc:
+            detail = exc.args[0] if exc.args else exc
+            raise InputError(f"{self.path} cannot be read ({method.__name__}: {detail}): the "
+                             "file is damaged, or was written by an unfinished run") from None
+
+    return read
 
 
 class RunFile:
@@ -629,11 +646,13 @@ class RunFile:
     def n_motifs(self) -> int:
         return int(self.file["catalogue/mask"].shape[0])
 
+    @_reader
     def frame_names(self) -> list[str]:
         if "frames/names" not in self.file:
             return []
         return [_text(n) for n in self.file["frames/names"][:]]
 
+    @_reader
     def times(self) -> tuple[np.ndarray, str] | None:
         """The frames' times and their unit, when the config gave them."""
         if "frames/time" not in self.file:
@@ -641,40 +660,48 @@ class RunFile:
         ds = self.file["frames/time"]
         return ds[:], _text(ds.attrs.get("unit", "s"))
 
+    @_reader
     def data(self, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """r and G of a frame, in the fit range."""
         return self.file[f"data/{frame:05d}/r"][:], self.file[f"data/{frame:05d}/g"][:]
 
+    @_reader
     def elements(self) -> tuple[str, ...]:
         return tuple(_text(e) for e in self.file["model/elements"][:])
 
     def structure(self) -> Structure:
         return Structure(self.elements(), self.file["model/xyz"][:], f"model of {self.path}")
 
+    @_reader
     def permutable(self) -> np.ndarray:
         return self.file["catalogue/permutable"][:].astype(np.int64)
 
+    @_reader
     def masks(self, rows=slice(None)) -> np.ndarray:
         """Catalogue masks (bool, M × N), or the rows asked for."""
         return self.file["catalogue/mask"][rows, :].astype(bool)
 
+    @_reader
     def sizes(self) -> np.ndarray:
         return self.file["catalogue/size"][:]
 
     def has_fits(self) -> bool:
         return "fits/rw" in self.file
 
+    @_reader
     def fits(self, name: str = "rw", frame: int | None = None) -> np.ndarray:
         """A fit result (F × M, or one frame's M)."""
         ds = self.file[f"fits/{name}"]
         return ds[:] if frame is None else ds[frame]
 
+    @_reader
     def batch_done(self) -> np.ndarray:
         return self.file["fits/batch_done"][:].astype(bool)
 
     def has_learning(self) -> bool:
         return "ml" in self.file
 
+    @_reader
     def ml(self) -> dict[str, Any]:
         """The ``/ml`` attributes: metrics (scalars or arrays over frames), ``params`` and
         ``history`` (JSON text), ``settings``."""
@@ -683,12 +710,14 @@ class RunFile:
     def has_test_predicted(self) -> bool:
         return "ml/test_predicted" in self.file
 
+    @_reader
     def test_predicted(self, frame: int) -> np.ndarray:
         return self.file["ml/test_predicted"][frame]
 
     def has_atoms(self) -> bool:
         return "atoms/contribution" in self.file
 
+    @_reader
     def atoms(self, name: str, frame: int | None = None) -> np.ndarray:
         """A per-atom result (F × N, or one frame's N); ``in_motif`` is bool."""
         ds = self.file[f"atoms/{name}"]
@@ -698,11 +727,13 @@ class RunFile:
     def has_shap(self) -> bool:
         return "shap/values" in self.file
 
+    @_reader
     def shap(self, frame: int, rows) -> tuple[np.ndarray, np.ndarray]:
         """SHAP values (rows × features) and base values of a frame's motifs ``rows``."""
         return (self.file["shap/values"][frame, rows, :],
                 self.file["shap/base_value"][frame, rows])
 
+    @_reader
     def timings(self) -> dict[str, Any]:
         return dict(self.file["timings"].attrs) if "timings" in self.file else {}
 
