@@ -31,7 +31,7 @@ from ..learn.explain import (
     block_sums,
     shap_values,
 )
-from ..learn.model import METRICS, LearnSettings, features, train_rw_model
+from ..learn.model import METRICS, LearnSettings, Workers, features, train_rw_model
 from .comm import bcast_array, cores_owned, inject_fault, pause_for_tests, wait_idle
 from .exits import leave_together
 from .log import progress_lines
@@ -42,7 +42,7 @@ MIN_FITS = 10
 T = TypeVar("T")
 
 
-class GroupWorkers:
+class GroupWorkers(Workers):
     """The ranks of ``comm`` as the workers of :func:`train_rw_model`.
 
     Every rank runs the same optimiser; rank 0's candidates are the ones evaluated (a
@@ -57,7 +57,7 @@ class GroupWorkers:
     def evaluate(self, score: Callable[[dict[str, Any]], float],
                  points: list[dict[str, Any]]) -> list[float]:
         if self.size == 1:
-            return [score(p) for p in points]
+            return super().evaluate(score, points)
         points = self.comm.bcast(points)  # rank 0's optimiser decides
         mine = {i: score(points[i]) for i in range(self.comm.rank, len(points), self.size)}
         scores: dict[int, float] = {}

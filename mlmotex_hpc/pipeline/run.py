@@ -38,8 +38,6 @@ from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
 from .inputs import Previous, load_inputs, previous_run
 
-STAGES = ("fit", "learn", "explain")
-
 
 def run(
     config: Config,
