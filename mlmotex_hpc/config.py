@@ -43,6 +43,11 @@ SHARED_MIN_FRAMES = 4
 #: Zooms beyond these are not an expansion of the same structure (and their r tables
 #: would not fit in memory).
 ZOOM_LIMITS = (0.5, 2.0)
+#: The widest bounds accepted for freed Uiso and delta2 (Å²), and the defaults.
+UISO_LIMITS = (0.0, 0.1)
+DELTA2_LIMITS = (0.0, 25.0)
+UISO_BOUNDS = (1e-4, 0.05)
+DELTA2_BOUNDS = (0.0, 2.5)
 #: Seeds go to NumPy, XGBoost and scikit-optimize; the last two take 32 bits.
 MAX_SEED = 2**32 - 1
 
@@ -105,6 +110,14 @@ class FitConfig:
     )
     zoom_bounds: tuple[float, float] = field(
         default=(0.99, 1.01), metadata=_spec("bounds", "zoom range (isotropic expansion)")
+    )
+    uiso_bounds: tuple[float, float] = field(
+        default=UISO_BOUNDS,
+        metadata=_spec("range", "bounds of freed Uiso, every element (Å²)", limits=UISO_LIMITS),
+    )
+    delta2_bounds: tuple[float, float] = field(
+        default=DELTA2_BOUNDS,
+        metadata=_spec("range", "bounds of freed delta2 (Å²)", limits=DELTA2_LIMITS),
     )
     weights: str = field(
         default="unit", metadata=_spec("choice", "fit weights", choices=("unit", "dG"))
@@ -294,6 +307,17 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
                 key, value, f"expected [low, high] with {ZOOM_LIMITS[0]} ≤ low ≤ 1 ≤ high ≤ "
                 f"{ZOOM_LIMITS[1]}, e.g. [0.99, 1.01] (a zoom expands the whole motif)"
             )
+        return (float(value[0]), float(value[1]))
+    if kind == "range":
+        lo, hi = meta["limits"]
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            or not lo <= value[0] < value[1] <= hi
+        ):
+            raise _fail(key, value, f"expected [low, high] with {lo} ≤ low < high ≤ {hi} "
+                        f"({meta['doc']})")
         return (float(value[0]), float(value[1]))
     if kind == "uiso":
         if not isinstance(value, dict):

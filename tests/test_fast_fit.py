@@ -122,7 +122,7 @@ def test_scale_only_and_motifs_without_pairs():
     assert out["status"][0, 1] == STATUS_NO_PAIRS and out["rw"][0, 1] == 1.0
 
 
-def test_freed_uiso_is_left_to_the_general_fitter():
+def test_the_scale_and_zoom_fitter_takes_nothing_else():
     _, _, calc, _, _ = _case("debye")
     assert supports(calc, FitSettings(refine=("scale", "zoom")))
     assert not supports(calc, FitSettings(refine=("scale", "zoom", "uiso"), uiso_elements=("W",)))

@@ -16,8 +16,9 @@ from ..catalogue import MotifSpace
 from ..config import Config, pdf_settings, zoom_search
 from ..io.structure import Structure
 from ..pdf import PDFSettings, make_calculator
-from .fast import BatchFitter, supports
+from .fast import BatchFitter
 from .fitter import FitSettings, fit_motif
+from .refining import RefiningFitter, supports_refinement
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +62,8 @@ def fit_settings(config: Config, structure: Structure) -> FitSettings:
         refine=config.fit.refine,
         zoom_bounds=config.fit.zoom_bounds,
         uiso_elements=tuple(dict.fromkeys(structure.elements)),
+        uiso_bounds=config.fit.uiso_bounds,
+        delta2_bounds=config.fit.delta2_bounds,
     )
 
 
@@ -100,7 +103,8 @@ def fit_plan(config: Config, structure: Structure) -> FitPlan:
 @dataclass(frozen=True, eq=False)
 class FitGroup:
     """The frames that share one r grid, their calculator and (when it applies) the
-    compiled batch fitter that fits scale and zoom to all of them at once."""
+    compiled batch fitter that fits all of them at once: :class:`BatchFitter` for scale
+    and zoom, :class:`RefiningFitter` when Uiso or delta2 are free."""
 
     calc: object
     frames: list[int]
@@ -121,13 +125,14 @@ def make_fit_groups(inputs: Inputs, settings: PDFSettings, fsettings: FitSetting
             inputs.structure.elements, inputs.structure.xyz, settings, members[0].r
         )
         fast = None
-        if supports(calc, fsettings):
+        kind = RefiningFitter if supports_refinement(calc, fsettings) else BatchFitter
+        if kind.accepts(calc, fsettings):
             g_obs = np.stack([frame.g for frame in members])
             weights = np.stack(
                 [np.ones_like(frame.g) if frame.weights is None else frame.weights
                  for frame in members]
             )
-            fast = BatchFitter(calc, fsettings, g_obs, weights, zoom_search=search)
+            fast = kind(calc, fsettings, g_obs, weights, zoom_search=search)
         groups.append(FitGroup(calc, indices, fast))
     return groups
 

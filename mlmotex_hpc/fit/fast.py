@@ -106,6 +106,9 @@ class BatchFitter:
         notes). A config's ``auto`` is resolved by :func:`mlmotex_hpc.config.zoom_search`.
     """
 
+    #: Whether this class fits these settings with this calculator.
+    accepts = staticmethod(supports)
+
     def __init__(
         self,
         calc: PDFCalculator,
@@ -115,8 +118,8 @@ class BatchFitter:
         xatol: float = 1e-7,
         zoom_search: str = "exact",
     ) -> None:
-        if not supports(calc, settings):
-            raise ValueError("BatchFitter fits scale and zoom on a uniform r grid only")
+        if not self.accepts(calc, settings):
+            raise ValueError(f"{type(self).__name__} cannot fit {settings.refine} with {calc!r}")
         if zoom_search not in ZOOM_SEARCHES:
             raise ValueError(f"zoom_search must be one of {ZOOM_SEARCHES}, not {zoom_search!r}")
         self.calc = calc
@@ -341,10 +344,24 @@ def _approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride):
 
 @numba.njit(cache=True)
 def _brent(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride):
-    """Brent's bounded minimisation of :func:`_approx_rw2` on [a, b].
+    """Brent's bounded minimisation of :func:`_approx_rw2` on [a, b], the ends included
+    (a bounded Brent search never evaluates them, and a fit often ends on a bound).
 
     Returns the minimiser and whether it converged within the evaluation budget.
     """
+    x, ok = _brent_inside(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride)
+    near = 4.0 * (_SQRT_EPS * abs(x) + xatol)
+    for edge in (a, b):
+        if abs(x - edge) < near and _approx_rw2(edge, zb, base, x0, step, r0, env, g, w, gg,
+                                                stride) <= _approx_rw2(
+                x, zb, base, x0, step, r0, env, g, w, gg, stride):
+            x = edge
+    return x, ok
+
+
+@numba.njit(cache=True)
+def _brent_inside(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride):
+    """Brent's bounded search proper (the ends of [a, b] excluded)."""
     x = v = wx = a + _GOLDEN * (b - a)
     fx = fv = fw = _approx_rw2(x, zb, base, x0, step, r0, env, g, w, gg, stride)
     d = 0.0

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize
 
+from ..config import DELTA2_BOUNDS, UISO_BOUNDS
+
 #: ``/fits/status`` codes.
 STATUS_OK = 0
 STATUS_NOT_CONVERGED = 1
 STATUS_NO_PAIRS = 2
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_NOT_CONVERGED: "not converged", STATUS_NO_PAIRS: "no pairs"}
+STATUS_AT_BOUND = 3
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_NOT_CONVERGED: "not converged", STATUS_NO_PAIRS: "no pairs",
+                STATUS_AT_BOUND: "Uiso or delta2 at a bound"}
 
-#: Bounds for freed Uiso (Å²) and delta2 (Å²).
-UISO_BOUNDS = (1e-4, 0.05)
-DELTA2_BOUNDS = (0.0, 5.0)
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,16 @@ class FitSettings:
         Elements whose Uiso is freed when ``uiso`` is refined.
     xatol : float
         Tolerance on zoom for the 1-D search.
+    uiso_bounds, delta2_bounds : (float, float)
+        Bounds of freed Uiso (Å², every element) and delta2 (Å²).
     """
 
     refine: tuple[str, ...] = ("scale", "zoom")
     zoom_bounds: tuple[float, float] = (0.99, 1.01)
     uiso_elements: tuple[str, ...] = ()
     xatol: float = 1e-6
+    uiso_bounds: tuple[float, float] = UISO_BOUNDS
+    delta2_bounds: tuple[float, float] = DELTA2_BOUNDS
 
 
 @dataclass(frozen=True)
@@ -161,11 +166,11 @@ def fit_motif(
         x0.append(1.0)
         bounds.append(settings.zoom_bounds)
     for el in elements:
-        x0.append(base_uiso.get(el, 0.005))
-        bounds.append(UISO_BOUNDS)
+        x0.append(float(np.clip(base_uiso.get(el, 0.005), *settings.uiso_bounds)))
+        bounds.append(settings.uiso_bounds)
     if refine_delta2:
-        x0.append(base_delta2)
-        bounds.append(DELTA2_BOUNDS)
+        x0.append(float(np.clip(base_delta2, *settings.delta2_bounds)))
+        bounds.append(settings.delta2_bounds)
 
     def unpack(x: np.ndarray) -> tuple[float, dict[str, float] | None, float | None]:
         i = 0

@@ -75,7 +75,7 @@ FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
 #: Datasets every part of a job array holds identically: ``merge`` copies the first's.
 SHARED_DATASETS = ("model", "catalogue", "atoms/index")
 
-STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, -1 not fitted"
+STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, 3 Uiso or delta2 at a bound, -1 not fitted"
 ATOMS_DEFINITION = (
     "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
     "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "

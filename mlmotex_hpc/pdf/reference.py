@@ -18,31 +18,37 @@ from .calculator import DebyeCalculator, PDFCalculator
 from .grids import GAUSS_SIGMA_TO_FWHM, PEAK_HALF_BOUND
 
 
-def _pairs(calc: PDFCalculator, xyz: np.ndarray, mask: np.ndarray, zoom: float):
-    """Zoomed distances, U_i + U_j and f-table rows (i, j) of the kept pairs i < j."""
+def _pairs(calc: PDFCalculator, xyz: np.ndarray, mask: np.ndarray, zoom: float, uiso=None):
+    """Zoomed distances, U_i + U_j and f-table rows (i, j) of the kept pairs i < j
+    (``uiso``: Uiso per element overriding the calculator's)."""
     atoms = np.flatnonzero(mask)
     i, j = np.triu_indices(atoms.size, 1)
     i, j = atoms[i], atoms[j]
     d = zoom * np.linalg.norm(xyz[i] - xyz[j], axis=1)
-    u = calc._u_el[calc._atom_type]
+    u_el = np.array([(uiso or {}).get(el, u) for el, u in zip(calc.elements, calc._u_el,
+                                                               strict=True)])
+    u = u_el[calc._atom_type]
     keep = (d >= calc.grid.pair_rmin) & (d <= calc.grid.pair_rmax) & (d > 0.0)
     i, j, d = i[keep], j[keep], d[keep]
     return d, u[i] + u[j], calc._atom_type[i], calc._atom_type[j], atoms
 
 
-def _sigma2(calc: PDFCalculator, d: np.ndarray, u: np.ndarray) -> np.ndarray:
+def _sigma2(calc: PDFCalculator, d: np.ndarray, u: np.ndarray, delta2=None) -> np.ndarray:
     s = calc.settings
-    return np.maximum(u * (1.0 - s.delta2 / d**2 + (s.qbroad * d) ** 2), 0.0)
+    delta2 = s.delta2 if delta2 is None else delta2
+    return np.maximum(u * (1.0 - delta2 / d**2 + (s.qbroad * d) ** 2), 0.0)
 
 
-def reference_gr(calc: PDFCalculator, xyz: np.ndarray, mask: np.ndarray, zoom: float = 1.0):
-    """G(r) on ``calc.r`` of the atoms in ``mask`` of the parent ``xyz``, expanded by zoom."""
+def reference_gr(calc: PDFCalculator, xyz: np.ndarray, mask: np.ndarray, zoom: float = 1.0,
+                 uiso=None, delta2=None):
+    """G(r) on ``calc.r`` of the atoms in ``mask`` of the parent ``xyz``, expanded by zoom;
+    ``uiso`` (per element) and ``delta2`` override the calculator's, on its grids."""
     mask = np.asarray(mask, dtype=bool)
-    d, u, ta, tb, atoms = _pairs(calc, np.asarray(xyz, dtype=float), mask, zoom)
+    d, u, ta, tb, atoms = _pairs(calc, np.asarray(xyz, dtype=float), mask, zoom, uiso)
     q = calc.q
     envelope = np.exp(-0.5 * (calc.settings.qdamp * calc.r) ** 2)
     to_r = (2.0 / math.pi) * calc.qstep * np.sin(np.outer(calc.r, q)) * envelope[:, None]
-    s2 = _sigma2(calc, d, u)
+    s2 = _sigma2(calc, d, u, delta2)
     if isinstance(calc, DebyeCalculator):
         f = calc._f  # f(Q) per element
         n_f = f[calc._atom_type[atoms]].sum(axis=0)  # N <f(Q)>

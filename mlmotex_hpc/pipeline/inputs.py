@@ -130,11 +130,15 @@ def check_calculators(config: Config, structure, frames: list[Frame]) -> None:
     (an element without form factors, Uiso 0 for the real-space method, Q beyond the
     tables) are refused before any file is written."""
     from ..config import pdf_settings
+    from ..fit.batch import fit_settings
+    from ..fit.refining import check_delta2_bounds
     from ..pdf import make_calculator
 
     settings = pdf_settings(config)
+    fsettings = fit_settings(config, structure)
     for r in {f.r.tobytes(): f.r for f in frames}.values():
-        make_calculator(structure.elements, structure.xyz, settings, r)
+        calc = make_calculator(structure.elements, structure.xyz, settings, r)
+        check_delta2_bounds(calc, fsettings)
 
 
 def check_learning(config: Config) -> None:

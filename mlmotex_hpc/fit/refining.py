@@ -1,0 +1,519 @@
+"""Step 2 with Uiso (per element) and delta2 free, whole batches inside compiled code.
+
+Each motif × frame fit runs the rounds of :mod:`.fast` with the displacement parameters
+added, and never calls Python:
+
+1. The exact G(r) at zoom 1 and the starting Uiso and delta2 (the config's) is computed
+   once per motif on the extended r grid; Brent's search on its rescaled copies finds a
+   first zoom z1 (:mod:`.fast`, round 1).
+2. One pass over the motif's pairs at z1 gives its *moments* (:mod:`.moments`): F(Q) for
+   any Uiso and delta2 within their bounds is then a Bessel-weighted sum of them. The
+   displacement parameters are refined on those, by a bounded Levenberg–Marquardt search
+   with analytic derivatives, and Rw is evaluated in Q space as
+   Rw² = 1 − (b·F)² / (Σ w g² · F·M·F), with b = Kᵀ W g and M = Kᵀ W K for the transform K
+   onto the data's r points: one small quadratic form per trial, no transform, no pair.
+3. The G(r) of those parameters is rescaled to search the zoom near z1 again (round 2);
+   when it moves, the moments are taken again at the new zoom and step 2 repeats (at most
+   :data:`ROUNDS` times).
+4. The reported Rw and scale are those of the exact G(r) (the ordinary Debye kernel) at
+   the reported zoom, Uiso and delta2.
+
+A fit ends with status 3 ("at a bound") when a freed Uiso or delta2 ends on its bound,
+1 when a search did not converge within its budget.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from ..errors import InputError
+from ..pdf.calculator import DebyeCalculator, PDFCalculator
+from .fast import (
+    _DEBYE,
+    _NEAR,
+    _RW_GAIN,
+    BatchFitter,
+    _approx_rw2,
+    _brent,
+    _exact,
+    _matvec_rows,
+    _motif_pairs,
+    _score,
+    uniform_step,
+)
+from .fitter import (
+    STATUS_AT_BOUND,
+    STATUS_NO_PAIRS,
+    STATUS_NOT_CONVERGED,
+    STATUS_OK,
+    FitSettings,
+)
+from .moments import assemble, coordinate_ranges, pair_moments, terms_needed
+
+#: Moment passes (and round-2 zoom searches) allowed to one fit.
+ROUNDS = 3
+#: Iterations allowed to one Levenberg–Marquardt search.
+_LM_ITER = 80
+#: A Levenberg–Marquardt search stops when a step lowers Rw² by less than this.
+_LM_FTOL = 1e-14
+
+
+def pair_span(calc: PDFCalculator, zoom_bounds) -> tuple[float, float]:
+    """Shortest and longest parent pair distance (Å) inside the calculator's pair window
+    at the lowest and highest zoom."""
+    g = calc.grid
+    zlo, zhi = zoom_bounds
+    d = calc._dist[(calc._dist * zlo >= g.pair_rmin) & (calc._dist * zhi <= g.pair_rmax)]
+    if not d.size:
+        return 1.0, 1.0
+    return float(d.min() * zlo), float(d.max() * zhi)
+
+
+def check_delta2_bounds(calc: PDFCalculator, settings: FitSettings) -> None:
+    """Refuse a delta2 bound that reaches d² of the shortest pair, where DiffPy's peak
+    width 1 − δ2/d² + (qbroad d)² stops being a smooth function of delta2."""
+    if "delta2" not in settings.refine:
+        return
+    zoom = settings.zoom_bounds if "zoom" in settings.refine else (1.0, 1.0)
+    d_lo, _ = pair_span(calc, zoom)
+    lo, hi = settings.delta2_bounds
+    if hi >= d_lo * d_lo:
+        raise InputError(
+            f"config key 'fit.delta2_bounds' = [{lo:g}, {hi:g}]: delta2 must stay below d² "
+            f"of the shortest pair ({d_lo:.3f} Å at the lowest zoom, {d_lo * d_lo:.3f} Å²), "
+            f"where the peak would lose its width; use an upper bound below "
+            f"{math.floor(100 * d_lo * d_lo) / 100:.2f}"
+        )
+
+
+def supports_refinement(calc: PDFCalculator, settings: FitSettings) -> bool:
+    """Whether :class:`RefiningFitter` fits these settings with this calculator."""
+    free = set(settings.refine)
+    return (
+        bool(free & {"uiso", "delta2"})
+        and free <= {"scale", "zoom", "uiso", "delta2"}
+        and isinstance(calc, DebyeCalculator)
+        and uniform_step(calc.r) is not None
+    )
+
+
+class RefiningFitter(BatchFitter):
+    """Scale, zoom, Uiso per element and delta2 of many motifs against the frames that
+    share one r grid (Debye calculator).
+
+    Parameters are those of :class:`.fast.BatchFitter`; ``settings`` must free Uiso or
+    delta2 (or both). Uiso starts from the calculator's settings, delta2 from
+    ``settings.delta2`` clipped into its bounds.
+    """
+
+    accepts = staticmethod(supports_refinement)
+
+    def __init__(self, calc, settings: FitSettings, g_obs, weights=None, xatol=1e-7,
+                 zoom_search="exact") -> None:
+        super().__init__(calc, settings, g_obs, weights, xatol, "exact")
+        s = calc.settings
+        g = calc.grid
+        self.elements = calc.elements
+        nel = len(self.elements)
+        self.refine_delta2 = "delta2" in settings.refine
+        refine_u = "uiso" in settings.refine
+        self.free_u = np.array(
+            [refine_u and el in settings.uiso_elements for el in self.elements], dtype=np.bool_
+        )
+        self.u_lo = np.full(nel, float(settings.uiso_bounds[0]))
+        self.u_hi = np.full(nel, float(settings.uiso_bounds[1]))
+        self.u0 = np.array(calc._u_el, dtype=float)
+        self.u0[self.free_u] = np.clip(self.u0[self.free_u], self.u_lo[0], self.u_hi[0])
+        self.d2_lo, self.d2_hi = (float(v) for v in settings.delta2_bounds)
+        self.d2_0 = float(np.clip(s.delta2, self.d2_lo, self.d2_hi)) if self.refine_delta2 \
+            else float(s.delta2)
+        self._type_a = calc._type_a
+        self._type_b = calc._type_b
+        # the largest λ = U_t Q²/2 the search can reach, for the number of moment terms
+        u_t_max = np.max(np.where(self.free_u, self.u_hi, self.u0)[self._type_a]
+                         + np.where(self.free_u, self.u_hi, self.u0)[self._type_b])
+        qmax = g.q0 + g.dq * max(g.nq - 1, 0)
+        lam_max = 0.5 * u_t_max * qmax * qmax
+        d_lo, d_hi = pair_span(calc, self.zoom_bounds)
+        qb = s.qbroad
+        if self.refine_delta2:
+            self._mode = 1
+            check_delta2_bounds(calc, settings)
+            h1 = 0.5 * qb * qb * (d_hi * d_hi - d_lo * d_lo)
+            h2 = 0.5 * (1.0 / (d_lo * d_lo) - 1.0 / (d_hi * d_hi))
+            self._n1 = terms_needed(lam_max * h1)
+            self._n2 = terms_needed(lam_max * self.d2_hi * h2)
+        else:
+            self._mode = 0
+            # c(d) = max(1 − δ2/d² + (qbroad d)², 0) grows with d
+            c = np.clip(1.0 - s.delta2 / np.array([d_lo, d_hi]) ** 2
+                        + (qb * np.array([d_lo, d_hi])) ** 2, 0.0, None)
+            spread = 0.5 * (c[1] - c[0])
+            self._n1 = terms_needed(lam_max * spread)
+            self._n2 = 1
+        self.n_moments = self._n1 * self._n2
+        # Q-space Rw: b = Kᵀ W g and M = Kᵀ W K per frame, K the transform onto the data
+        kern = calc._kernel  # (n, nq), envelope included
+        # frame by frame, so that a frame's numbers do not depend on the others
+        self._b = np.stack([(w * g) @ kern for w, g in zip(self.weights, self.g_obs,
+                                                           strict=True)])
+        self._m = np.stack([np.ascontiguousarray(kern.T @ (w[:, None] * kern))
+                            for w in self.weights])
+        self._ff = calc._ff
+        self._el_f = calc._f
+        self._qgrid = (g.q0, g.dq, float(g.kstart), g.pair_rmin, g.pair_rmax)
+
+    def memory_bytes(self) -> int:
+        return super().memory_bytes() + int(self._b.nbytes + self._m.nbytes)
+
+    def fit(self, atom_masks: np.ndarray) -> dict[str, np.ndarray]:
+        """Fit every motif to every frame: ``rw``, ``scale``, ``zoom``, ``status``, one
+        ``uiso_<element>`` per element (when Uiso is freed) and ``delta2`` (when freed),
+        each (F, M)."""
+        masks = np.ascontiguousarray(atom_masks, dtype=np.bool_)
+        nf, m = self.n_frames, masks.shape[0]
+        nel = len(self.elements)
+        out_u = np.empty((nf, m, nel))
+        out_d2 = np.empty((nf, m))
+        out = {
+            "rw": np.empty((nf, m)), "scale": np.empty((nf, m)), "zoom": np.empty((nf, m)),
+            "status": np.empty((nf, m), dtype=np.int8),
+        }
+        q0, dq, kstart, pmin, pmax = self._qgrid
+        s = self.calc.settings
+        _refine_batch(
+            masks, self._dmat, self._tmat, self.calc._atom_type, self._type_a, self._type_b,
+            self._ff, self._el_f, self._scalars, q0, dq, int(kstart), pmin, pmax, s.qbroad, self._mode,
+            self._n1, self._n2, self.u0, self.free_u, self.u_lo, self.u_hi, self.d2_0,
+            self.refine_delta2, self.d2_lo, self.d2_hi, self._to_r, self.j0, self.envelope,
+            self.g_obs, self.weights, self._b, self._m, self.zoom_bounds[0],
+            self.zoom_bounds[1], self.refine_zoom, self.xatol, self.r_ext[0], self.step,
+            self.calc.r[0], out["rw"], out["scale"], out["zoom"], out["status"], out_u, out_d2,
+        )
+        if self.free_u.any():
+            for e, el in enumerate(self.elements):
+                if self.free_u[e]:
+                    out[f"uiso_{el}"] = out_u[:, :, e]
+        if self.refine_delta2:
+            out["delta2"] = out_d2
+        return out
+
+    def exact_model(self, atom_mask, zoom, uiso: dict[str, float], delta2: float) -> np.ndarray:
+        """The exact G(r) on the data grid at these parameters (for checks)."""
+        u_el = self.u0.copy()
+        for e, el in enumerate(self.elements):
+            u_el[e] = uiso.get(el, u_el[e])
+        dist, seg, counts = _motif_pairs(np.asarray(atom_mask, dtype=np.bool_), self._dmat,
+                                         self._tmat, self.calc._atom_type,
+                                         self._type_a.size, self._el_f.shape[0])
+        g = np.empty(self.r_ext.size)
+        _exact(_DEBYE, dist, seg, counts, u_el[self._type_a] + u_el[self._type_b],
+               self._tables[0], self._tables[1], self._tables[2], self._scalars, float(delta2),
+               self.calc.settings.qbroad, self._to_r, float(zoom), g)
+        return g[self.j0:self.j0 + self.calc.r.size] * self.envelope
+
+
+# -- compiled parts ----------------------------------------------------------------------
+
+
+@numba.njit(cache=True)
+def _motif_norm(counts, el_f):
+    """1/(N⟨f(Q)⟩²) of a motif on the Q grid."""
+    total = counts.astype(np.float64) @ el_f
+    n = counts.sum()
+    norm = np.zeros(total.size)
+    for k in range(total.size):
+        if total[k] != 0.0:
+            norm[k] = n / (total[k] * total[k])
+    return norm
+
+
+@numba.njit(cache=True, fastmath=True)
+def _quad(mq, x, y):
+    """x · M y for a symmetric M."""
+    n = x.size
+    acc = 0.0
+    for k in range(n):
+        row = 0.0
+        for j in range(n):
+            row += mq[k, j] * y[j]
+        acc += x[k] * row
+    return acc
+
+
+@numba.njit(cache=True)
+def _solve(a, b):
+    """Solution of the small dense system a x = b (Gaussian elimination, partial pivoting);
+    None-like zeros when singular."""
+    n = b.size
+    a = a.copy()
+    x = b.copy()
+    for c in range(n):
+        p = c
+        for r in range(c + 1, n):
+            if abs(a[r, c]) > abs(a[p, c]):
+                p = r
+        if a[p, c] == 0.0:
+            return np.zeros(n)
+        if p != c:
+            for j in range(n):
+                a[c, j], a[p, j] = a[p, j], a[c, j]
+            x[c], x[p] = x[p], x[c]
+        for r in range(c + 1, n):
+            f = a[r, c] / a[c, c]
+            for j in range(c, n):
+                a[r, j] -= f * a[c, j]
+            x[r] -= f * x[c]
+    for c in range(n - 1, -1, -1):
+        acc = x[c]
+        for j in range(c + 1, n):
+            acc -= a[c, j] * x[j]
+        x[c] = acc / a[c, c]
+    return x
+
+
+@numba.njit(cache=True)
+def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff, norm,
+               q0, dq, bq, mq, gg, order, fq, jac, hq, grad, hess):
+    """Rw² of the parameters x = (U per element[, delta2]) in Q space, the scale in closed
+    form; with ``order`` 2 its exact gradient and Hessian as well."""
+    d2 = x[nel] if refine_d2 else d2_fixed
+    assemble(mom, ranges, n1, n2, x[:nel], type_a, type_b, d2, refine_d2, ff, norm, q0, dq,
+             order, fq, jac, hq)
+    nq = fq.size
+    mfq = mq @ fq
+    p = 0.0
+    q = 0.0
+    for k in range(nq):
+        p += bq[k] * fq[k]
+        q += fq[k] * mfq[k]
+    if q <= 0.0 or gg <= 0.0:
+        if order:
+            grad[:] = 0.0
+            hess[:, :] = 0.0
+        return 1.0
+    phi = max(1.0 - p * p / (gg * q), 0.0)
+    if not order:
+        return phi
+    npar = x.size
+    mj = jac @ mq  # rows M·J_i (M symmetric)
+    pi = np.empty(npar)
+    qi = np.empty(npar)
+    for i in range(npar):
+        a = 0.0
+        c = 0.0
+        for k in range(nq):
+            a += bq[k] * jac[i, k]
+            c += mfq[k] * jac[i, k]
+        pi[i] = a
+        qi[i] = 2.0 * c
+    for i in range(npar):
+        grad[i] = -(2.0 * p * pi[i] / q - p * p * qi[i] / (q * q)) / gg
+        for j in range(i + 1):
+            pij = 0.0
+            fmfij = 0.0
+            jmj = 0.0
+            for k in range(nq):
+                pij += bq[k] * hq[i, j, k]
+                fmfij += mfq[k] * hq[i, j, k]
+                jmj += mj[i, k] * jac[j, k]
+            qij = 2.0 * jmj + 2.0 * fmfij
+            psi = (2.0 * pi[i] * pi[j] / q + 2.0 * p * pij / q
+                   - 2.0 * p * (pi[i] * qi[j] + pi[j] * qi[i]) / (q * q)
+                   - p * p * qij / (q * q) + 2.0 * p * p * qi[i] * qi[j] / (q * q * q))
+            hess[i, j] = -psi / gg
+            hess[j, i] = -psi / gg
+    return phi
+
+
+@numba.njit(cache=True)
+def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
+        norm, q0, dq, bq, mq, gg):
+    """Bounded, damped Newton search (exact Hessian, Levenberg–Marquardt damping, active
+    set on the bounds) on Rw²(x); returns (Rw², converged) and updates ``x``."""
+    npar = x.size
+    nq = ff.shape[1]
+    fq = np.empty(nq)
+    jac = np.empty((npar, nq))
+    hq = np.empty((npar, npar, nq))
+    grad = np.empty(npar)
+    hess = np.empty((npar, npar))
+    g2 = np.empty(npar)
+    h2 = np.empty((npar, npar))
+    phi = _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
+                     norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, grad, hess)
+    mu = 1e-4
+    xn = x.copy()
+    idx = np.empty(npar, dtype=np.int64)
+    for _ in range(_LM_ITER):
+        n_act = 0
+        for i in range(npar):
+            if not free[i] or (hess[i, i] == 0.0 and grad[i] == 0.0):
+                continue
+            if (x[i] <= lo[i] and grad[i] > 0.0) or (x[i] >= hi[i] and grad[i] < 0.0):
+                continue
+            idx[n_act] = i
+            n_act += 1
+        if n_act == 0:
+            return phi, True
+        a = np.empty((n_act, n_act))
+        b = np.empty(n_act)
+        scale = 0.0
+        for r in range(n_act):
+            scale = max(scale, abs(hess[idx[r], idx[r]]))
+        for r in range(n_act):
+            b[r] = -grad[idx[r]]
+            for c in range(n_act):
+                a[r, c] = hess[idx[r], idx[c]]
+            a[r, r] += mu * max(abs(hess[idx[r], idx[r]]), 1e-12 * scale)
+        step = _solve(a, b)
+        slope = 0.0
+        for r in range(n_act):
+            slope += step[r] * b[r]
+        if not slope > 0.0:  # not a descent direction: damp harder
+            mu = max(mu * 10.0, 1e-3)
+            if mu > 1e10:
+                return phi, True
+            continue
+        xn[:] = x
+        for r in range(n_act):
+            i = idx[r]
+            xn[i] = min(hi[i], max(lo[i], x[i] + step[r]))
+        phin = _objective(xn, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
+                          ff, norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, g2, h2)
+        if phin < phi:
+            gain = phi - phin
+            x[:] = xn
+            phi = phin
+            grad[:] = g2
+            hess[:, :] = h2
+            mu = max(mu / 10.0, 1e-12)
+            if gain < _LM_FTOL:
+                return phi, True
+        else:
+            mu = max(mu * 10.0, 1e-3)
+            if mu > 1e10:
+                return phi, True  # no step lowers Rw²: a minimum to this precision
+    return phi, False
+
+
+@numba.njit(cache=True)
+def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalars, q0, dq,
+                  kstart, pair_rmin, pair_rmax, qbroad, mode, n1, n2, u0, free_u, u_lo, u_hi, d2_0,
+                  refine_d2, d2_lo, d2_hi, to_r, j0, env, g_obs, weights, bq, mq, zlo, zhi,
+                  refine_zoom, xatol, x0, step, r0, out_rw, out_scale, out_zoom, out_status,
+                  out_u, out_d2):
+    n_frames, n = g_obs.shape
+    n_ext = to_r.shape[0]
+    ntypes = type_a.size
+    nel = el_f.shape[0]
+    nq = ff.shape[1]
+    npar = nel + (1 if refine_d2 else 0)
+    lo = np.empty(npar)
+    hi = np.empty(npar)
+    lo[:nel] = u_lo
+    hi[:nel] = u_hi
+    if refine_d2:
+        lo[nel] = d2_lo
+        hi[nel] = d2_hi
+    d2_fixed = d2_0
+    base1 = np.empty(n_ext)
+    base = np.empty(n_ext)
+    gc = np.empty(n)
+    fq = np.empty(nq)
+    dummy_j = np.empty((npar, nq))
+    dummy_h = np.empty((npar, npar, nq))
+    mom = np.empty((ntypes, n1 * n2, nq))
+    ranges = np.empty((ntypes, 4))
+    gg = np.empty(n_frames)
+    gg_half = np.zeros(n_frames)
+    for f in range(n_frames):
+        acc = 0.0
+        for k in range(n):
+            v = weights[f, k] * g_obs[f, k] * g_obs[f, k]
+            acc += v
+            if k % 2 == 0:
+                gg_half[f] += v
+        gg[f] = acc
+    near = max(20.0 * xatol, _NEAR * (zhi - zlo))
+    x = np.empty(npar)
+    free = np.zeros(npar, dtype=np.bool_)
+    u_type0 = u0[type_a] + u0[type_b]
+    for m in range(masks.shape[0]):
+        dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
+        norm = _motif_norm(counts, el_f)
+        has_pairs = _exact(_DEBYE, dist, seg, counts, u_type0, ff, el_f, np.zeros((1, 1)),
+                           scalars, d2_0, qbroad, to_r, 1.0, base1)
+        for e in range(nel):
+            free[e] = free_u[e] and counts[e] > 0
+        if refine_d2:
+            free[npar - 1] = True
+        for f in range(n_frames):
+            x[:nel] = u0
+            if refine_d2:
+                x[nel] = d2_0
+            if not has_pairs:
+                out_rw[f, m], out_scale[f, m], out_zoom[f, m] = 1.0, 0.0, 1.0
+                out_status[f, m] = STATUS_NO_PAIRS
+                out_u[f, m, :] = u0
+                out_d2[f, m] = d2_0
+                continue
+            g = g_obs[f]
+            w = weights[f]
+            converged = True
+            zoom = 1.0
+            if refine_zoom:
+                zoom, ok = _brent(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g, w,
+                                  gg_half[f], 2)
+                converged = converged and ok
+            for _ in range(ROUNDS):
+                coordinate_ranges(dist, seg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
+                                  qbroad, ranges)
+                pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
+                             d2_fixed, qbroad, ranges, n1, n2, mom)
+                phi, ok = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b,
+                              d2_fixed, refine_d2, ff, norm, q0, dq, bq[f], mq[f], gg[f])
+                converged = converged and ok
+                if not refine_zoom:
+                    break
+                # round 2: the zoom near the current one, on G(r) of the refined parameters
+                assemble(mom, ranges, n1, n2, x[:nel], type_a, type_b,
+                         x[nel] if refine_d2 else d2_fixed, refine_d2, ff, norm, q0, dq,
+                         0, fq, dummy_j, dummy_h)
+                _matvec_rows(to_r, fq, 0, n_ext, base)
+                a = max(zlo, zoom - near)
+                b = min(zhi, zoom + near)
+                znew, ok = _brent(a, b, xatol, zoom, base, x0, step, r0, env, g, w, gg[f], 1)
+                if (znew - a < 2 * xatol and a > zlo) or (b - znew < 2 * xatol and b < zhi):
+                    znew, ok = _brent(zlo, zhi, xatol, zoom, base, x0, step, r0, env, g, w,
+                                      gg[f], 1)  # the minimum lies beyond the window
+                converged = converged and ok
+                gain = math.sqrt(_approx_rw2(zoom, zoom, base, x0, step, r0, env, g, w, gg[f],
+                                             1)) \
+                    - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f], 1))
+                if gain < _RW_GAIN:
+                    break
+                zoom = znew
+            # the reported Rw: the exact G(r) at the reported parameters
+            d2 = x[nel] if refine_d2 else d2_fixed
+            u_type = x[:nel][type_a] + x[:nel][type_b]
+            _exact(_DEBYE, dist, seg, counts, u_type, ff, el_f, np.zeros((1, 1)), scalars, d2,
+                   qbroad, to_r[j0:j0 + n], zoom, gc)
+            for k in range(n):
+                gc[k] *= env[k]
+            scale, rw = _score(gc, g, w, gg[f])
+            status = STATUS_OK if converged else STATUS_NOT_CONVERGED
+            if status == STATUS_OK:
+                for i in range(npar):
+                    span = 1e-6 * (hi[i] - lo[i])
+                    if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
+                        status = STATUS_AT_BOUND
+            out_rw[f, m] = rw
+            out_scale[f, m] = scale
+            out_zoom[f, m] = zoom
+            out_status[f, m] = status
+            out_u[f, m, :] = x[:nel]
+            out_d2[f, m] = d2
