@@ -105,6 +105,7 @@ def test_moments_give_the_debye_sum_at_any_uiso_and_delta2(keggin, mode, delta2,
             n1 = moments.terms_needed(lam_max * 0.5 * np.max(ranges[:, 1] - ranges[:, 0]))
             n2 = moments.terms_needed(lam_max * d2_hi * 0.5 * np.max(ranges[:, 3] - ranges[:, 2]))
         mom = np.empty((ntypes, n1 * n2, g.nq))
+        n1, n2 = np.full(ntypes, n1), np.full(ntypes, n2)
         moments.pair_moments(dist, seg, zoom, g.q0, g.dq, g.kstart, g.nq, g.pair_rmin,
                              g.pair_rmax, mode, delta2, qbroad, ranges, n1, n2, mom)
         norm = _motif_norm(counts, calc._f)
@@ -129,8 +130,8 @@ def test_analytic_derivatives_match_finite_differences(keggin):
     dist, seg, counts = _motif_pairs(masks[0], dmat, tmat, calc._atom_type, ntypes, 2)
     ranges = np.empty((ntypes, 4))
     moments.coordinate_ranges(dist, seg, 1.0, g.pair_rmin, g.pair_rmax, 1, 0.0, 0.01, ranges)
-    n1, n2 = 5, 14
-    mom = np.empty((ntypes, n1 * n2, g.nq))
+    n1, n2 = np.full(ntypes, 5), np.full(ntypes, 14)
+    mom = np.empty((ntypes, 5 * 14, g.nq))
     moments.pair_moments(dist, seg, 1.0, g.q0, g.dq, g.kstart, g.nq, g.pair_rmin, g.pair_rmax,
                          1, 0.0, 0.01, ranges, n1, n2, mom)
     norm = _motif_norm(counts, calc._f)

@@ -237,19 +237,35 @@ class BatchFitter:
 
 @numba.njit(cache=True)
 def _motif_pairs(mask, dmat, tmat, atom_type, ntypes, nel):
-    """Distances of a motif's pairs i < j grouped by pair type, offsets, atoms per element."""
+    """Distances of a motif's pairs i < j grouped by pair type, offsets, atoms per element.
+
+    The pairs per type follow from the atoms per element (n_a·n_b, or n_a(n_a − 1)/2 for
+    a = b), so one pass over the kept pairs fills them."""
     kept = np.flatnonzero(mask)
     k = kept.size
     counts = np.zeros(nel, dtype=np.int64)
     for i in kept:
         counts[atom_type[i]] += 1
+    per_type = np.zeros(ntypes, dtype=np.int64)
+    for a in range(nel):
+        for b in range(a, nel):
+            # the type of (a, b): read it from an atom of each, when both are present
+            if counts[a] == 0 or counts[b] == 0:
+                continue
+            ia = ib = -1
+            for i in kept:
+                if atom_type[i] == a and ia < 0:
+                    ia = i
+                if atom_type[i] == b and ib < 0 and (a != b or i != ia):
+                    ib = i
+            if a == b:
+                if counts[a] > 1:
+                    per_type[tmat[ia, ib]] += counts[a] * (counts[a] - 1) // 2
+            else:
+                per_type[tmat[ia, ib]] += counts[a] * counts[b]
     seg = np.zeros(ntypes + 1, dtype=np.int64)
-    for a in range(k):
-        row = kept[a]
-        for b in range(a + 1, k):
-            seg[tmat[row, kept[b]] + 1] += 1
     for t in range(ntypes):
-        seg[t + 1] += seg[t]
+        seg[t + 1] = seg[t] + per_type[t]
     fill = seg[:-1].copy()
     dist = np.empty(seg[ntypes])
     for a in range(k):

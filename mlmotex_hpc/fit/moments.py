@@ -45,64 +45,33 @@ _BLOCK = 128
 
 
 @numba.njit(cache=True)
+def _miller_start(n, a):
+    """Where the downward ratio recurrence starts so that r_1 … r_n are exact to double
+    precision: the error left at order n shrinks like Π (a/2j)² over the extra orders."""
+    return n + 8 + int(1.5 * a) + int(4.0 * math.sqrt(a))
+
+
+@numba.njit(cache=True)
 def scaled_bessel(a, nmax, out):
-    """out[d] = I_d(a)·exp(−a) for d = 0 … nmax (a >= 0): the power series for the two
-    highest orders, then the (stable) downward recurrence I_{d−1} = I_{d+1} + (2d/a) I_d."""
-    if a <= 0.0:
-        out[: nmax + 1] = 0.0
-        out[0] = 1.0
-        return
-    # (a/2)^top / top! · e^{−a} by a product; orders whose value would underflow are 0
-    half = 0.5 * a
-    pre = math.exp(-a)
-    top = nmax + 1
-    for d in range(1, nmax + 2):
-        if pre * half / d < 1e-280:
-            top = max(d - 1, 1)
-            break
-        pre *= half / d
-    out[: nmax + 1] = 0.0
-    quarter = half * half
-    s1 = 1.0  # series of I_top / pre
-    s0 = 1.0  # series of I_{top-1} / (pre · top / half)
-    t1 = 1.0
-    t0 = 1.0
-    j = 1
-    while True:
-        t1 *= quarter / (j * (top + j))
-        t0 *= quarter / (j * (top - 1 + j))
-        s1 += t1
-        s0 += t0
-        if t0 < 1e-17 * s0 and t1 < 1e-17 * s1:
-            break
-        j += 1
-    i_top = pre * s1
-    i_below = pre * (top / half) * s0
-    inv = 1.0 / a
-    nxt = i_top
-    cur = i_below
-    out[top - 1] = cur
-    for d in range(top - 1, 0, -1):
-        prev = nxt + 2.0 * d * inv * cur
-        nxt = cur
-        cur = prev
-        out[d - 1] = cur
-    if top < out.size:
-        out[top] = i_top
+    """out[d] = I_d(a)·exp(−a) for d = 0 … nmax (a >= 0), by Miller's algorithm in ratio
+    form (as :func:`_coefficient_rows`, for one argument)."""
+    start = _miller_start(nmax, a)
+    r = 0.0
+    horner = 0.0
+    for d in range(start, 0, -1):
+        r = a / (2.0 * d + a * r)
+        horner = r * (1.0 + horner)
+        if d <= nmax:
+            out[d] = r
+    out[0] = 1.0 / (1.0 + 2.0 * horner)
+    for d in range(1, nmax + 1):
+        out[d] *= out[d - 1]
 
 
 def terms_needed(a_max: float, tolerance: float = TOLERANCE) -> int:
     """Chebyshev terms that keep exp(a·t), |t| <= 1, within ``tolerance`` of its maximum
     for every a in [0, a_max] (the tail 2 Σ_{d>D} I_d(a)e^{−a} grows with a)."""
-    if a_max <= 0.0:
-        return 1
-    out = np.empty(MAX_TERMS + 2)
-    scaled_bessel(float(a_max), MAX_TERMS + 1, out)
-    tail = 2.0 * np.cumsum(out[::-1])[::-1]  # tail[d] = 2 Σ_{j>=d} i_j (within the table)
-    for d in range(1, MAX_TERMS + 1):
-        if tail[d] < tolerance:
-            return d
-    return MAX_TERMS + 1
+    return int(_terms(float(a_max), tolerance))
 
 
 @numba.njit(cache=True)
@@ -116,6 +85,62 @@ def pair_coordinates(d, mode, delta2, qbroad):
         c = 1.0 - delta2 / (d * d) + (qbroad * d) ** 2
         return max(c, 0.0), 0.0
     return 1.0 + (qbroad * d) ** 2, 1.0 / (d * d)
+
+
+@numba.njit(cache=True)
+def group_pairs(dist, seg, edges):
+    """The pairs regrouped by (type, distance shell): group t·S + s holds the pairs of
+    type t with edges[s] <= r < edges[s + 1] (S = edges.size − 1; the last shell is
+    closed). Returns the regrouped distances and the group offsets."""
+    ntypes = seg.size - 1
+    n_sh = edges.size - 1
+    count = np.zeros(ntypes * n_sh, dtype=np.int64)
+    shell = np.empty(dist.size, dtype=np.int64)
+    for t in range(ntypes):
+        for p in range(seg[t], seg[t + 1]):
+            s = 0
+            while s < n_sh - 1 and dist[p] >= edges[s + 1]:
+                s += 1
+            shell[p] = t * n_sh + s
+            count[t * n_sh + s] += 1
+    gseg = np.zeros(ntypes * n_sh + 1, dtype=np.int64)
+    for g in range(ntypes * n_sh):
+        gseg[g + 1] = gseg[g] + count[g]
+    fill = gseg[:-1].copy()
+    gdist = np.empty(dist.size)
+    for p in range(dist.size):
+        g = shell[p]
+        gdist[fill[g]] = dist[p]
+        fill[g] += 1
+    return gdist, gseg
+
+
+@numba.njit(cache=True)
+def _terms(a, tolerance):
+    """Chebyshev terms that keep exp(a·t), |t| <= 1, within ``tolerance`` of its maximum
+    (numba version of :func:`terms_needed`)."""
+    if a <= 0.0:
+        return 1
+    out = np.empty(MAX_TERMS + 2)
+    scaled_bessel(a, MAX_TERMS + 1, out)
+    tail = 0.0
+    for d in range(MAX_TERMS + 1, 0, -1):
+        tail += 2.0 * out[d]
+        if tail >= tolerance:
+            return min(d + 1, MAX_TERMS + 1)
+    return 1
+
+
+@numba.njit(cache=True)
+def group_terms(ranges, mode, lam_max, delta2_max, n1, n2):
+    """Terms per group for the largest λ (and, mode 1, λ·δ2) the search can reach."""
+    for g in range(ranges.shape[0]):
+        n1[g] = _terms(lam_max * 0.5 * (ranges[g, 1] - ranges[g, 0]), TOLERANCE)
+        if mode == 1:
+            n2[g] = _terms(lam_max * delta2_max * 0.5 * (ranges[g, 3] - ranges[g, 2]),
+                           TOLERANCE)
+        else:
+            n2[g] = 1
 
 
 @numba.njit(cache=True)
@@ -142,30 +167,100 @@ def coordinate_ranges(dist, seg, zoom, pair_rmin, pair_rmax, mode, delta2, qbroa
 
 
 @numba.njit(cache=True, fastmath=True)
+def _tile_product(w, table, nm, acc):
+    """acc[:nm] (moments × Q) += w[:nm] (moments × pairs) · tableᵀ (pairs × Q), nm and
+    the Q count multiples of 4, in 4 × 4 tiles of register accumulators (vectorised over
+    pairs)."""
+    nb = w.shape[1]
+    nq = table.shape[0]
+    for k in range(0, nq, 4):
+        for j in range(0, nm, 4):
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = 0.0
+            a20 = a21 = a22 = a23 = a30 = a31 = a32 = a33 = 0.0
+            for i in range(nb):
+                w0 = w[j, i]
+                w1 = w[j + 1, i]
+                w2 = w[j + 2, i]
+                w3 = w[j + 3, i]
+                s0 = table[k, i]
+                s1 = table[k + 1, i]
+                s2 = table[k + 2, i]
+                s3 = table[k + 3, i]
+                a00 += w0 * s0
+                a01 += w0 * s1
+                a02 += w0 * s2
+                a03 += w0 * s3
+                a10 += w1 * s0
+                a11 += w1 * s1
+                a12 += w1 * s2
+                a13 += w1 * s3
+                a20 += w2 * s0
+                a21 += w2 * s1
+                a22 += w2 * s2
+                a23 += w2 * s3
+                a30 += w3 * s0
+                a31 += w3 * s1
+                a32 += w3 * s2
+                a33 += w3 * s3
+            acc[j, k] += a00
+            acc[j, k + 1] += a01
+            acc[j, k + 2] += a02
+            acc[j, k + 3] += a03
+            acc[j + 1, k] += a10
+            acc[j + 1, k + 1] += a11
+            acc[j + 1, k + 2] += a12
+            acc[j + 1, k + 3] += a13
+            acc[j + 2, k] += a20
+            acc[j + 2, k + 1] += a21
+            acc[j + 2, k + 2] += a22
+            acc[j + 2, k + 3] += a23
+            acc[j + 3, k] += a30
+            acc[j + 3, k + 1] += a31
+            acc[j + 3, k + 2] += a32
+            acc[j + 3, k + 3] += a33
+
+
+@numba.njit(cache=True, fastmath=True)
 def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode, delta2,
                  qbroad, ranges, n1, n2, out):
-    """out[t, i·n2 + j, k] = Σ_p T_i(ĉ1_p) T_j(ĉ2_p) sin(Q_k d_p)/d_p over the pairs of type
-    t inside the window, d_p = zoom·dist[p], Q_k = q0 + k·dq, ĉ the coordinates mapped
-    onto [−1, 1] by ``ranges`` (from :func:`coordinate_ranges`).
+    """out[g, i·n2[g] + j, k] = Σ_p T_i(ĉ1_p) T_j(ĉ2_p) sin(Q_k d_p)/d_p over the pairs of
+    group g (``dist[seg[g]:seg[g + 1]]``) inside the window, d_p = zoom·dist[p],
+    Q_k = q0 + k·dq, ĉ the coordinates mapped onto [−1, 1] by ``ranges`` (from
+    :func:`coordinate_ranges`), i < n1[g], j < n2[g].
 
-    Per block of pairs: the polynomial values into a (moment, pair) table, then four Q
-    steps at a time the sines by their recurrence and the sums of their products.
+    Per block of pairs: the polynomial values into a (moment, pair) table, the sines by
+    their recurrence into a (Q, pair) table, and the product of the two in register
+    tiles (:func:`_tile_product`); rows are padded to multiples of 4 with zeros.
     """
     ntypes = seg.size - 1
-    nm = n1 * n2
-    out[:] = 0.0
+    nm_max = 0
+    n1_max = 1
+    n2_max = 1
+    for t in range(ntypes):
+        nm_max = max(nm_max, n1[t] * n2[t])
+        n1_max = max(n1_max, n1[t])
+        n2_max = max(n2_max, n2[t])
+    nm_max4 = (nm_max + 3) // 4 * 4
+    nq4 = (nq + 3) // 4 * 4
     s_prev = np.empty(_BLOCK)
     s_cur = np.empty(_BLOCK)
     c2 = np.empty(_BLOCK)
     rr = np.empty(_BLOCK)
-    table = np.empty((4, _BLOCK))
-    w = np.empty((nm, _BLOCK))
-    t1 = np.empty(n1)
-    t2 = np.empty(n2)
+    table = np.empty((nq4, _BLOCK))
+    w = np.zeros((nm_max4, _BLOCK))
+    acc = np.empty((nm_max4, nq4))
+    t1 = np.empty(n1_max)
+    t2 = np.empty(n2_max)
     for t in range(ntypes):
+        nt1 = n1[t]
+        nt2 = n2[t]
+        nm = nt1 * nt2
+        nm4 = (nm + 3) // 4 * 4
+        w[nm:nm4, :] = 0.0
         lo1, hi1, lo2, hi2 = ranges[t, 0], ranges[t, 1], ranges[t, 2], ranges[t, 3]
         h1 = 0.5 * (hi1 - lo1)
         h2 = 0.5 * (hi2 - lo2)
+        acc[:, :] = 0.0
         for p0 in range(seg[t], seg[t + 1], _BLOCK):
             m = min(_BLOCK, seg[t + 1] - p0)
             for i in range(_BLOCK):
@@ -180,18 +275,18 @@ def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode
                 x1 = (v1 - lo1) / h1 - 1.0 if h1 > 0.0 else 0.0
                 x2 = (v2 - lo2) / h2 - 1.0 if h2 > 0.0 else 0.0
                 t1[0] = 1.0
-                if n1 > 1:
+                if nt1 > 1:
                     t1[1] = x1
-                for a in range(2, n1):
+                for a in range(2, nt1):
                     t1[a] = 2.0 * x1 * t1[a - 1] - t1[a - 2]
                 t2[0] = 1.0
-                if n2 > 1:
+                if nt2 > 1:
                     t2[1] = x2
-                for b in range(2, n2):
+                for b in range(2, nt2):
                     t2[b] = 2.0 * x2 * t2[b - 1] - t2[b - 2]
-                for a in range(n1):
-                    for b in range(n2):
-                        w[a * n2 + b, i] = t1[a] * t2[b]
+                for a in range(nt1):
+                    for b in range(nt2):
+                        w[a * nt2 + b, i] = t1[a] * t2[b]
             # sin(Q d)/d by its recurrence, started at Q = 0 when q0 is a whole number of
             # steps (one vectorised sine and cosine per pair)
             for i in range(_BLOCK):
@@ -212,108 +307,104 @@ def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode
                     sc = s_cur[i]
                     s_cur[i] = c2[i] * sc - s_prev[i]
                     s_prev[i] = sc
-            # four Q steps at a time: their sines into a small table, then every
-            # moment's four sums over the block (register-blocked, vectorised over pairs)
-            for k0 in range(0, nq, 4):
-                kn = min(4, nq - k0)
-                for kk in range(4):
-                    for i in range(_BLOCK):
-                        sc = s_cur[i]
-                        table[kk, i] = sc
-                        s_cur[i] = c2[i] * sc - s_prev[i]
-                        s_prev[i] = sc
-                for j in range(nm):
-                    a0 = 0.0
-                    a1 = 0.0
-                    a2 = 0.0
-                    a3 = 0.0
-                    for i in range(_BLOCK):
-                        wi = w[j, i]
-                        a0 += wi * table[0, i]
-                        a1 += wi * table[1, i]
-                        a2 += wi * table[2, i]
-                        a3 += wi * table[3, i]
-                    out[t, j, k0] += a0
-                    if kn > 1:
-                        out[t, j, k0 + 1] += a1
-                    if kn > 2:
-                        out[t, j, k0 + 2] += a2
-                    if kn > 3:
-                        out[t, j, k0 + 3] += a3
+            for k in range(nq4):
+                for i in range(_BLOCK):
+                    sc = s_cur[i]
+                    table[k, i] = sc
+                    s_cur[i] = c2[i] * sc - s_prev[i]
+                    s_prev[i] = sc
+            _tile_product(w, table, nm4, acc)
+        for j in range(nm):
+            for k in range(nq):
+                out[t, j, k] = acc[j, k]
 
 
-#: 1/d for the series and recurrences of :func:`_bessel_row`.
-_INV = np.concatenate((np.zeros(1), 1.0 / np.arange(1, 4 * MAX_TERMS + 64)))
+@numba.njit(cache=True, fastmath=True)
+def _coefficient_rows(lam, h, c, n, sign, scale, order, val, d1, d2, bes, r_next, horner):
+    """Rows val[d, k] (and d1, d2: first and second λ-derivatives when ``order``) of the
+    Chebyshev coefficients of exp(sign·λ_k·x) on [c − h, c + h], d < n, for every Q
+    point k, each multiplied by scale[k] · e^{sign·λ_k·c} / e^{λ_k h}: the caller passes
+    scale[k] = e^{−λ_k (c − h)} (sign −1) or e^{λ_k (c + h)} (sign +1).
 
-
-@numba.njit(cache=True)
-def _bessel_row(a, n, scale, out):
-    """out[d] = scale·I_d(a) for d = 0 … n + 1 (a >= 0): the series for the two highest
-    orders, the downward recurrence for the rest; no exponential is evaluated."""
-    top = n + 1
-    out[: top + 1] = 0.0
-    if a <= 0.0:
-        out[0] = scale
-        return
-    half = 0.5 * a
-    pre = scale
-    last = top
-    for d in range(1, top + 1):
-        nxt = pre * half * _INV[d]
-        if nxt < 1e-290:
-            last = d - 1
-            break
-        pre = nxt
-    if last < 1:
-        out[0] = scale  # a so small that I_0 = 1 and the rest underflow
-        return
-    quarter = half * half
-    s1 = 1.0
-    s0 = 1.0
-    t1 = 1.0
-    t0 = 1.0
-    for j in range(1, 200):
-        t1 *= quarter * _INV[j] * _INV[last + j]
-        t0 *= quarter * _INV[j] * _INV[last - 1 + j]
-        s1 += t1
-        s0 += t0
-        if t0 < 1e-17 * s0:
-            break
-    nxt = pre * s1  # I_last
-    cur = pre * (last / half) * s0  # I_{last-1}
-    out[last] = nxt
-    out[last - 1] = cur
-    inv = 1.0 / a
-    for d in range(last - 1, 0, -1):
-        prev = nxt + 2.0 * d * inv * cur
-        nxt = cur
-        cur = prev
-        out[d - 1] = cur
-
-
-@numba.njit(cache=True)
-def _coefficients(bes, n, c, h, sign, val, d1, d2):
-    """Chebyshev coefficients of exp(sign·λ·x) on [c − h, c + h] and their first two
-    derivatives in λ, from ``bes`` = e^{sign·λ·c}·I_d(λh) (d = 0 … n + 1)."""
+    Vectorised over k: I_d(λ_k h)·e^{−λ_k h} by Miller's algorithm in ratio form,
+    r_d = I_d/I_{d−1} = a/(2d + a·r_{d+1}) downwards with Σ_{d>=1} Π_{j<=d} r_j by
+    Horner's rule alongside, normalised by e^a = I_0 + 2 Σ_{d>=1} I_d: no overflow, no
+    underflow. ``bes``: scratch (n + 2, nq); ``r_next``, ``horner``: scratch (nq,).
+    """
+    nq = lam.size
+    a_max = 0.0
+    for k in range(nq):
+        a_max = max(a_max, lam[k] * h)
+    start = _miller_start(n + 1, a_max)
+    r_next[:] = 0.0
+    horner[:] = 0.0
+    for d in range(start, 0, -1):
+        for k in range(nq):
+            a = lam[k] * h
+            r = a / (2.0 * d + a * r_next[k])
+            r_next[k] = r
+            horner[k] = r * (1.0 + horner[k])
+        if d <= n + 1:
+            for k in range(nq):
+                bes[d, k] = r_next[k]  # the ratio r_d, turned into I_d below
+    for k in range(nq):
+        bes[0, k] = scale[k] / (1.0 + 2.0 * horner[k])
+    for d in range(1, n + 2):
+        for k in range(nq):
+            bes[d, k] *= bes[d - 1, k]
     for d in range(n):
         eps = 1.0 if d == 0 else 2.0
         sg = eps if (sign > 0 or d % 2 == 0) else -eps
-        i0 = bes[d]
-        im1 = bes[abs(d - 1)]
-        ip1 = bes[d + 1]
-        im2 = bes[abs(d - 2)]
-        ip2 = bes[d + 2] if d + 2 <= n + 1 else 0.0
-        di = 0.5 * (im1 + ip1)  # I_d'
-        ddi = 0.25 * (im2 + 2.0 * i0 + ip2)  # I_d''
-        val[d] = sg * i0
-        d1[d] = sg * (sign * c * i0 + h * di)
-        d2[d] = sg * (c * c * i0 + 2.0 * sign * c * h * di + h * h * ddi)
+        if order == 0:
+            for k in range(nq):
+                val[d, k] = sg * bes[d, k]
+            continue
+        dm = abs(d - 1)
+        dm2 = abs(d - 2)
+        for k in range(nq):
+            i0 = bes[d, k]
+            di = 0.5 * (bes[dm, k] + bes[d + 1, k])  # I_d'
+            ip2 = bes[d + 2, k] if d + 2 <= n + 1 else 0.0
+            ddi = 0.25 * (bes[dm2, k] + 2.0 * i0 + ip2)  # I_d''
+            val[d, k] = sg * i0
+            d1[d, k] = sg * (sign * c * i0 + h * di)
+            d2[d, k] = sg * (c * c * i0 + 2.0 * sign * c * h * di + h * h * ddi)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk, f_kk):
+    """The sums over the moments of type t for every Q point (vectorised over Q)."""
+    nq = f.size
+    f[:] = 0.0
+    if order >= 1:
+        f_l[:] = 0.0
+        f_k[:] = 0.0
+    if order >= 2:
+        f_ll[:] = 0.0
+        f_lk[:] = 0.0
+        f_kk[:] = 0.0
+    for i in range(n1):
+        for j in range(n2):
+            row = mom[t, i * n2 + j]
+            for k in range(nq):
+                m = row[k]
+                abm = av[i, k] * bv[j, k] * m
+                f[k] += abm
+                if order >= 1:
+                    f_l[k] += a1[i, k] * bv[j, k] * m
+                    f_k[k] += av[i, k] * b1[j, k] * m
+                if order >= 2:
+                    f_ll[k] += a2[i, k] * bv[j, k] * m
+                    f_lk[k] += a1[i, k] * b1[j, k] * m
+                    f_kk[k] += av[i, k] * b2[j, k] * m
 
 
 @numba.njit(cache=True)
 def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, ff, norm,
              q0, dq, order, fq, jac, hess):
-    """F(Q) of a motif from its moments at the Uiso ``u_el`` (per element) and ``delta2``;
+    """F(Q) of a motif from its moments (per pair group g: elements ``type_a[g]``,
+    ``type_b[g]``, ``n1[g]`` × ``n2[g]`` terms; ``ff`` one row per group) at the Uiso
+    ``u_el`` (per element) and ``delta2``;
     with ``order`` >= 1 its derivatives ``jac[e]`` = dF/dU_e (and, when delta2 is refined,
     ``jac[n_el]`` = dF/dδ2); with ``order`` 2 the second derivatives ``hess[i, j]``.
 
@@ -324,87 +415,86 @@ def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, f
     ntypes = type_a.size
     nq = fq.size
     nel = u_el.size
-    npar = nel + (1 if refine_delta2 else 0)
     fq[:] = 0.0
+    npar = nel + (1 if refine_delta2 else 0)
     if order >= 1:
         jac[:npar, :] = 0.0
     if order >= 2:
         hess[:npar, :npar, :] = 0.0
-    nb = max(n1, n2) + 3
-    bes = np.empty(nb)
-    av = np.empty(n1)
-    a1 = np.empty(n1)
-    a2 = np.empty(n1)
-    bv = np.ones(n2)
-    b1 = np.zeros(n2)
-    b2 = np.zeros(n2)
-    mult = np.zeros(nel)
+    n1_max = 1
+    n2_max = 1
+    for t in range(ntypes):
+        n1_max = max(n1_max, n1[t])
+        n2_max = max(n2_max, n2[t])
+    bes = np.empty((max(n1_max, n2_max) + 2, nq))
+    r_next = np.empty(nq)
+    horner = np.empty(nq)
+    av = np.empty((n1_max, nq))
+    a1 = np.empty((n1_max, nq))
+    a2 = np.empty((n1_max, nq))
+    bv = np.ones((n2_max, nq))
+    b1 = np.zeros((n2_max, nq))
+    b2 = np.zeros((n2_max, nq))
+    q2h = np.empty(nq)
+    lam = np.empty(nq)
+    kap = np.empty(nq)
+    scale = np.empty(nq)
+    ones = np.ones(nq)
+    f = np.empty(nq)
+    f_l = np.empty(nq)
+    f_k = np.empty(nq)
+    f_ll = np.empty(nq)
+    f_lk = np.empty(nq)
+    f_kk = np.empty(nq)
+    for k in range(nq):
+        q = q0 + k * dq
+        q2h[k] = 0.5 * q * q  # dλ/dU per occurrence of the element in the pair
     for t in range(ntypes):
         if ranges[t, 1] == 0.0 and ranges[t, 0] == 0.0:
-            continue  # no pairs of this type
+            continue  # no pairs in this group
         ea, eb = type_a[t], type_b[t]
-        mult[:] = 0.0
-        mult[ea] += 1.0
-        mult[eb] += 1.0
+        nt1 = n1[t]
+        nt2 = n2[t]
         u_t = u_el[ea] + u_el[eb]
         c1 = 0.5 * (ranges[t, 0] + ranges[t, 1])
         h1 = 0.5 * (ranges[t, 1] - ranges[t, 0])
         c2 = 0.5 * (ranges[t, 2] + ranges[t, 3])
         h2 = 0.5 * (ranges[t, 3] - ranges[t, 2])
         for k in range(nq):
-            q = q0 + k * dq
-            lam = 0.5 * u_t * q * q
-            kap = lam * delta2
-            if refine_delta2:
-                # one exponential for both factors: e^{−λ c1 + κ c2}
-                _bessel_row(lam * h1, n1, math.exp(-lam * c1 + kap * c2), bes)
-                _coefficients(bes, n1, c1, h1, -1, av, a1, a2)
-                _bessel_row(kap * h2, n2, 1.0, bes)
-                _coefficients(bes, n2, c2, h2, 1, bv, b1, b2)
-            else:
-                _bessel_row(lam * h1, n1, math.exp(-lam * c1), bes)
-                _coefficients(bes, n1, c1, h1, -1, av, a1, a2)
-            f = 0.0
-            f_l = 0.0
-            f_k = 0.0
-            f_ll = 0.0
-            f_lk = 0.0
-            f_kk = 0.0
-            for i in range(n1):
-                for j in range(n2):
-                    mm = mom[t, i * n2 + j, k]
-                    f += av[i] * bv[j] * mm
-                    if order >= 1:
-                        f_l += a1[i] * bv[j] * mm
-                        f_k += av[i] * b1[j] * mm
-                    if order >= 2:
-                        f_ll += a2[i] * bv[j] * mm
-                        f_lk += a1[i] * b1[j] * mm
-                        f_kk += av[i] * b2[j] * mm
+            lam[k] = u_t * q2h[k]
+            kap[k] = lam[k] * delta2
+            # one exponential for both factors: e^{−λ lo1 + κ hi2}
+            scale[k] = math.exp(-lam[k] * ranges[t, 0]
+                                + (kap[k] * ranges[t, 3] if refine_delta2 else 0.0))
+        _coefficient_rows(lam, h1, c1, nt1, -1, scale, order, av, a1, a2, bes, r_next,
+                          horner)
+        if refine_delta2:
+            _coefficient_rows(kap, h2, c2, nt2, 1, ones, order, bv, b1, b2, bes, r_next,
+                              horner)
+        _contract(mom, t, nt1, nt2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk,
+                  f_kk)
+        for k in range(nq):
             w = ff[t, k] * norm[k]
-            fq[k] += w * f
+            fq[k] += w * f[k]
             if order == 0:
                 continue
-            mu = 0.5 * q * q  # dλ/dU_e per occurrence of e in the pair
-            dl = f_l + delta2 * f_k  # dF_t/dλ at fixed delta2
-            for e in range(nel):
-                if mult[e] > 0.0:
-                    jac[e, k] += w * mult[e] * mu * dl
+            mu = q2h[k]
+            dl = f_l[k] + delta2 * f_k[k]  # dF_t/dλ at fixed delta2
+            jac[ea, k] += w * mu * dl
+            jac[eb, k] += w * mu * dl
             if refine_delta2:
-                jac[nel, k] += w * lam * f_k
+                jac[nel, k] += w * lam[k] * f_k[k]
             if order < 2:
                 continue
-            dll = f_ll + 2.0 * delta2 * f_lk + delta2 * delta2 * f_kk
-            dld = f_k + lam * (f_lk + delta2 * f_kk)
-            for e in range(nel):
-                if mult[e] == 0.0:
-                    continue
-                for e2 in range(nel):
-                    if mult[e2] > 0.0:
-                        hess[e, e2, k] += w * mult[e] * mult[e2] * mu * mu * dll
-                if refine_delta2:
-                    v = w * mult[e] * mu * dld
-                    hess[e, nel, k] += v
-                    hess[nel, e, k] += v
+            dll = w * mu * mu * (f_ll[k] + 2.0 * delta2 * f_lk[k] + delta2 * delta2 * f_kk[k])
+            hess[ea, ea, k] += dll
+            hess[ea, eb, k] += dll
+            hess[eb, ea, k] += dll
+            hess[eb, eb, k] += dll
             if refine_delta2:
-                hess[nel, nel, k] += w * lam * lam * f_kk
+                dld = w * mu * (f_k[k] + lam[k] * (f_lk[k] + delta2 * f_kk[k]))
+                hess[ea, nel, k] += dld
+                hess[eb, nel, k] += dld
+                hess[nel, ea, k] += dld
+                hess[nel, eb, k] += dld
+                hess[nel, nel, k] += w * lam[k] * lam[k] * f_kk[k]

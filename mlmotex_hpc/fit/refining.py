@@ -51,10 +51,19 @@ from .fitter import (
     STATUS_OK,
     FitSettings,
 )
-from .moments import assemble, coordinate_ranges, pair_moments, terms_needed
+from .moments import (
+    assemble,
+    coordinate_ranges,
+    group_pairs,
+    group_terms,
+    pair_moments,
+    terms_needed,
+)
 
 #: Moment passes (and round-2 zoom searches) allowed to one fit.
 ROUNDS = 3
+#: Distance shells per pair type when delta2 is refined.
+SHELLS = 4
 #: Iterations allowed to one Levenberg–Marquardt search.
 _LM_ITER = 80
 #: A Levenberg–Marquardt search stops when a step lowers Rw² by less than this.
@@ -154,7 +163,17 @@ class RefiningFitter(BatchFitter):
             spread = 0.5 * (c[1] - c[0])
             self._n1 = terms_needed(lam_max * spread)
             self._n2 = 1
-        self.n_moments = self._n1 * self._n2
+        self.n_moments = self._n1 * self._n2  # per group, at most
+        self._lam_max = float(lam_max)
+        # delta2: the pairs of each type in SHELLS distance shells (geometric), whose
+        # narrower 1/d² ranges need far fewer terms than the whole range
+        n_sh = SHELLS if self.refine_delta2 else 1
+        edges = np.geomspace(d_lo, d_hi, n_sh + 1) if d_hi > d_lo else np.array([d_lo, d_hi])
+        edges[0], edges[-1] = 0.0, np.inf
+        self._edges = edges
+        self._group_a = np.repeat(calc._type_a, edges.size - 1)
+        self._group_b = np.repeat(calc._type_b, edges.size - 1)
+        self._group_ff = np.ascontiguousarray(np.repeat(calc._ff, edges.size - 1, axis=0))
         # Q-space Rw: b = Kᵀ W g and M = Kᵀ W K per frame, K the transform onto the data
         kern = calc._kernel  # (n, nq), envelope included
         # frame by frame, so that a frame's numbers do not depend on the others
@@ -165,6 +184,9 @@ class RefiningFitter(BatchFitter):
         self._ff = calc._ff
         self._el_f = calc._f
         self._qgrid = (g.q0, g.dq, float(g.kstart), g.pair_rmin, g.pair_rmax)
+
+    #: Per fit of the last :meth:`fit`: moment passes and Rw evaluations (for benchmarks).
+    last_work: np.ndarray | None = None
 
     def memory_bytes(self) -> int:
         return super().memory_bytes() + int(self._b.nbytes + self._m.nbytes)
@@ -178,6 +200,7 @@ class RefiningFitter(BatchFitter):
         nel = len(self.elements)
         out_u = np.empty((nf, m, nel))
         out_d2 = np.empty((nf, m))
+        work = np.zeros((nf, m, 2), dtype=np.int64)  # moment passes, Rw evaluations
         out = {
             "rw": np.empty((nf, m)), "scale": np.empty((nf, m)), "zoom": np.empty((nf, m)),
             "status": np.empty((nf, m), dtype=np.int8),
@@ -186,13 +209,16 @@ class RefiningFitter(BatchFitter):
         s = self.calc.settings
         _refine_batch(
             masks, self._dmat, self._tmat, self.calc._atom_type, self._type_a, self._type_b,
-            self._ff, self._el_f, self._scalars, q0, dq, int(kstart), pmin, pmax, s.qbroad, self._mode,
-            self._n1, self._n2, self.u0, self.free_u, self.u_lo, self.u_hi, self.d2_0,
+            self._ff, self._el_f, self._scalars, q0, dq, int(kstart), pmin, pmax, s.qbroad,
+            self._mode, self._n1 * self._n2, self._edges, self._group_a, self._group_b,
+            self._group_ff, self._lam_max, self.u0, self.free_u, self.u_lo, self.u_hi, self.d2_0,
             self.refine_delta2, self.d2_lo, self.d2_hi, self._to_r, self.j0, self.envelope,
             self.g_obs, self.weights, self._b, self._m, self.zoom_bounds[0],
             self.zoom_bounds[1], self.refine_zoom, self.xatol, self.r_ext[0], self.step,
             self.calc.r[0], out["rw"], out["scale"], out["zoom"], out["status"], out_u, out_d2,
+            work,
         )
+        self.last_work = work
         if self.free_u.any():
             for e, el in enumerate(self.elements):
                 if self.free_u[e]:
@@ -333,7 +359,8 @@ def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
 def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
         norm, q0, dq, bq, mq, gg):
     """Bounded, damped Newton search (exact Hessian, Levenberg–Marquardt damping, active
-    set on the bounds) on Rw²(x); returns (Rw², converged) and updates ``x``."""
+    set on the bounds) on Rw²(x); returns (Rw², converged, evaluations) and updates
+    ``x``."""
     npar = x.size
     nq = ff.shape[1]
     fq = np.empty(nq)
@@ -345,6 +372,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
     h2 = np.empty((npar, npar))
     phi = _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
                      norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, grad, hess)
+    evals = 1
     mu = 1e-4
     xn = x.copy()
     idx = np.empty(npar, dtype=np.int64)
@@ -358,7 +386,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
             idx[n_act] = i
             n_act += 1
         if n_act == 0:
-            return phi, True
+            return phi, True, evals
         a = np.empty((n_act, n_act))
         b = np.empty(n_act)
         scale = 0.0
@@ -371,12 +399,17 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
             a[r, r] += mu * max(abs(hess[idx[r], idx[r]]), 1e-12 * scale)
         step = _solve(a, b)
         slope = 0.0
+        curv = 0.0
         for r in range(n_act):
             slope += step[r] * b[r]
+            for c in range(n_act):
+                curv += step[r] * hess[idx[r], idx[c]] * step[c]
+        if slope > 0.0 and slope - 0.5 * curv < _LM_FTOL:
+            return phi, True, evals  # the quadratic model promises nothing more
         if not slope > 0.0:  # not a descent direction: damp harder
             mu = max(mu * 10.0, 1e-3)
             if mu > 1e10:
-                return phi, True
+                return phi, True, evals
             continue
         xn[:] = x
         for r in range(n_act):
@@ -384,6 +417,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
             xn[i] = min(hi[i], max(lo[i], x[i] + step[r]))
         phin = _objective(xn, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
                           ff, norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, g2, h2)
+        evals += 1
         if phin < phi:
             gain = phi - phin
             x[:] = xn
@@ -392,20 +426,23 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
             hess[:, :] = h2
             mu = max(mu / 10.0, 1e-12)
             if gain < _LM_FTOL:
-                return phi, True
+                return phi, True, evals
         else:
+            if phin - phi < _LM_FTOL:
+                return phi, True, evals  # at a minimum to rounding
             mu = max(mu * 10.0, 1e-3)
             if mu > 1e10:
-                return phi, True  # no step lowers Rw²: a minimum to this precision
-    return phi, False
+                return phi, True, evals  # no step lowers Rw²: a minimum to this precision
+    return phi, False, evals
 
 
 @numba.njit(cache=True)
 def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalars, q0, dq,
-                  kstart, pair_rmin, pair_rmax, qbroad, mode, n1, n2, u0, free_u, u_lo, u_hi, d2_0,
+                  kstart, pair_rmin, pair_rmax, qbroad, mode, nm_max, edges, group_a, group_b,
+                  group_ff, lam_max, u0, free_u, u_lo, u_hi, d2_0,
                   refine_d2, d2_lo, d2_hi, to_r, j0, env, g_obs, weights, bq, mq, zlo, zhi,
                   refine_zoom, xatol, x0, step, r0, out_rw, out_scale, out_zoom, out_status,
-                  out_u, out_d2):
+                  out_u, out_d2, work):
     n_frames, n = g_obs.shape
     n_ext = to_r.shape[0]
     ntypes = type_a.size
@@ -426,8 +463,11 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
     fq = np.empty(nq)
     dummy_j = np.empty((npar, nq))
     dummy_h = np.empty((npar, npar, nq))
-    mom = np.empty((ntypes, n1 * n2, nq))
-    ranges = np.empty((ntypes, 4))
+    ngroups = group_a.size
+    mom = np.empty((ngroups, nm_max, nq))
+    ranges = np.empty((ngroups, 4))
+    n1 = np.empty(ngroups, dtype=np.int64)
+    n2 = np.empty(ngroups, dtype=np.int64)
     gg = np.empty(n_frames)
     gg_half = np.zeros(n_frames)
     for f in range(n_frames):
@@ -444,6 +484,7 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
     u_type0 = u0[type_a] + u0[type_b]
     for m in range(masks.shape[0]):
         dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
+        gdist, gseg = group_pairs(dist, seg, edges)
         norm = _motif_norm(counts, el_f)
         has_pairs = _exact(_DEBYE, dist, seg, counts, u_type0, ff, el_f, np.zeros((1, 1)),
                            scalars, d2_0, qbroad, to_r, 1.0, base1)
@@ -470,18 +511,22 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
                                   gg_half[f], 2)
                 converged = converged and ok
             for _ in range(ROUNDS):
-                coordinate_ranges(dist, seg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
+                coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
                                   qbroad, ranges)
-                pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
+                group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1, n2)
+                pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
                              d2_fixed, qbroad, ranges, n1, n2, mom)
-                phi, ok = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b,
-                              d2_fixed, refine_d2, ff, norm, q0, dq, bq[f], mq[f], gg[f])
+                work[f, m, 0] += 1
+                phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
+                                     group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
+                                     bq[f], mq[f], gg[f])
+                work[f, m, 1] += evals
                 converged = converged and ok
                 if not refine_zoom:
                     break
                 # round 2: the zoom near the current one, on G(r) of the refined parameters
-                assemble(mom, ranges, n1, n2, x[:nel], type_a, type_b,
-                         x[nel] if refine_d2 else d2_fixed, refine_d2, ff, norm, q0, dq,
+                assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
+                         x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq,
                          0, fq, dummy_j, dummy_h)
                 _matvec_rows(to_r, fq, 0, n_ext, base)
                 a = max(zlo, zoom - near)

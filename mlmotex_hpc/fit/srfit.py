@@ -33,7 +33,8 @@ from diffpy.srfit.fitbase import (
 )
 from scipy import optimize
 
-from .fitter import DELTA2_BOUNDS, UISO_BOUNDS, scale_and_rw
+from ..config import DELTA2_BOUNDS, UISO_BOUNDS
+from .fitter import scale_and_rw
 
 #: Names of the contribution in the recipe and of the generator in its equation
 #: ``scale*motif``: ``recipe.pdf.motif`` is the generator.
@@ -110,6 +111,8 @@ def motif_recipe(
     *,
     refine: Sequence[str] = ("scale", "zoom"),
     zoom_bounds: tuple[float, float] = (0.99, 1.01),
+    uiso_bounds: tuple[float, float] = UISO_BOUNDS,
+    delta2_bounds: tuple[float, float] = DELTA2_BOUNDS,
 ) -> FitRecipe:
     """A FitRecipe fitting ``scale * G_motif(r)`` to measured data.
 
@@ -128,9 +131,9 @@ def motif_recipe(
     refine : sequence of str
         Free variables among ``scale``, ``zoom``, ``uiso``, ``delta2``; the others stay at
         their starting values (zoom 1, the calculator's Uiso and delta2) as fixed variables.
-    zoom_bounds : (float, float)
-        Bounds of zoom; freed Uiso and delta2 get :data:`~.fitter.UISO_BOUNDS` and
-        :data:`~.fitter.DELTA2_BOUNDS` as in the fast fitter.
+    zoom_bounds, uiso_bounds, delta2_bounds : (float, float)
+        Bounds of zoom, freed Uiso (every element) and freed delta2; the defaults are
+        the config's (``fit.uiso_bounds``, ``fit.delta2_bounds``).
 
     Returns
     -------
@@ -162,8 +165,8 @@ def motif_recipe(
     recipe.addVar(generator.zoom, 1.0, fixed="zoom" not in free).boundRange(*zoom_bounds)
     for el in generator.elements:
         par = generator.get(f"uiso_{el}")
-        recipe.addVar(par, tag="uiso", fixed="uiso" not in free).boundRange(*UISO_BOUNDS)
-    recipe.addVar(generator.delta2, fixed="delta2" not in free).boundRange(*DELTA2_BOUNDS)
+        recipe.addVar(par, tag="uiso", fixed="uiso" not in free).boundRange(*uiso_bounds)
+    recipe.addVar(generator.delta2, fixed="delta2" not in free).boundRange(*delta2_bounds)
     return recipe
 
 
