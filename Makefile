@@ -51,6 +51,7 @@ test: $(STAMP)
 # the benchmark's mpirun jobs find this venv's mlmotex-hpc.
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/bench_fit.py
+	$(PY) benchmarks/bench_refine.py
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) benchmarks/bench_scheduler.py
 
 lint: $(STAMP)

@@ -36,6 +36,7 @@ from .fast import (
     _NEAR,
     _RW_GAIN,
     BatchFitter,
+    _add_scaled,
     _approx_rw2,
     _brent,
     _exact,
@@ -64,6 +65,10 @@ from .moments import (
 ROUNDS = 3
 #: Distance shells per pair type when delta2 is refined.
 SHELLS = 4
+#: Zooms scanned for another basin after a fit, and how much worse in Rw (on the refined
+#: G(r), rescaled) a basin may look and still be fitted as well.
+_ALT_SCAN = 17
+_ALT_MARGIN = 0.002
 #: Iterations allowed to one Levenberg–Marquardt search.
 _LM_ITER = 80
 #: A Levenberg–Marquardt search stops when a step lowers Rw² by less than this.
@@ -122,7 +127,7 @@ class RefiningFitter(BatchFitter):
 
     def __init__(self, calc, settings: FitSettings, g_obs, weights=None, xatol=1e-7,
                  zoom_search="exact") -> None:
-        super().__init__(calc, settings, g_obs, weights, xatol, "exact")
+        super().__init__(calc, settings, g_obs, weights, xatol, zoom_search)
         s = calc.settings
         g = calc.grid
         self.elements = calc.elements
@@ -215,8 +220,8 @@ class RefiningFitter(BatchFitter):
             self.refine_delta2, self.d2_lo, self.d2_hi, self._to_r, self.j0, self.envelope,
             self.g_obs, self.weights, self._b, self._m, self.zoom_bounds[0],
             self.zoom_bounds[1], self.refine_zoom, self.xatol, self.r_ext[0], self.step,
-            self.calc.r[0], out["rw"], out["scale"], out["zoom"], out["status"], out_u, out_d2,
-            work,
+            self.calc.r[0], self.anchors if self.shared else np.empty(0), out["rw"],
+            out["scale"], out["zoom"], out["status"], out_u, out_d2, work,
         )
         self.last_work = work
         if self.free_u.any():
@@ -437,12 +442,135 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
 
 
 @numba.njit(cache=True)
+def _zoom_again(zoom, zb, base, near, zlo, zhi, xatol, x0, step, r0, env, g, w, gg, gg_half):
+    """Round 2 of the zoom: Brent near ``zoom`` on ``base`` (exact at zb, at the refined
+    displacement parameters), and over the whole range as well, because freeing Uiso or
+    delta2 can move the best zoom into another basin; the lower of the two."""
+    a = max(zlo, zoom - near)
+    b = min(zhi, zoom + near)
+    z_near, ok = _brent(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    z_all, ok_all = _brent(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg_half, 2)
+    if abs(z_all - z_near) > near:
+        z_all, ok_all = _brent(max(zlo, z_all - near), min(zhi, z_all + near), xatol, zb, base,
+                               x0, step, r0, env, g, w, gg, 1)
+        if _approx_rw2(z_all, zb, base, x0, step, r0, env, g, w, gg, 1) \
+                < _approx_rw2(z_near, zb, base, x0, step, r0, env, g, w, gg, 1):
+            return z_all, ok_all
+    return z_near, ok
+
+
+@numba.njit(cache=True)
+def _other_basin(zoom, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_half, limit):
+    """A zoom far from ``zoom`` (beyond 2·near) where the rescaled ``base`` (exact at
+    ``zoom``) reaches Rw below ``limit`` on a scan of the range, or −1."""
+    best = -1.0
+    best_rw = limit
+    for i in range(_ALT_SCAN):
+        z = zlo + (zhi - zlo) * i / (_ALT_SCAN - 1)
+        if abs(z - zoom) <= 2.0 * near:
+            continue
+        rw = math.sqrt(_approx_rw2(z, zoom, base, x0, step, r0, env, g, w, gg_half, 2))
+        if rw < best_rw:
+            best_rw = rw
+            best = z
+    return best
+
+
+@numba.njit(cache=True)
+def _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart, nq,
+            pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work_row):
+    """The motif's moments at anchor zoom ``ka``, taken the first time a frame needs them."""
+    if have_a[ka]:
+        return
+    coordinate_ranges(gdist, gseg, anchors[ka], pair_rmin, pair_rmax, mode, d2_fixed, qbroad,
+                      ranges_a[ka])
+    group_terms(ranges_a[ka], mode, lam_max, d2_max, n1_a[ka], n2_a[ka])
+    pair_moments(gdist, gseg, anchors[ka], q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
+                 d2_fixed, qbroad, ranges_a[ka], n1_a[ka], n2_a[ka], mom_a[ka])
+    have_a[ka] = True
+    work_row[0] += 1
+
+
+@numba.njit(cache=True)
+def _nearest(anchors, z):
+    k = 0
+    for j in range(anchors.size):
+        if abs(anchors[j] - z) < abs(anchors[k] - z):
+            k = j
+    return k
+
+
+@numba.njit(cache=True)
+def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges_a, n1_a, n2_a,
+                gdist, gseg, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad,
+                lam_max, refine_d2, group_a, group_b, group_ff, norm, bq, mq, gg, to_r, base,
+                g_lo, g_hi, gc, fq, dummy_j, dummy_h, near, zlo, zhi, xatol, x0, step, r0, env,
+                g, w, gg_half, converged, out_rw, out_scale, out_zoom, out_status, out_u, out_d2,
+                work):
+    """One frame of the shared search: the displacement parameters on the moments of the
+    anchor nearest its zoom, the zoom on that anchor's G(r); the reported Rw from the two
+    anchors around the zoom, blended (as the shared search of :mod:`.fast`)."""
+    n_ext = to_r.shape[0]
+    npar = x.size
+    d2_max = hi[npar - 1] if refine_d2 else 0.0
+    ka = _nearest(anchors, zoom)
+    for _ in range(ROUNDS):
+        _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart,
+                nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work[f, m])
+        phi, ok, evals = _lm(x, free, lo, hi, nel, mom_a[ka], ranges_a[ka], n1_a[ka],
+                             n2_a[ka], group_a, group_b, d2_fixed, refine_d2, group_ff, norm,
+                             q0, dq, bq, mq, gg)
+        work[f, m, 1] += evals
+        converged = converged and ok
+        assemble(mom_a[ka], ranges_a[ka], n1_a[ka], n2_a[ka], x[:nel], group_a, group_b,
+                 x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0, fq,
+                 dummy_j, dummy_h)
+        _matvec_rows(to_r, fq, 0, n_ext, base)
+        znew, ok = _zoom_again(zoom, anchors[ka], base, near, zlo, zhi, xatol, x0, step, r0,
+                               env, g, w, gg, gg_half)
+        converged = converged and ok
+        zoom = znew
+        kn = _nearest(anchors, zoom)
+        if kn == ka:
+            break
+        ka = kn
+    # the reported model: the anchors k and k + 1 around the zoom, each read at r·z_k/z
+    k = 0
+    while k < anchors.size - 2 and anchors[k + 1] < zoom:
+        k += 1
+    for j, gk in ((k, g_lo), (k + 1, g_hi)):
+        _anchor(j, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart,
+                nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work[f, m])
+        assemble(mom_a[j], ranges_a[j], n1_a[j], n2_a[j], x[:nel], group_a, group_b,
+                 x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0, fq,
+                 dummy_j, dummy_h)
+        _matvec_rows(to_r, fq, 0, n_ext, gk)
+    t = (zoom - anchors[k]) / (anchors[k + 1] - anchors[k])
+    gc[:] = 0.0
+    _add_scaled(g_lo, anchors[k], zoom, x0, step, r0, env, 1, 1.0 - t, gc)
+    _add_scaled(g_hi, anchors[k + 1], zoom, x0, step, r0, env, 1, t, gc)
+    scale, rw = _score(gc, g, w, gg)
+    status = STATUS_OK if converged else STATUS_NOT_CONVERGED
+    if status == STATUS_OK:
+        for i in range(npar):
+            span = 1e-6 * (hi[i] - lo[i])
+            if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
+                status = STATUS_AT_BOUND
+    out_rw[f, m] = rw
+    out_scale[f, m] = scale
+    out_zoom[f, m] = zoom
+    out_status[f, m] = status
+    out_u[f, m, :] = x[:nel]
+    out_d2[f, m] = x[nel] if refine_d2 else d2_fixed
+
+
+@numba.njit(cache=True)
 def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalars, q0, dq,
                   kstart, pair_rmin, pair_rmax, qbroad, mode, nm_max, edges, group_a, group_b,
                   group_ff, lam_max, u0, free_u, u_lo, u_hi, d2_0,
                   refine_d2, d2_lo, d2_hi, to_r, j0, env, g_obs, weights, bq, mq, zlo, zhi,
-                  refine_zoom, xatol, x0, step, r0, out_rw, out_scale, out_zoom, out_status,
-                  out_u, out_d2, work):
+                  refine_zoom, xatol, x0, step, r0, anchors, out_rw, out_scale, out_zoom,
+                  out_status, out_u, out_d2, work):
     n_frames, n = g_obs.shape
     n_ext = to_r.shape[0]
     ntypes = type_a.size
@@ -468,6 +596,16 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
     ranges = np.empty((ngroups, 4))
     n1 = np.empty(ngroups, dtype=np.int64)
     n2 = np.empty(ngroups, dtype=np.int64)
+    # shared search (time series): moments at anchor zooms, taken where a frame needs them
+    n_anchor = anchors.size
+    shared = n_anchor > 0 and refine_zoom
+    mom_a = np.empty((n_anchor, ngroups, nm_max, nq))
+    ranges_a = np.empty((n_anchor, ngroups, 4))
+    n1_a = np.empty((n_anchor, ngroups), dtype=np.int64)
+    n2_a = np.empty((n_anchor, ngroups), dtype=np.int64)
+    have_a = np.zeros(n_anchor, dtype=np.bool_)
+    g_lo = np.empty(n_ext)
+    g_hi = np.empty(n_ext)
     gg = np.empty(n_frames)
     gg_half = np.zeros(n_frames)
     for f in range(n_frames):
@@ -480,12 +618,14 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
         gg[f] = acc
     near = max(20.0 * xatol, _NEAR * (zhi - zlo))
     x = np.empty(npar)
+    x_best = np.empty(npar)
     free = np.zeros(npar, dtype=np.bool_)
     u_type0 = u0[type_a] + u0[type_b]
     for m in range(masks.shape[0]):
         dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
         gdist, gseg = group_pairs(dist, seg, edges)
         norm = _motif_norm(counts, el_f)
+        have_a[:] = False
         has_pairs = _exact(_DEBYE, dist, seg, counts, u_type0, ff, el_f, np.zeros((1, 1)),
                            scalars, d2_0, qbroad, to_r, 1.0, base1)
         for e in range(nel):
@@ -510,38 +650,61 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
                 zoom, ok = _brent(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g, w,
                                   gg_half[f], 2)
                 converged = converged and ok
-            for _ in range(ROUNDS):
-                coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
-                                  qbroad, ranges)
-                group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1, n2)
-                pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
-                             d2_fixed, qbroad, ranges, n1, n2, mom)
-                work[f, m, 0] += 1
-                phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
-                                     group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                                     bq[f], mq[f], gg[f])
-                work[f, m, 1] += evals
-                converged = converged and ok
-                if not refine_zoom:
-                    break
-                # round 2: the zoom near the current one, on G(r) of the refined parameters
-                assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
-                         x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                         0, fq, dummy_j, dummy_h)
-                _matvec_rows(to_r, fq, 0, n_ext, base)
-                a = max(zlo, zoom - near)
-                b = min(zhi, zoom + near)
-                znew, ok = _brent(a, b, xatol, zoom, base, x0, step, r0, env, g, w, gg[f], 1)
-                if (znew - a < 2 * xatol and a > zlo) or (b - znew < 2 * xatol and b < zhi):
-                    znew, ok = _brent(zlo, zhi, xatol, zoom, base, x0, step, r0, env, g, w,
-                                      gg[f], 1)  # the minimum lies beyond the window
-                converged = converged and ok
-                gain = math.sqrt(_approx_rw2(zoom, zoom, base, x0, step, r0, env, g, w, gg[f],
-                                             1)) \
-                    - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f], 1))
-                if gain < _RW_GAIN:
-                    break
-                zoom = znew
+            if shared:
+                _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges_a,
+                            n1_a, n2_a, gdist, gseg, q0, dq, kstart, nq, pair_rmin, pair_rmax,
+                            mode, d2_fixed, qbroad, lam_max, refine_d2, group_a, group_b,
+                            group_ff, norm, bq[f], mq[f], gg[f], to_r, base, g_lo, g_hi, gc, fq,
+                            dummy_j, dummy_h, near, zlo, zhi, xatol, x0, step, r0, env, g, w,
+                            gg_half[f], converged, out_rw, out_scale, out_zoom, out_status, out_u, out_d2,
+                            work)
+                continue
+            best_phi = np.inf
+            for start in range(2 if refine_zoom else 1):
+                if start == 1:
+                    # another basin of the zoom, seen on the refined G(r)? fit it too
+                    z_alt = _other_basin(zoom, base, near, zlo, zhi, x0, step, r0, env, g, w,
+                                         gg_half[f], math.sqrt(best_phi) + _ALT_MARGIN)
+                    if z_alt < 0.0:
+                        break
+                    zoom = z_alt
+                    x[:] = x_best
+                for _ in range(ROUNDS):
+                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
+                                      qbroad, ranges)
+                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1, n2)
+                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
+                                 d2_fixed, qbroad, ranges, n1, n2, mom)
+                    work[f, m, 0] += 1
+                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
+                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
+                                         bq[f], mq[f], gg[f])
+                    work[f, m, 1] += evals
+                    converged = converged and ok
+                    if not refine_zoom:
+                        break
+                    # round 2: the zoom near the current one, on G(r) of the refined parameters
+                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
+                             x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq,
+                             0, fq, dummy_j, dummy_h)
+                    _matvec_rows(to_r, fq, 0, n_ext, base)
+                    znew, ok = _zoom_again(zoom, zoom, base, near, zlo, zhi, xatol, x0, step, r0,
+                                           env, g, w, gg[f], gg_half[f])
+                    converged = converged and ok
+                    gain = math.sqrt(_approx_rw2(zoom, zoom, base, x0, step, r0, env, g, w, gg[f],
+                                                 1)) \
+                        - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f], 1))
+                    if gain < _RW_GAIN:
+                        break
+                    zoom = znew
+                if phi < best_phi:
+                    best_phi = phi
+                    x_best[:] = x
+                    z_best = zoom
+                    ok_best = converged
+            x[:] = x_best
+            zoom = z_best
+            converged = ok_best
             # the reported Rw: the exact G(r) at the reported parameters
             d2 = x[nel] if refine_d2 else d2_fixed
             u_type = x[:nel][type_a] + x[:nel][type_b]
