@@ -52,11 +52,14 @@ def main() -> None:
     parser.add_argument("--motifs", type=int, default=10_000)
     parser.add_argument("--checked", type=int, default=100,
                         help="motifs whose shared-search Rw is compared with the exact one")
+    parser.add_argument("--refine", default="scale,zoom",
+                        help="fit.refine, comma-separated (e.g. scale,zoom,uiso,delta2)")
     args = parser.parse_args()
 
     config = load_config(CONFIG)
     config = dataclasses.replace(
-        config, catalogue=dataclasses.replace(config.catalogue, size=args.motifs))
+        config, catalogue=dataclasses.replace(config.catalogue, size=args.motifs),
+        fit=dataclasses.replace(config.fit, refine=tuple(args.refine.split(","))))
     inputs = load_inputs(config, None)
     settings, fsettings = pdf_settings(config), fit_settings(config, inputs.structure)
     batch = config.catalogue.batch_size
@@ -65,7 +68,8 @@ def main() -> None:
     one = make_fit_groups(inputs, settings, fsettings, range(1), "exact")
     series = make_fit_groups(inputs, settings, fsettings, None, search)
     print(f"{CONFIG.name}: {args.motifs} motifs of {len(inputs.structure)} atoms, "
-          f"{n_frames} frames on {len(series)} r grid(s), batches of {batch}, one core")
+          f"{n_frames} frames on {len(series)} r grid(s), batches of {batch}, one core, "
+          f"refine {args.refine}")
     for groups in (one, series):  # compile (or load the numba cache) before timing
         fit_stage(inputs, groups, batch, batch)
 
@@ -89,7 +93,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     record = {
         "host": platform.node(), "cpu_count": os.cpu_count(), "config": CONFIG.name,
-        "motifs": args.motifs, "frames": n_frames, "atoms": len(inputs.structure),
+        "motifs": args.motifs, "frames": n_frames, "refine": args.refine, "atoms": len(inputs.structure),
         "seconds_1_frame": t_one, "seconds_all_frames": t_series, "ratio": ratio,
         "search": search, "checked_motifs": args.checked,
         "rw_abs_diff_median": float(np.median(np.abs(diff))),
@@ -97,7 +101,9 @@ def main() -> None:
         "rw_max_worse": float(worse.max()) if worse.size else 0.0,
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    (RESULTS / "series.json").write_text(json.dumps(record, indent=1) + "\n")
+    name = "series.json" if args.refine == "scale,zoom" else \
+        f"series_{args.refine.replace(',', '_')}.json"
+    (RESULTS / name).write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -153,12 +153,16 @@ def test_analytic_derivatives_match_finite_differences(keggin):
         assert np.abs(fd2 - hess[:, i]).max() < 1e-5 * np.abs(hess[:, i]).max()
 
 
-@pytest.mark.parametrize("refine", [UISO, ALL])
-def test_fits_match_the_general_fitter_and_report_exact_rw(keggin, moox, refine):
+@pytest.mark.parametrize("refine,calculator", [(UISO, "debye"), (ALL, "debye"),
+                                               (UISO, "realspace"), (ALL, "realspace")])
+def test_fits_match_the_general_fitter_and_report_exact_rw(keggin, moox, refine, calculator):
     """Rw no worse than the general fitter's by more than 1e-4 (Keggin for Uiso, MoOx for
     Uiso and delta2), and the reported Rw and scale are those of the reference G(r) at
-    the reported zoom, Uiso and delta2."""
+    the reported zoom, Uiso and delta2, with either calculator."""
     config, structure, g_obs, calc, masks = keggin if refine == UISO else moox
+    if calculator == "realspace":
+        settings = dataclasses.replace(calc.settings, calculator="realspace")
+        calc = make_calculator(structure.elements, structure.xyz, settings, calc.r)
     fs = _settings(config, refine)
     fitter = RefiningFitter(calc, fs, g_obs[None])
     out = fitter.fit(masks)
@@ -205,7 +209,9 @@ def test_which_fitter_takes_which_refinement(keggin):
     assert not supports_refinement(calc, _settings(config, ("scale", "zoom")))
     real = make_calculator(structure.elements, structure.xyz,
                            dataclasses.replace(calc.settings, calculator="realspace"), calc.r)
-    assert not supports_refinement(real, _settings(config, UISO))  # the general fitter's
+    assert supports_refinement(real, _settings(config, UISO))
+    assert not supports_refinement(real, _settings(config, ("scale", "zoom")))
+    assert supports_refinement(real, _settings(config, ALL))
     with pytest.raises(ValueError):
         BatchFitter(calc, _settings(config, UISO), g_obs[None])
 

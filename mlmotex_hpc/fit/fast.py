@@ -290,9 +290,9 @@ def _matvec_rows(mat, vec, row0, nrows, out):
 
 
 @numba.njit(cache=True)
-def _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2, qbroad,
-           to_r, zoom, out):
-    """Exact G(r) without envelope on the rows of ``to_r``, into ``out``; False if no pairs.
+def _exact_fq(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2, qbroad,
+              zoom):
+    """Exact F(Q) on the calculator's Q points.
 
     Debye: ``pair_w`` = 2 f_a(Q) f_b(Q) per type, ``el_w`` = f(Q) per element; real
     space: the same at Q = 0 (one column) and ``to_q`` the transform of the peak grid.
@@ -305,14 +305,23 @@ def _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2,
             norm[k] = n / (total[k] * total[k])
     if kind == _DEBYE:
         q0, dq, kstart, pair_rmin, pair_rmax = scalars
-        fq = debye_fq(dist, seg, pair_w, u_type, norm, q0, dq, int(kstart), zoom, delta2,
-                      qbroad, pair_rmin, pair_rmax)
-    else:
-        dr, m_lo, m_hi, pair_rmin, pair_rmax = scalars
-        g0 = gaussian_peaks(dist, seg, pair_w[:, 0], u_type, norm[0], zoom, delta2, qbroad,
-                            dr, int(m_lo), int(m_hi), pair_rmin, pair_rmax, PEAK_HALF_BOUND)
-        fq = np.empty(to_q.shape[0])
-        _matvec_rows(to_q, g0, 0, to_q.shape[0], fq)
+        return debye_fq(dist, seg, pair_w, u_type, norm, q0, dq, int(kstart), zoom, delta2,
+                        qbroad, pair_rmin, pair_rmax)
+    dr, m_lo, m_hi, pair_rmin, pair_rmax = scalars
+    g0 = gaussian_peaks(dist, seg, pair_w[:, 0], u_type, norm[0], zoom, delta2, qbroad,
+                        dr, int(m_lo), int(m_hi), pair_rmin, pair_rmax, PEAK_HALF_BOUND)
+    fq = np.empty(to_q.shape[0])
+    _matvec_rows(to_q, g0, 0, to_q.shape[0], fq)
+    return fq
+
+
+@numba.njit(cache=True)
+def _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2, qbroad,
+           to_r, zoom, out):
+    """Exact G(r) without envelope on the rows of ``to_r``, into ``out``; False if no pairs
+    (the tables as :func:`_exact_fq`)."""
+    fq = _exact_fq(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2,
+                   qbroad, zoom)
     any_pair = False
     for k in range(fq.size):
         if fq[k] != 0.0:

@@ -30,7 +30,7 @@ import numba
 import numpy as np
 
 from ..errors import InputError
-from ..pdf.calculator import DebyeCalculator, PDFCalculator
+from ..pdf.calculator import DebyeCalculator, PDFCalculator, RealSpaceCalculator
 from .fast import (
     _DEBYE,
     _NEAR,
@@ -40,6 +40,7 @@ from .fast import (
     _approx_rw2,
     _brent,
     _exact,
+    _exact_fq,
     _matvec_rows,
     _motif_pairs,
     _score,
@@ -65,6 +66,11 @@ from .moments import (
 ROUNDS = 3
 #: Distance shells per pair type when delta2 is refined.
 SHELLS = 4
+#: Real space: searches corrected by the exact F(Q) at the point reached.
+DEFECT_ROUNDS = 2
+#: Zoom polish on exact Rw (delta2 free, or real space): rounds and step.
+POLISH_ROUNDS = 2
+_POLISH_STEP = 3e-4
 #: Zooms scanned for another basin after a fit, and how much worse in Rw (on the refined
 #: G(r), rescaled) a basin may look and still be fitted as well.
 _ALT_SCAN = 17
@@ -109,7 +115,7 @@ def supports_refinement(calc: PDFCalculator, settings: FitSettings) -> bool:
     return (
         bool(free & {"uiso", "delta2"})
         and free <= {"scale", "zoom", "uiso", "delta2"}
-        and isinstance(calc, DebyeCalculator)
+        and isinstance(calc, (DebyeCalculator, RealSpaceCalculator))
         and uniform_step(calc.r) is not None
     )
 
@@ -128,6 +134,8 @@ class RefiningFitter(BatchFitter):
     def __init__(self, calc, settings: FitSettings, g_obs, weights=None, xatol=1e-7,
                  zoom_search="exact") -> None:
         super().__init__(calc, settings, g_obs, weights, xatol, zoom_search)
+        if not isinstance(calc, DebyeCalculator):
+            self.shared = False  # real space: every frame's search is corrected exactly
         s = calc.settings
         g = calc.grid
         self.elements = calc.elements
@@ -149,7 +157,7 @@ class RefiningFitter(BatchFitter):
         # the largest λ = U_t Q²/2 the search can reach, for the number of moment terms
         u_t_max = np.max(np.where(self.free_u, self.u_hi, self.u0)[self._type_a]
                          + np.where(self.free_u, self.u_hi, self.u0)[self._type_b])
-        qmax = g.q0 + g.dq * max(g.nq - 1, 0)
+        qmax = float(calc.q[-1]) if calc.q.size else 0.0
         lam_max = 0.5 * u_t_max * qmax * qmax
         d_lo, d_hi = pair_span(calc, self.zoom_bounds)
         qb = s.qbroad
@@ -178,17 +186,29 @@ class RefiningFitter(BatchFitter):
         self._edges = edges
         self._group_a = np.repeat(calc._type_a, edges.size - 1)
         self._group_b = np.repeat(calc._type_b, edges.size - 1)
-        self._group_ff = np.ascontiguousarray(np.repeat(calc._ff, edges.size - 1, axis=0))
+        self._group_ff = None  # set with the Q tables below
         # Q-space Rw: b = Kᵀ W g and M = Kᵀ W K per frame, K the transform onto the data
-        kern = calc._kernel  # (n, nq), envelope included
+        if isinstance(calc, DebyeCalculator):
+            q0, dq, kstart, nq = g.q0, g.dq, g.kstart, g.nq
+            kern = calc._kernel  # (n, nq), envelope included
+            self._ff, self._el_f = calc._ff, calc._f
+        else:
+            # real space: the search runs on the Debye form of its Gaussian peaks (their
+            # sine transform, f(0) weights, on its Q window); the reported Rw is its own
+            q0, dq, kstart, nq = g.kmin * g.dq, g.dq, g.kmin, g.kmax - g.kmin
+            kern = calc._to_r
+            self._ff = np.ascontiguousarray(np.repeat(calc._weight[:, None], nq, axis=1))
+            self._el_f = np.ascontiguousarray(np.repeat(calc._f0[:, None], nq, axis=1))
         # frame by frame, so that a frame's numbers do not depend on the others
         self._b = np.stack([(w * g) @ kern for w, g in zip(self.weights, self.g_obs,
                                                            strict=True)])
         self._m = np.stack([np.ascontiguousarray(kern.T @ (w[:, None] * kern))
                             for w in self.weights])
-        self._ff = calc._ff
-        self._el_f = calc._f
-        self._qgrid = (g.q0, g.dq, float(g.kstart), g.pair_rmin, g.pair_rmax)
+        if isinstance(calc, DebyeCalculator):
+            self._qgrid = (q0, dq, float(kstart), g.pair_rmin, g.pair_rmax)
+        else:  # the pairs whose peaks lie on the peak grid that is transformed
+            self._qgrid = (q0, dq, float(kstart), g.m_lo * g.dr, (g.m_hi - 1) * g.dr)
+        self._group_ff = np.ascontiguousarray(np.repeat(self._ff, self._edges.size - 1, axis=0))
 
     #: Per fit of the last :meth:`fit`: moment passes and Rw evaluations (for benchmarks).
     last_work: np.ndarray | None = None
@@ -214,6 +234,7 @@ class RefiningFitter(BatchFitter):
         s = self.calc.settings
         _refine_batch(
             masks, self._dmat, self._tmat, self.calc._atom_type, self._type_a, self._type_b,
+            self._kind, self._tables[0], self._tables[1], self._tables[2],
             self._ff, self._el_f, self._scalars, q0, dq, int(kstart), pmin, pmax, s.qbroad,
             self._mode, self._n1 * self._n2, self._edges, self._group_a, self._group_b,
             self._group_ff, self._lam_max, self.u0, self.free_u, self.u_lo, self.u_hi, self.d2_0,
@@ -241,7 +262,7 @@ class RefiningFitter(BatchFitter):
                                          self._tmat, self.calc._atom_type,
                                          self._type_a.size, self._el_f.shape[0])
         g = np.empty(self.r_ext.size)
-        _exact(_DEBYE, dist, seg, counts, u_el[self._type_a] + u_el[self._type_b],
+        _exact(self._kind, dist, seg, counts, u_el[self._type_a] + u_el[self._type_b],
                self._tables[0], self._tables[1], self._tables[2], self._scalars, float(delta2),
                self.calc.settings.qbroad, self._to_r, float(zoom), g)
         return g[self.j0:self.j0 + self.calc.r.size] * self.envelope
@@ -308,12 +329,14 @@ def _solve(a, b):
 
 @numba.njit(cache=True)
 def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff, norm,
-               q0, dq, bq, mq, gg, order, fq, jac, hq, grad, hess):
+               q0, dq, shift, bq, mq, gg, order, fq, jac, hq, grad, hess):
     """Rw² of the parameters x = (U per element[, delta2]) in Q space, the scale in closed
-    form; with ``order`` 2 its exact gradient and Hessian as well."""
+    form, for F(Q) from the moments plus ``shift``; with ``order`` 2 its exact gradient and
+    Hessian as well."""
     d2 = x[nel] if refine_d2 else d2_fixed
     assemble(mom, ranges, n1, n2, x[:nel], type_a, type_b, d2, refine_d2, ff, norm, q0, dq,
              order, fq, jac, hq)
+    fq += shift
     nq = fq.size
     mfq = mq @ fq
     p = 0.0
@@ -362,7 +385,7 @@ def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
 
 @numba.njit(cache=True)
 def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
-        norm, q0, dq, bq, mq, gg):
+        norm, q0, dq, shift, bq, mq, gg):
     """Bounded, damped Newton search (exact Hessian, Levenberg–Marquardt damping, active
     set on the bounds) on Rw²(x); returns (Rw², converged, evaluations) and updates
     ``x``."""
@@ -376,7 +399,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
     g2 = np.empty(npar)
     h2 = np.empty((npar, npar))
     phi = _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
-                     norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, grad, hess)
+                     norm, q0, dq, shift, bq, mq, gg, 2, fq, jac, hq, grad, hess)
     evals = 1
     mu = 1e-4
     xn = x.copy()
@@ -421,7 +444,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
             i = idx[r]
             xn[i] = min(hi[i], max(lo[i], x[i] + step[r]))
         phin = _objective(xn, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
-                          ff, norm, q0, dq, bq, mq, gg, 2, fq, jac, hq, g2, h2)
+                          ff, norm, q0, dq, shift, bq, mq, gg, 2, fq, jac, hq, g2, h2)
         evals += 1
         if phin < phi:
             gain = phi - phin
@@ -460,16 +483,63 @@ def _zoom_again(zoom, zb, base, near, zlo, zhi, xatol, x0, step, r0, env, g, w, 
 
 
 @numba.njit(cache=True)
-def _other_basin(zoom, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_half, limit):
+def _exact_rw2(z, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b, pair_w,
+               el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc):
+    """Rw² of the exact G(r) at zoom z and the displacement parameters x."""
+    d2 = x[nel] if refine_d2 else d2_fixed
+    _exact(kind, dist, seg, counts, x[:nel][type_a] + x[:nel][type_b], pair_w, el_w, to_q,
+           scalars, d2, qbroad, to_rows, z, gc)
+    for k in range(gc.size):
+        gc[k] *= env[k]
+    return _score(gc, g, w, gg)[1] ** 2
+
+
+@numba.njit(cache=True)
+def _zoom_parabola(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
+                   pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, zlo, zhi, gc):
+    """The vertex of the parabola through the exact Rw² at zoom − h, zoom, zoom + h (kept
+    within the bounds and 2h of zoom), or zoom when it lowers nothing."""
+    h = _POLISH_STEP
+    a = max(zlo, zoom - h)
+    b = min(zhi, zoom + h)
+    fa = _exact_rw2(a, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
+                    pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
+    f0 = _exact_rw2(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a,
+                    type_b, pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
+    fb = _exact_rw2(b, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
+                    pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
+    best, fbest = zoom, f0
+    if fa < fbest:
+        best, fbest = a, fa
+    if fb < fbest:
+        best, fbest = b, fb
+    if b > zoom > a:
+        # parabola through (a, fa), (zoom, f0), (b, fb)
+        da, db = a - zoom, b - zoom
+        num = da * da * (fb - f0) - db * db * (fa - f0)
+        den = 2.0 * (da * (fb - f0) - db * (fa - f0))
+        if den != 0.0:
+            z = zoom - num / den
+            z = min(zhi, max(zlo, min(zoom + 2 * h, max(zoom - 2 * h, z))))
+            fz = _exact_rw2(z, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a,
+                            type_b, pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w,
+                            gg, gc)
+            if fz < fbest:
+                best = z
+    return best
+
+
+@numba.njit(cache=True)
+def _other_basin(zoom, zb, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_half, limit):
     """A zoom far from ``zoom`` (beyond 2·near) where the rescaled ``base`` (exact at
-    ``zoom``) reaches Rw below ``limit`` on a scan of the range, or −1."""
+    ``zb``) reaches Rw below ``limit`` on a scan of the range, or −1."""
     best = -1.0
     best_rw = limit
     for i in range(_ALT_SCAN):
         z = zlo + (zhi - zlo) * i / (_ALT_SCAN - 1)
         if abs(z - zoom) <= 2.0 * near:
             continue
-        rw = math.sqrt(_approx_rw2(z, zoom, base, x0, step, r0, env, g, w, gg_half, 2))
+        rw = math.sqrt(_approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg_half, 2))
         if rw < best_rw:
             best_rw = rw
             best = z
@@ -513,27 +583,54 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
     n_ext = to_r.shape[0]
     npar = x.size
     d2_max = hi[npar - 1] if refine_d2 else 0.0
+    no_shift = np.zeros(fq.size)
+    x_best = x.copy()
+    z_best = zoom
+    ok_best = converged
+    rw_best = np.inf
+    ok_all = converged
     ka = _nearest(anchors, zoom)
-    for _ in range(ROUNDS):
-        _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart,
-                nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work[f, m])
-        phi, ok, evals = _lm(x, free, lo, hi, nel, mom_a[ka], ranges_a[ka], n1_a[ka],
-                             n2_a[ka], group_a, group_b, d2_fixed, refine_d2, group_ff, norm,
-                             q0, dq, bq, mq, gg)
-        work[f, m, 1] += evals
-        converged = converged and ok
-        assemble(mom_a[ka], ranges_a[ka], n1_a[ka], n2_a[ka], x[:nel], group_a, group_b,
-                 x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0, fq,
-                 dummy_j, dummy_h)
-        _matvec_rows(to_r, fq, 0, n_ext, base)
-        znew, ok = _zoom_again(zoom, anchors[ka], base, near, zlo, zhi, xatol, x0, step, r0,
-                               env, g, w, gg, gg_half)
-        converged = converged and ok
-        zoom = znew
-        kn = _nearest(anchors, zoom)
-        if kn == ka:
-            break
-        ka = kn
+    for start in range(2):
+        if start == 1:
+            # another basin of the zoom, seen on the refined G(r)? fit it too
+            z_alt = _other_basin(zoom, anchors[ka], base, near, zlo, zhi, x0, step, r0, env, g,
+                                 w, gg_half, rw_best + _ALT_MARGIN)
+            if z_alt < 0.0:
+                break
+            zoom = z_alt
+            x[:] = x_best
+        converged = ok_all
+        ka = _nearest(anchors, zoom)
+        for _ in range(ROUNDS):
+            _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq,
+                    kstart, nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max,
+                    work[f, m])
+            phi, ok, evals = _lm(x, free, lo, hi, nel, mom_a[ka], ranges_a[ka], n1_a[ka],
+                                 n2_a[ka], group_a, group_b, d2_fixed, refine_d2, group_ff,
+                                 norm, q0, dq, no_shift, bq, mq, gg)
+            work[f, m, 1] += evals
+            converged = converged and ok
+            assemble(mom_a[ka], ranges_a[ka], n1_a[ka], n2_a[ka], x[:nel], group_a, group_b,
+                     x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0,
+                     fq, dummy_j, dummy_h)
+            _matvec_rows(to_r, fq, 0, n_ext, base)
+            znew, ok = _zoom_again(zoom, anchors[ka], base, near, zlo, zhi, xatol, x0, step,
+                                   r0, env, g, w, gg, gg_half)
+            converged = converged and ok
+            zoom = znew
+            kn = _nearest(anchors, zoom)
+            if kn == ka:
+                break
+            ka = kn
+        rw = math.sqrt(_approx_rw2(zoom, anchors[ka], base, x0, step, r0, env, g, w, gg, 1))
+        if rw < rw_best:
+            rw_best = rw
+            x_best[:] = x
+            z_best = zoom
+            ok_best = converged
+    x[:] = x_best
+    zoom = z_best
+    converged = ok_best
     # the reported model: the anchors k and k + 1 around the zoom, each read at r·z_k/z
     k = 0
     while k < anchors.size - 2 and anchors[k + 1] < zoom:
@@ -565,7 +662,8 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
 
 
 @numba.njit(cache=True)
-def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalars, q0, dq,
+def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el_w, to_q,
+                  ff, el_f, scalars, q0, dq,
                   kstart, pair_rmin, pair_rmax, qbroad, mode, nm_max, edges, group_a, group_b,
                   group_ff, lam_max, u0, free_u, u_lo, u_hi, d2_0,
                   refine_d2, d2_lo, d2_hi, to_r, j0, env, g_obs, weights, bq, mq, zlo, zhi,
@@ -619,6 +717,7 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
     near = max(20.0 * xatol, _NEAR * (zhi - zlo))
     x = np.empty(npar)
     x_best = np.empty(npar)
+    shift = np.zeros(nq)
     free = np.zeros(npar, dtype=np.bool_)
     u_type0 = u0[type_a] + u0[type_b]
     for m in range(masks.shape[0]):
@@ -626,8 +725,8 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
         gdist, gseg = group_pairs(dist, seg, edges)
         norm = _motif_norm(counts, el_f)
         have_a[:] = False
-        has_pairs = _exact(_DEBYE, dist, seg, counts, u_type0, ff, el_f, np.zeros((1, 1)),
-                           scalars, d2_0, qbroad, to_r, 1.0, base1)
+        has_pairs = _exact(kind, dist, seg, counts, u_type0, pair_w, el_w, to_q, scalars,
+                           d2_0, qbroad, to_r, 1.0, base1)
         for e in range(nel):
             free[e] = free_u[e] and counts[e] > 0
         if refine_d2:
@@ -663,8 +762,8 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
             for start in range(2 if refine_zoom else 1):
                 if start == 1:
                     # another basin of the zoom, seen on the refined G(r)? fit it too
-                    z_alt = _other_basin(zoom, base, near, zlo, zhi, x0, step, r0, env, g, w,
-                                         gg_half[f], math.sqrt(best_phi) + _ALT_MARGIN)
+                    z_alt = _other_basin(zoom, zoom, base, near, zlo, zhi, x0, step, r0, env, g,
+                                         w, gg_half[f], math.sqrt(best_phi) + _ALT_MARGIN)
                     if z_alt < 0.0:
                         break
                     zoom = z_alt
@@ -678,7 +777,7 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
                     work[f, m, 0] += 1
                     phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
                                          group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                                         bq[f], mq[f], gg[f])
+                                         shift, bq[f], mq[f], gg[f])
                     work[f, m, 1] += evals
                     converged = converged and ok
                     if not refine_zoom:
@@ -705,10 +804,78 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, ff, el_f, scalar
             x[:] = x_best
             zoom = z_best
             converged = ok_best
+            if kind != _DEBYE:
+                # real space: the moments give the Debye form of its peaks, which the peak
+                # grid's ends cut; correct the search by the exact F(Q) where it stands
+                for _ in range(DEFECT_ROUNDS):
+                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
+                                      qbroad, ranges)
+                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1,
+                                n2)
+                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax,
+                                 mode, d2_fixed, qbroad, ranges, n1, n2, mom)
+                    work[f, m, 0] += 1
+                    d2 = x[nel] if refine_d2 else d2_fixed
+                    fx = _exact_fq(kind, dist, seg, counts, x[:nel][type_a] + x[:nel][type_b],
+                                   pair_w, el_w, to_q, scalars, d2, qbroad, zoom)
+                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b, d2, refine_d2,
+                             group_ff, norm, q0, dq, 0, fq, dummy_j, dummy_h)
+                    for k in range(nq):
+                        shift[k] = fx[k] - fq[k]
+                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
+                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
+                                         shift, bq[f], mq[f], gg[f])
+                    work[f, m, 1] += evals
+                    converged = converged and ok
+                    if not refine_zoom:
+                        continue
+                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
+                             x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0,
+                             dq, 0, fq, dummy_j, dummy_h)
+                    fq += shift
+                    _matvec_rows(to_r, fq, 0, n_ext, base)
+                    zoom, ok = _zoom_again(zoom, zoom, base, near, zlo, zhi, xatol, x0, step,
+                                           r0, env, g, w, gg[f], gg_half[f])
+                    converged = converged and ok
+                shift[:] = 0.0
+            if refine_zoom and (refine_d2 or kind != _DEBYE):
+                # large delta2 (or real space's fixed peak grid) makes the widths depend on
+                # the zoom, which the rescaled G(r) of the zoom search ignores: a parabola
+                # through exact Rw at three zooms, then the displacements again there
+                for _ in range(POLISH_ROUNDS):
+                    z_new = _zoom_parabola(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg,
+                                           counts, type_a, type_b, pair_w, el_w, to_q, scalars,
+                                           qbroad, to_r[j0:j0 + n], env, g, w, gg[f], zlo, zhi,
+                                           gc)
+                    if abs(z_new - zoom) < 1e-7:
+                        break
+                    zoom = z_new
+                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
+                                      qbroad, ranges)
+                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1,
+                                n2)
+                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax,
+                                 mode, d2_fixed, qbroad, ranges, n1, n2, mom)
+                    work[f, m, 0] += 1
+                    if kind != _DEBYE:
+                        d2 = x[nel] if refine_d2 else d2_fixed
+                        fx = _exact_fq(kind, dist, seg, counts,
+                                       x[:nel][type_a] + x[:nel][type_b], pair_w, el_w, to_q,
+                                       scalars, d2, qbroad, zoom)
+                        assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b, d2,
+                                 refine_d2, group_ff, norm, q0, dq, 0, fq, dummy_j, dummy_h)
+                        for k in range(nq):
+                            shift[k] = fx[k] - fq[k]
+                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
+                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
+                                         shift, bq[f], mq[f], gg[f])
+                    work[f, m, 1] += evals
+                    converged = converged and ok
+                shift[:] = 0.0
             # the reported Rw: the exact G(r) at the reported parameters
             d2 = x[nel] if refine_d2 else d2_fixed
             u_type = x[:nel][type_a] + x[:nel][type_b]
-            _exact(_DEBYE, dist, seg, counts, u_type, ff, el_f, np.zeros((1, 1)), scalars, d2,
+            _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, d2,
                    qbroad, to_r[j0:j0 + n], zoom, gc)
             for k in range(n):
                 gc[k] *= env[k]
