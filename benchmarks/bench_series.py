@@ -93,7 +93,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     record = {
         "host": platform.node(), "cpu_count": os.cpu_count(), "config": CONFIG.name,
-        "motifs": args.motifs, "frames": n_frames, "refine": args.refine, "atoms": len(inputs.structure),
+        "motifs": args.motifs, "frames": n_frames, "refine": args.refine,
+        "atoms": len(inputs.structure),
         "seconds_1_frame": t_one, "seconds_all_frames": t_series, "ratio": ratio,
         "search": search, "checked_motifs": args.checked,
         "rw_abs_diff_median": float(np.median(np.abs(diff))),

@@ -170,7 +170,7 @@ def test_fits_match_the_general_fitter_and_report_exact_rw(keggin, moox, refine,
         general = fit_motif(calc, calc.prepare(mask), g_obs, fs, None, config.uiso)
         assert out["rw"][0, j] <= general.rw + 1e-4
         uiso = {el: out[f"uiso_{el}"][0, j] for el in calc.elements}
-        for el, u in uiso.items():
+        for u in uiso.values():
             assert fs.uiso_bounds[0] <= u <= fs.uiso_bounds[1]
         delta2 = out["delta2"][0, j] if "delta2" in refine else calc.settings.delta2
         ref = reference_gr(calc, structure.xyz, mask, out["zoom"][0, j], uiso, delta2)

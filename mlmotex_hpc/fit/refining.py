@@ -547,6 +547,26 @@ def _other_basin(zoom, zb, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_hal
 
 
 @numba.njit(cache=True)
+def _store(f, m, gc, g, w, gg, zoom, converged, x, free, lo, hi, nel, d2, out_rw, out_scale,
+           out_zoom, out_status, out_u, out_d2):
+    """Score the model ``gc`` against frame f and store motif m's results: status 1 when a
+    search did not converge, else 3 when a freed parameter ends on its bound."""
+    scale, rw = _score(gc, g, w, gg)
+    status = STATUS_OK if converged else STATUS_NOT_CONVERGED
+    if status == STATUS_OK:
+        for i in range(x.size):
+            span = 1e-6 * (hi[i] - lo[i])
+            if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
+                status = STATUS_AT_BOUND
+    out_rw[f, m] = rw
+    out_scale[f, m] = scale
+    out_zoom[f, m] = zoom
+    out_status[f, m] = status
+    out_u[f, m, :] = x[:nel]
+    out_d2[f, m] = d2
+
+
+@numba.njit(cache=True)
 def _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart, nq,
             pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work_row):
     """The motif's moments at anchor zoom ``ka``, taken the first time a frame needs them."""
@@ -646,19 +666,9 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
     gc[:] = 0.0
     _add_scaled(g_lo, anchors[k], zoom, x0, step, r0, env, 1, 1.0 - t, gc)
     _add_scaled(g_hi, anchors[k + 1], zoom, x0, step, r0, env, 1, t, gc)
-    scale, rw = _score(gc, g, w, gg)
-    status = STATUS_OK if converged else STATUS_NOT_CONVERGED
-    if status == STATUS_OK:
-        for i in range(npar):
-            span = 1e-6 * (hi[i] - lo[i])
-            if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
-                status = STATUS_AT_BOUND
-    out_rw[f, m] = rw
-    out_scale[f, m] = scale
-    out_zoom[f, m] = zoom
-    out_status[f, m] = status
-    out_u[f, m, :] = x[:nel]
-    out_d2[f, m] = x[nel] if refine_d2 else d2_fixed
+    _store(f, m, gc, g, w, gg, zoom, converged, x, free, lo, hi, nel,
+           x[nel] if refine_d2 else d2_fixed, out_rw, out_scale, out_zoom, out_status, out_u,
+           out_d2)
 
 
 @numba.njit(cache=True)
@@ -755,7 +765,8 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el
                             mode, d2_fixed, qbroad, lam_max, refine_d2, group_a, group_b,
                             group_ff, norm, bq[f], mq[f], gg[f], to_r, base, g_lo, g_hi, gc, fq,
                             dummy_j, dummy_h, near, zlo, zhi, xatol, x0, step, r0, env, g, w,
-                            gg_half[f], converged, out_rw, out_scale, out_zoom, out_status, out_u, out_d2,
+                            gg_half[f], converged, out_rw, out_scale, out_zoom, out_status,
+                            out_u, out_d2,
                             work)
                 continue
             best_phi = np.inf
@@ -792,7 +803,8 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el
                     converged = converged and ok
                     gain = math.sqrt(_approx_rw2(zoom, zoom, base, x0, step, r0, env, g, w, gg[f],
                                                  1)) \
-                        - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f], 1))
+                        - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f],
+                                                1))
                     if gain < _RW_GAIN:
                         break
                     zoom = znew
@@ -879,16 +891,5 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el
                    qbroad, to_r[j0:j0 + n], zoom, gc)
             for k in range(n):
                 gc[k] *= env[k]
-            scale, rw = _score(gc, g, w, gg[f])
-            status = STATUS_OK if converged else STATUS_NOT_CONVERGED
-            if status == STATUS_OK:
-                for i in range(npar):
-                    span = 1e-6 * (hi[i] - lo[i])
-                    if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
-                        status = STATUS_AT_BOUND
-            out_rw[f, m] = rw
-            out_scale[f, m] = scale
-            out_zoom[f, m] = zoom
-            out_status[f, m] = status
-            out_u[f, m, :] = x[:nel]
-            out_d2[f, m] = d2
+            _store(f, m, gc, g, w, gg[f], zoom, converged, x, free, lo, hi, nel, d2, out_rw,
+                   out_scale, out_zoom, out_status, out_u, out_d2)
