@@ -47,8 +47,14 @@ _BLOCK = 128
 @numba.njit(cache=True)
 def _miller_start(n, a):
     """Where the downward ratio recurrence starts so that r_1 … r_n are exact to double
-    precision: the error left at order n shrinks like Π (a/2j)² over the extra orders."""
-    return n + 8 + int(1.5 * a) + int(4.0 * math.sqrt(a))
+    precision: the error left at order n shrinks by (a/2j)² for every order j added above
+    max(n, a)."""
+    j = max(n, int(a) + 1)
+    prod = 1.0
+    while prod > 1e-34:
+        j += 1
+        prod *= (0.5 * a / j) ** 2
+    return j + 2
 
 
 @numba.njit(cache=True)
@@ -319,39 +325,48 @@ def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode
                 out[t, j, k] = acc[j, k]
 
 
+#: Series coefficients 1/(j! (d + j)!) of I_d(a) = (a/2)^d Σ_j (a²/4)^j / (j! (d + j)!).
+_SERIES_J = 80
+_SERIES = np.array([[math.exp(-math.lgamma(j + 1) - math.lgamma(d + j + 1))
+                     for j in range(_SERIES_J)] for d in range(MAX_TERMS + 3)])
+
+
 @numba.njit(cache=True, fastmath=True)
-def _coefficient_rows(lam, h, c, n, sign, scale, order, val, d1, d2, bes, r_next, horner):
+def _coefficient_rows(lam, h, c, n, sign, scale, order, val, d1, d2, bes):
     """Rows val[d, k] (and d1, d2: first and second λ-derivatives when ``order``) of the
     Chebyshev coefficients of exp(sign·λ_k·x) on [c − h, c + h], d < n, for every Q
-    point k, each multiplied by scale[k] · e^{sign·λ_k·c} / e^{λ_k h}: the caller passes
-    scale[k] = e^{−λ_k (c − h)} (sign −1) or e^{λ_k (c + h)} (sign +1).
+    point k, each multiplied by scale[k] / e^{sign·λ_k·c}: the caller passes
+    scale[k] = e^{sign·λ_k·c} times any common factor.
 
-    Vectorised over k: I_d(λ_k h)·e^{−λ_k h} by Miller's algorithm in ratio form,
-    r_d = I_d/I_{d−1} = a/(2d + a·r_{d+1}) downwards with Σ_{d>=1} Π_{j<=d} r_j by
-    Horner's rule alongside, normalised by e^a = I_0 + 2 Σ_{d>=1} I_d: no overflow, no
-    underflow. ``bes``: scratch (n + 2, nq); ``r_next``, ``horner``: scratch (nq,).
+    Vectorised over k: I_d(λ_k h) by its power series (positive terms, no cancellation;
+    Horner's rule in (a/2)², as many terms as the largest a needs), then scaled. No
+    exponential is evaluated here. ``bes``: scratch (n + 2, nq).
     """
     nq = lam.size
     a_max = 0.0
     for k in range(nq):
         a_max = max(a_max, lam[k] * h)
-    start = _miller_start(n + 1, a_max)
-    r_next[:] = 0.0
-    horner[:] = 0.0
-    for d in range(start, 0, -1):
+    # terms: (a²/4)^J / (J!)² below 1e-17 of the sum's first term
+    q_max = 0.25 * a_max * a_max
+    nj = 1
+    t = 1.0
+    while nj < _SERIES_J - 1 and t > 1e-17:
+        t *= q_max / (nj * nj)
+        nj += 1
+    for d in range(n + 2):
         for k in range(nq):
             a = lam[k] * h
-            r = a / (2.0 * d + a * r_next[k])
-            r_next[k] = r
-            horner[k] = r * (1.0 + horner[k])
-        if d <= n + 1:
-            for k in range(nq):
-                bes[d, k] = r_next[k]  # the ratio r_d, turned into I_d below
+            qq = 0.25 * a * a
+            acc = _SERIES[d, nj - 1]
+            for j in range(nj - 2, -1, -1):
+                acc = acc * qq + _SERIES[d, j]
+            bes[d, k] = acc
     for k in range(nq):
-        bes[0, k] = scale[k] / (1.0 + 2.0 * horner[k])
-    for d in range(1, n + 2):
-        for k in range(nq):
-            bes[d, k] *= bes[d - 1, k]
+        pw = scale[k]
+        half = 0.5 * lam[k] * h
+        for d in range(n + 2):
+            bes[d, k] *= pw
+            pw *= half
     for d in range(n):
         eps = 1.0 if d == 0 else 2.0
         sg = eps if (sign > 0 or d % 2 == 0) else -eps
@@ -372,8 +387,11 @@ def _coefficient_rows(lam, h, c, n, sign, scale, order, val, d1, d2, bes, r_next
 
 
 @numba.njit(cache=True, fastmath=True)
-def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk, f_kk):
-    """The sums over the moments of type t for every Q point (vectorised over Q)."""
+def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk, f_kk,
+              p0, p1, p2):
+    """The sums over the moments of group t for every Q point (vectorised over Q): first
+    over the second coordinate's terms (p0, p1, p2: with b, b', b''), then the first's.
+    p0, p1, p2: scratch rows."""
     nq = f.size
     f[:] = 0.0
     if order >= 1:
@@ -384,19 +402,29 @@ def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, 
         f_lk[:] = 0.0
         f_kk[:] = 0.0
     for i in range(n1):
+        p0[:] = 0.0
+        if order >= 1:
+            p1[:] = 0.0
+        if order >= 2:
+            p2[:] = 0.0
         for j in range(n2):
             row = mom[t, i * n2 + j]
             for k in range(nq):
                 m = row[k]
-                abm = av[i, k] * bv[j, k] * m
-                f[k] += abm
+                p0[k] += bv[j, k] * m
                 if order >= 1:
-                    f_l[k] += a1[i, k] * bv[j, k] * m
-                    f_k[k] += av[i, k] * b1[j, k] * m
+                    p1[k] += b1[j, k] * m
                 if order >= 2:
-                    f_ll[k] += a2[i, k] * bv[j, k] * m
-                    f_lk[k] += a1[i, k] * b1[j, k] * m
-                    f_kk[k] += av[i, k] * b2[j, k] * m
+                    p2[k] += b2[j, k] * m
+        for k in range(nq):
+            f[k] += av[i, k] * p0[k]
+            if order >= 1:
+                f_l[k] += a1[i, k] * p0[k]
+                f_k[k] += av[i, k] * p1[k]
+            if order >= 2:
+                f_ll[k] += a2[i, k] * p0[k]
+                f_lk[k] += a1[i, k] * p1[k]
+                f_kk[k] += av[i, k] * p2[k]
 
 
 @numba.njit(cache=True)
@@ -427,8 +455,6 @@ def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, f
         n1_max = max(n1_max, n1[t])
         n2_max = max(n2_max, n2[t])
     bes = np.empty((max(n1_max, n2_max) + 2, nq))
-    r_next = np.empty(nq)
-    horner = np.empty(nq)
     av = np.empty((n1_max, nq))
     a1 = np.empty((n1_max, nq))
     a2 = np.empty((n1_max, nq))
@@ -446,6 +472,9 @@ def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, f
     f_ll = np.empty(nq)
     f_lk = np.empty(nq)
     f_kk = np.empty(nq)
+    p0 = np.empty(nq)
+    p1 = np.empty(nq)
+    p2 = np.empty(nq)
     for k in range(nq):
         q = q0 + k * dq
         q2h[k] = 0.5 * q * q  # dλ/dU per occurrence of the element in the pair
@@ -460,19 +489,22 @@ def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, f
         h1 = 0.5 * (ranges[t, 1] - ranges[t, 0])
         c2 = 0.5 * (ranges[t, 2] + ranges[t, 3])
         h2 = 0.5 * (ranges[t, 3] - ranges[t, 2])
+        # both factors' e^{−λ c1 + κ c2} = e^{β Q²}, by its recurrence over the Q grid
+        beta = 0.5 * u_t * (-c1 + (delta2 * c2 if refine_delta2 else 0.0))
+        e = math.exp(beta * q0 * q0)
+        ratio = math.exp(beta * (2.0 * q0 * dq + dq * dq))
+        growth = math.exp(2.0 * beta * dq * dq)
         for k in range(nq):
             lam[k] = u_t * q2h[k]
             kap[k] = lam[k] * delta2
-            # one exponential for both factors: e^{−λ lo1 + κ hi2}
-            scale[k] = math.exp(-lam[k] * ranges[t, 0]
-                                + (kap[k] * ranges[t, 3] if refine_delta2 else 0.0))
-        _coefficient_rows(lam, h1, c1, nt1, -1, scale, order, av, a1, a2, bes, r_next,
-                          horner)
+            scale[k] = e
+            e *= ratio
+            ratio *= growth
+        _coefficient_rows(lam, h1, c1, nt1, -1, scale, order, av, a1, a2, bes)
         if refine_delta2:
-            _coefficient_rows(kap, h2, c2, nt2, 1, ones, order, bv, b1, b2, bes, r_next,
-                              horner)
+            _coefficient_rows(kap, h2, c2, nt2, 1, ones, order, bv, b1, b2, bes)
         _contract(mom, t, nt1, nt2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk,
-                  f_kk)
+                  f_kk, p0, p1, p2)
         for k in range(nq):
             w = ff[t, k] * norm[k]
             fq[k] += w * f[k]
