@@ -56,6 +56,10 @@ _MAXITER = 200
 _RW_GAIN = 1e-7
 #: Half-width of the second search round, as a fraction of the zoom range.
 _NEAR = 0.05
+#: Zooms scanned across the range in round 1 before the slope's zero is found.
+_SCAN = 9
+#: Half-width of round 2's slope search around the first zoom, in zoom.
+_ROOT_NEAR = 3e-4
 #: Cubic interpolation needs two grid points on each side of the point it reads.
 _MARGIN = 3
 #: Target spacing of the anchor zooms of the shared (time-series) search.
@@ -367,6 +371,101 @@ def _approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride):
     return max(1.0 - sgc * sgc / (gg * scc), 0.0)
 
 
+@numba.njit(cache=True, fastmath=True)
+def _slope_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride):
+    """d(Rw²)/dz of :func:`_approx_rw2` (the cubic interpolant differentiated)."""
+    rho = zb / z
+    u = (r0 * rho - x0) / step
+    sgc = 0.0
+    scc = 0.0
+    dgc = 0.0
+    dcc = 0.0
+    for k in range(0, g.size, stride):
+        i = int(u)
+        t = u - i
+        pm, p0, p1, p2 = base[i - 1], base[i], base[i + 1], base[i + 2]
+        tm1 = t - 1.0
+        tm2 = t - 2.0
+        tp1 = t + 1.0
+        val = (-t * tm1 * tm2 * (1.0 / 6.0) * pm + tp1 * tm1 * tm2 * 0.5 * p0
+               - tp1 * t * tm2 * 0.5 * p1 + tp1 * t * tm1 * (1.0 / 6.0) * p2) * env[k]
+        tt = t * t
+        der = (-(3.0 * tt - 6.0 * t + 2.0) * (1.0 / 6.0) * pm
+               + (3.0 * tt - 4.0 * t - 1.0) * 0.5 * p0
+               - (3.0 * tt - 2.0 * t - 2.0) * 0.5 * p1
+               + (3.0 * tt - 1.0) * (1.0 / 6.0) * p2) * env[k]
+        # du/dz = −(r_k / step)·ρ/z
+        der *= -((r0 + k * step) / step) * rho / z
+        wg = w[k] * g[k]
+        sgc += wg * val
+        scc += w[k] * val * val
+        dgc += wg * der
+        dcc += 2.0 * w[k] * val * der
+        u += stride * rho
+    if scc <= 0.0:
+        return 0.0
+    return -(2.0 * sgc * dgc * scc - sgc * sgc * dcc) / (gg * scc * scc)
+
+
+@numba.njit(cache=True)
+def _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride):
+    """The zoom in [a, b] where Rw² of the rescaled ``base`` has zero slope, by the
+    Illinois variant of regula falsi; an end when the slope does not change sign there
+    (then it is that end's side that is lower). Returns (zoom, converged)."""
+    fa = _slope_rw2(a, zb, base, x0, step, r0, env, g, w, gg, stride)
+    if fa >= 0.0:
+        return a, True
+    fb = _slope_rw2(b, zb, base, x0, step, r0, env, g, w, gg, stride)
+    if fb <= 0.0:
+        return b, True
+    side = 0
+    z = 0.5 * (a + b)
+    for _ in range(_MAXITER):
+        z = (a * fb - b * fa) / (fb - fa)
+        fz = _slope_rw2(z, zb, base, x0, step, r0, env, g, w, gg, stride)
+        if fz < 0.0:
+            a, fa = z, fz
+            if side == -1:
+                fb *= 0.5
+            side = -1
+        elif fz > 0.0:
+            b, fb = z, fz
+            if side == 1:
+                fa *= 0.5
+            side = 1
+        else:
+            return z, True
+        if b - a < xatol:
+            return z, True
+    return z, False
+
+
+@numba.njit(cache=True)
+def _scan_then_root(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg, stride):
+    """Round 1 of the zoom: Rw² of the rescaled ``base`` on :data:`_SCAN` zooms across
+    [zlo, zhi] (every other point used), then the zero of its slope between the best
+    one's neighbours."""
+    best = 0
+    best_f = np.inf
+    h = (zhi - zlo) / (_SCAN - 1)
+    for j in range(_SCAN):
+        f = _approx_rw2(zlo + j * h, zb, base, x0, step, r0, env, g, w, gg, stride)
+        if f < best_f:
+            best, best_f = j, f
+    zbest = zlo + best * h
+    slope = _slope_rw2(zbest, zb, base, x0, step, r0, env, g, w, gg, stride)
+    if slope < 0.0 and best < _SCAN - 1:
+        a, b = zbest, zbest + h
+    elif slope > 0.0 and best > 0:
+        a, b = zbest - h, zbest
+    else:
+        return zbest, True  # on a bound, going out of the range
+    z, ok = _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride)
+    if (z == a or z == b) and z != zbest:
+        return zbest, ok  # no zero between them after all (a rough Rw): the scanned best
+    return z, ok
+
+
 @numba.njit(cache=True)
 def _brent(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, stride):
     """Brent's bounded minimisation of :func:`_approx_rw2` on [a, b], the ends included
@@ -474,7 +573,6 @@ def _fit_batch(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, s
             if k % 2 == 0:
                 gg_half[f] += weights[f, k] * g_obs[f, k] * g_obs[f, k]
         gg[f] = acc
-    near = max(20.0 * xatol, _NEAR * (zhi - zlo))
     for m in range(masks.shape[0]):
         dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
         has_pairs = _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
@@ -489,16 +587,19 @@ def _fit_batch(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, s
                 out_status[f, m] = STATUS_NO_PAIRS
                 continue
             if refine_zoom:
-                # round 1: the whole zoom range, on every other data point
-                z1, ok1 = _brent(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g, w,
-                                 gg_half[f], 2)
+                # round 1: the whole zoom range scanned, then the slope's zero, on every
+                # other data point
+                z1, ok1 = _scan_then_root(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g,
+                                          w, gg_half[f], 2)
                 _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
                        delta2, qbroad, to_r, z1, base)
-                # round 2: all points, near z1 (the whole range again if it ends at an edge)
-                a = max(zlo, z1 - near)
-                b = min(zhi, z1 + near)
-                zoom, ok2 = _brent(a, b, xatol, z1, base, x0, step, r0, env, g, w, gg[f], 1)
-                if (zoom - a < 2 * xatol and a > zlo) or (b - zoom < 2 * xatol and b < zhi):
+                # round 2: all points, the slope's zero near z1 (Brent over the range when
+                # the minimum lies beyond)
+                a = max(zlo, z1 - _ROOT_NEAR)
+                b = min(zhi, z1 + _ROOT_NEAR)
+                zoom, ok2 = _slope_root(a, b, xatol, z1, base, x0, step, r0, env, g, w, gg[f],
+                                        1)
+                if (zoom == a and a > zlo) or (zoom == b and b < zhi):
                     zoom, ok2 = _brent(zlo, zhi, xatol, z1, base, x0, step, r0, env, g, w,
                                        gg[f], 1)
                 if not (ok1 and ok2):
