@@ -34,6 +34,7 @@ from ..pdf.calculator import DebyeCalculator, PDFCalculator, RealSpaceCalculator
 from .fast import (
     _DEBYE,
     _NEAR,
+    _ROOT_NEAR,
     _RW_GAIN,
     BatchFitter,
     _add_scaled,
@@ -43,7 +44,9 @@ from .fast import (
     _exact_fq,
     _matvec_rows,
     _motif_pairs,
+    _scan_then_root,
     _score,
+    _slope_root,
     uniform_step,
 )
 from .fitter import (
@@ -466,16 +469,21 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
 
 @numba.njit(cache=True)
 def _zoom_again(zoom, zb, base, near, zlo, zhi, xatol, x0, step, r0, env, g, w, gg, gg_half):
-    """Round 2 of the zoom: Brent near ``zoom`` on ``base`` (exact at zb, at the refined
-    displacement parameters), and over the whole range as well, because freeing Uiso or
-    delta2 can move the best zoom into another basin; the lower of the two."""
-    a = max(zlo, zoom - near)
-    b = min(zhi, zoom + near)
-    z_near, ok = _brent(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
-    z_all, ok_all = _brent(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg_half, 2)
+    """Round 2 of the zoom on ``base`` (exact at zb, at the refined displacement
+    parameters): the zero of the slope of Rw² near ``zoom`` (Brent over the whole range
+    when the minimum lies beyond), and a scan of the whole range as well, because freeing
+    Uiso or delta2 can move the best zoom into another basin; the lower of the two."""
+    a = max(zlo, zoom - _ROOT_NEAR)
+    b = min(zhi, zoom + _ROOT_NEAR)
+    z_near, ok = _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    if (z_near == a and a > zlo) or (z_near == b and b < zhi):
+        z_near, ok = _brent(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    z_all, ok_all = _scan_then_root(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w,
+                                    gg_half, 2)
     if abs(z_all - z_near) > near:
-        z_all, ok_all = _brent(max(zlo, z_all - near), min(zhi, z_all + near), xatol, zb, base,
-                               x0, step, r0, env, g, w, gg, 1)
+        a = max(zlo, z_all - _ROOT_NEAR)
+        b = min(zhi, z_all + _ROOT_NEAR)
+        z_all, ok_all = _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
         if _approx_rw2(z_all, zb, base, x0, step, r0, env, g, w, gg, 1) \
                 < _approx_rw2(z_near, zb, base, x0, step, r0, env, g, w, gg, 1):
             return z_all, ok_all
@@ -756,8 +764,8 @@ def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el
             converged = True
             zoom = 1.0
             if refine_zoom:
-                zoom, ok = _brent(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g, w,
-                                  gg_half[f], 2)
+                zoom, ok = _scan_then_root(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g,
+                                           w, gg_half[f], 2)
                 converged = converged and ok
             if shared:
                 _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges_a,
