@@ -179,7 +179,6 @@ class RefiningFitter(BatchFitter):
             spread = 0.5 * (c[1] - c[0])
             self._n1 = terms_needed(lam_max * spread)
             self._n2 = 1
-        self.n_moments = self._n1 * self._n2  # per group, at most
         self._lam_max = float(lam_max)
         # delta2: the pairs of each type in SHELLS distance shells (geometric), whose
         # narrower 1/d² ranges need far fewer terms than the whole range
@@ -255,20 +254,6 @@ class RefiningFitter(BatchFitter):
         if self.refine_delta2:
             out["delta2"] = out_d2
         return out
-
-    def exact_model(self, atom_mask, zoom, uiso: dict[str, float], delta2: float) -> np.ndarray:
-        """The exact G(r) on the data grid at these parameters (for checks)."""
-        u_el = self.u0.copy()
-        for e, el in enumerate(self.elements):
-            u_el[e] = uiso.get(el, u_el[e])
-        dist, seg, counts = _motif_pairs(np.asarray(atom_mask, dtype=np.bool_), self._dmat,
-                                         self._tmat, self.calc._atom_type,
-                                         self._type_a.size, self._el_f.shape[0])
-        g = np.empty(self.r_ext.size)
-        _exact(self._kind, dist, seg, counts, u_el[self._type_a] + u_el[self._type_b],
-               self._tables[0], self._tables[1], self._tables[2], self._scalars, float(delta2),
-               self.calc.settings.qbroad, self._to_r, float(zoom), g)
-        return g[self.j0:self.j0 + self.calc.r.size] * self.envelope
 
 
 # -- compiled parts ----------------------------------------------------------------------
