@@ -15,7 +15,7 @@ Example
     catalogue: {size: 2000, seed: 0}
     pdf: {calculator: debye, qmin: 0.7, qmax: 20, qdamp: 0.04, uiso: {W: 0.005, O: 0.005}}
     fit: {rmin: 1.6, rmax: 10, refine: [scale, zoom], zoom_bounds: [0.99, 1.01]}
-    learn: {test_fraction: 0.2, cv_folds: 5, search_iterations: 50, seed: 0}
+    learn: {test_fraction: 0.2, cv_folds: 3, search_iterations: 16, search: fast, seed: 0}
     output: {dir: out}
 
 A time series names many data files (``data: frames/run_*.gr``, ordered naturally) and
@@ -138,9 +138,33 @@ class LearnConfig:
         default=0.2,
         metadata=_spec("float", "held-out test fraction", exclusive_min=0.0, maximum=0.5),
     )
-    cv_folds: int = field(default=5, metadata=_spec("int", "cross-validation folds", minimum=2))
+    cv_folds: int = field(default=3, metadata=_spec("int", "cross-validation folds", minimum=2))
     search_iterations: int = field(
-        default=50, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
+        default=16, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
+    )
+    search: str = field(
+        default="fast",
+        metadata=_spec("choice", "fast: trees by early stopping, poor candidates stop early; "
+                       "full: ML-MotEx's search (trees searched, every fold)",
+                       choices=("fast", "full")),
+    )
+    series_search: str = field(
+        default="shared",
+        metadata=_spec("choice", "a series: one search on a few frames for all (shared) or "
+                       "one per frame", choices=("shared", "per_frame")),
+    )
+    search_frames: int = field(
+        default=3, metadata=_spec("int", "frames the shared search looks at", minimum=1)
+    )
+    shap: str = field(
+        default="auto",
+        metadata=_spec("choice", "SHAP on motifs until every ACV's standard error is below "
+                       "shap_target (auto), or on every motif (all)", choices=("auto", "all")),
+    )
+    shap_target: float = field(
+        default=0.01,
+        metadata=_spec("float", "largest ACV standard error, as a fraction of the largest "
+                       "|ACV|", exclusive_min=0.0, maximum=1.0),
     )
     seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0,
                                                  maximum=MAX_SEED))

@@ -85,6 +85,8 @@ def test_acv_known_answer():
     np.testing.assert_allclose(c.contribution, [-5.0, 2.0])
     np.testing.assert_allclose(c.uncertainty, [1.0, math.sqrt(1 / 3)])
     np.testing.assert_allclose(c.confidence, [5.0, 2 * math.sqrt(3)])
+    # SE = sqrt(s_K²/n_K + s_R²/n_R): atom 0 sqrt(1/2 + 1/2), atom 1 sqrt((2/3)/3 + 0)
+    np.testing.assert_allclose(c.contribution_se, [1.0, math.sqrt(2 / 9)])
 
 
 def test_atoms_never_kept_or_never_removed_are_nan():
@@ -122,6 +124,30 @@ def test_sums_are_additive_over_motif_subsets():
     assert a.kept_mean[0] == pytest.approx(kept.mean(), abs=1e-12)
     assert a.kept_std[0] == pytest.approx(kept.std(ddof=0), abs=1e-10)
     assert whole.as_array().shape == (6, 9)
+
+
+def test_sample_order_checkpoints_and_the_stopping_rule():
+    from mlmotex_hpc.learn import explain
+
+    ok = np.ones(10_000, bool)
+    ok[::7] = False
+    order = explain.explain_order(ok, seed=3)
+    np.testing.assert_array_equal(np.sort(order), np.flatnonzero(ok))
+    assert not np.array_equal(order, np.flatnonzero(ok))  # shuffled
+    np.testing.assert_array_equal(explain.explain_order(ok, seed=3), order)
+    first = explain.FIRST_CHECK
+    assert explain.checkpoints(order.size) == [first * 2**k for k in range(6)] + [order.size]
+    assert explain.checkpoints(100) == [100]
+    # the rule: the largest SE against the largest |ACV|; NaN atoms are left out
+    rng = np.random.default_rng(0)
+    masks = rng.random((4000, 3)) < 0.5
+    masks[:, 2] = True  # never removed: NaN, ignored
+    phi = np.where(masks, -0.1, 0.1) + rng.normal(0, 0.05, masks.shape)
+    c = atom_contributions(contribution_sums(masks, phi))
+    worst = explain.largest_relative_se(c)
+    assert worst == pytest.approx(np.nanmax(c.contribution_se) / np.nanmax(np.abs(
+        c.contribution)))
+    assert explain.settled(c, worst) and not explain.settled(c, 0.9 * worst)
 
 
 def test_contribution_sums_checks_shapes():
@@ -189,10 +215,13 @@ def test_model_learns_the_known_function(problem, trained):
     assert model.metrics["n_train"] + model.metrics["n_test"] == len(rw)
     assert len(model.history) == FAST.search_iterations
     assert all(np.isfinite(h["cv_rmse"]) for h in model.history)
-    assert model.metrics["cv_score"] == min(h["cv_rmse"] for h in model.history)
-    # early stopping keeps at most the trees of the point the search chose
-    chosen = min(model.history, key=lambda h: h["cv_rmse"])
-    assert 1 <= model.params["n_estimators"] <= chosen["n_estimators"]
+    # the fast search: the first candidate is the warm start, trees come from early
+    # stopping, and the choice lies within NEAR_BEST of the lowest CV score
+    assert {k: model.history[0][k] for k in model_mod.WARM_START} == model_mod.WARM_START
+    assert "n_estimators" not in model.history[0] and model.history[0]["trees"] >= 1
+    best = min(h["cv_rmse"] for h in model.history)
+    assert best <= model.metrics["cv_score"] <= best * (1 + model_mod.NEAR_BEST)
+    assert 1 <= model.params["n_estimators"] < model_mod.MAX_TREES
     assert model.booster().num_boosted_rounds() == model.params["n_estimators"]
     assert not any("not to be trusted" in line for line in lines)
     c = atom_contributions(contribution_sums(masks, shap_values(model, X)))
@@ -269,7 +298,7 @@ def test_noise_warns_that_contributions_are_untrustworthy():
 def test_search_asks_several_points_per_round():
     calls: list[int] = []
 
-    def evaluate(points):
+    def evaluate(points, reference):
         calls.append(len(points))
         return [(math.log10(p["learning_rate"]) + 1.5) ** 2 + p["max_depth"] / 10 for p in points]
 
@@ -280,6 +309,82 @@ def test_search_asks_several_points_per_round():
     assert isinstance(a.best["max_depth"], int)
     b = search_hyperparameters(evaluate, iterations=11, seed=4, points_per_round=4)
     assert a.history == b.history
+
+
+def test_full_search_searches_the_trees(problem):
+    # ML-MotEx's search: n_estimators is a searched dimension, every candidate gets every
+    # fold, and early stopping of the final model keeps at most the chosen trees
+    _, X, rw = problem
+    full = LearnSettings(cv_folds=3, search_iterations=4, seed=3, search="full")
+    model = train_rw_model(X, rw, full)
+    assert all(h["folds"] == 3 and "n_estimators" in h for h in model.history)
+    chosen = min(model.history, key=lambda h: h["cv_rmse"])
+    assert model.metrics["cv_score"] == chosen["cv_rmse"]
+    assert 1 <= model.params["n_estimators"] <= chosen["n_estimators"]
+
+
+def test_racing_stops_a_poor_candidate_after_one_fold(problem):
+    _, X, rw = problem
+    settings = LearnSettings(cv_folds=3, seed=3)
+    problem_ = model_mod.search_problem(X, rw, settings)
+    good = model_mod.score_candidate([problem_], model_mod.WARM_START, settings)
+    assert good["folds"] == 3 and not good.get("stopped")
+    # a depth-2 model of 12 interacting-free atoms is fine; one that barely learns is not
+    poor = dict(model_mod.WARM_START, max_depth=2, learning_rate=0.04, min_child_weight=10.0,
+                subsample=0.5, colsample_bytree=0.5)
+    unraced = model_mod.score_candidate([problem_], poor, settings)
+    reference = [v / 2 for v in good["fold_rmse"]]  # a reference twice as good
+    raced = model_mod.score_candidate([problem_], poor, settings, reference)
+    assert raced["stopped"] and raced["folds"] == 1
+    assert raced["fold_rmse"] == unraced["fold_rmse"][:1]
+    ratio = raced["fold_rmse"][0] / reference[0]
+    assert raced["cv_rmse"] == pytest.approx(np.mean(reference) * ratio)
+    # within the margin it runs every fold
+    assert "stopped" not in model_mod.score_candidate([problem_], model_mod.WARM_START,
+                                                      settings, good["fold_rmse"])
+
+
+def test_fast_search_keeps_the_cheapest_of_the_near_best():
+    def evaluate(points, reference):
+        # equal scores: the cheapest (fewest trees × leaves) must win; one clearly best
+        # point that is expensive would win only beyond NEAR_BEST
+        return [{"cv_rmse": 1.0 + 1e-4 * (p["max_depth"] == 6), "trees": 50 * p["max_depth"],
+                 "folds": 3, "fold_rmse": [1.0] * 3} for p in points]
+
+    result = search_hyperparameters(evaluate, iterations=8, seed=1, method="fast")
+    depths = [h["max_depth"] for h in result.history]
+    assert result.best["max_depth"] == min(depths)
+    assert set(result.best) == set(model_mod.FAST_SEARCHED)
+
+
+def test_series_search_frames_are_spread_over_the_series():
+    assert model_mod.search_frames_of(151, 3) == [25, 75, 125]
+    assert model_mod.search_frames_of(2, 3) == [0, 1]
+    assert model_mod.search_frames_of(10, 1) == [5]
+    assert model_mod.search_frames_of(4, 4) == [0, 1, 2, 3]
+
+
+def test_shared_search_scores_every_frame_and_skips_the_frames_own():
+    # two frames of one problem, Rw on different scales: the shared search weighs both
+    masks, rw = synthetic(400, seed=2)
+    X = features(masks)
+    settings = LearnSettings(cv_folds=2, search_iterations=3, seed=1)
+    problems = [model_mod.search_problem(X, rw, settings, shared=True),
+                model_mod.search_problem(X, 10 * rw, settings, shared=True)]
+    assert problems[1].scale == pytest.approx(10 * problems[0].scale)
+    result = model_mod.run_search(problems, settings)
+    first = result.history[0]
+    assert first["folds"] == 4 and len(first["fold_rmse"]) == 4
+    # the scaled scores of the two frames nearly agree (the same data up to a factor;
+    # not exactly, as XGBoost's L2 penalty does not scale with Rw)
+    assert first["fold_rmse"][0] == pytest.approx(first["fold_rmse"][1], rel=0.05)
+    assert first["fold_rmse"][0] < 0.5  # scaled: a fraction of the spread of Rw
+    assert model_mod.task_order(problems) == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    lines: list[str] = []
+    model = train_rw_model(X, rw, settings, log=lines.append,
+                           chosen={**result.best, "n_estimators": result.trees})
+    assert model.history == [] and any("shared by the series" in m for m in lines)
+    assert model.metrics["n_validation"] > 0 and model.metrics["test_r2"] > 0.8
 
 
 # ----------------------------------------------------------------------------- SHAP

@@ -45,9 +45,41 @@ def test_two_ranks_explain_like_one(tmp_path):
         np.testing.assert_array_equal(results[2][name], results[1][name], err_msg=name)
 
 
+def test_sampled_shap_stops_at_the_same_motifs_on_one_and_three_ranks(tmp_path):
+    """2000 motifs, a loose target: step 4 stops at the first checkpoint (256 motifs),
+    bit-identically for any rank count, with the labels of SHAP on every motif."""
+    catalogue = {"size": 2000, "seed": 1, "batch_size": 64}
+    results = {}
+    for name, ranks, shap in (("one", 1, "auto"), ("three", 3, "auto"), ("all", 2, "all")):
+        cfg, h5 = _write(tmp_path, name, catalogue=catalogue,
+                         learn={"shap": shap, "shap_target": 0.5})
+        proc = run_cli("run", str(cfg), "--until", "explain", "--quiet", ranks=ranks)
+        assert proc.returncode == 0, proc.stderr
+        results[name] = _read(h5, ATOMS + ("atoms/contribution_se", "atoms/in_motif",
+                                           "shap/values", "shap/explained", "fits/rw"))
+        with h5py.File(h5) as f:
+            results[name]["n_explained"] = f["shap"].attrs["n_explained"]
+    one, three, every = results["one"], results["three"], results["all"]
+    assert one["n_explained"].tolist() == [256] and every["n_explained"].tolist() == [2000]
+    assert one["shap/explained"].sum() == 256 and every["shap/explained"].all()
+    for name in ATOMS + ("atoms/contribution_se", "shap/explained", "shap/values"):
+        np.testing.assert_array_equal(three[name], one[name], err_msg=name)
+    rows = one["shap/explained"][0].astype(bool)
+    assert np.isnan(one["shap/values"][0, ~rows]).all()
+    # the same model explains the same motifs the same way, whichever are explained
+    np.testing.assert_array_equal(one["shap/values"][0, rows], every["shap/values"][0, rows])
+    np.testing.assert_array_equal(one["atoms/in_motif"], every["atoms/in_motif"])
+    se = one["atoms/contribution_se"][0]
+    assert (se > 0).all() and (se > every["atoms/contribution_se"][0]).all()
+    # the sampled ACV lies within a few standard errors of the all-motif one
+    diff = np.abs(one["atoms/contribution"][0] - every["atoms/contribution"][0])
+    assert (diff < 5 * se).all()
+    assert np.max(se) <= 0.5 * np.max(np.abs(one["atoms/contribution"][0]))
+
+
 def test_search_spreads_each_round_over_the_ranks(tmp_path):
     cfg, h5 = _write(tmp_path, "out", learn={"search_iterations": 6, "cv_folds": 2,
-                                             "params": {}})
+                                             "params": {}, "search": "full"})
     proc = run_cli("run", str(cfg), "--until", "learn", ranks=3)
     assert proc.returncode == 0, proc.stderr
     with h5py.File(h5) as f:

@@ -6,6 +6,7 @@ Four frames of the shipped Fe2O3 in situ series, renamed so that natural order m
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import h5py
@@ -253,3 +254,30 @@ def test_frames_on_different_r_grids(tmp_path):
     assert proc.returncode == 0, proc.stderr
     with h5py.File(alone_dir / "out" / "motex.h5") as f:
         np.testing.assert_array_equal(f["fits/rw"][0], rw[1])
+
+
+def test_one_search_for_the_series_or_one_per_frame(series, tmp_path):
+    """The default for a series: one search on representative frames (3 of 4: 0, 2, 3),
+    its hyperparameters used by every frame's model; per_frame searches each frame."""
+    results = {}
+    for mode in ("shared", "per_frame"):
+        folder = tmp_path / mode
+        cfg = series_config(folder, learn={"search_iterations": 4, "cv_folds": 2,
+                                           "params": {}, "series_search": mode})
+        proc = run_cli("run", str(cfg), "--until", "learn", "--quiet", ranks=2)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(folder / "out" / "motex.h5") as f:
+            results[mode] = (dict(f["ml"].attrs), f["fits/rw"][()])
+    shared, rw = results["shared"]
+    np.testing.assert_array_equal(rw, series[2]["fits/rw"])  # the same fits
+    assert shared["searched_frames"].tolist() == [0, 2, 3]
+    history = json.loads(shared["history"])
+    assert [len(h) for h in history] == [4, 0, 4, 4] and history[0] == history[3]
+    params = json.loads(shared["params"])
+    for key in ("learning_rate", "max_depth", "subsample", "colsample_bytree"):
+        assert len({p[key] for p in params}) == 1, key  # one choice for every frame
+    cv = shared["cv_score"]
+    assert np.isfinite(cv[[0, 2, 3]]).all() and np.isnan(cv[1])
+    per_frame, _ = results["per_frame"]
+    assert "searched_frames" not in per_frame
+    assert [len(h) for h in json.loads(per_frame["history"])] == [4, 4, 4, 4]

@@ -1,6 +1,7 @@
 """``mlmotex-hpc learn OUT/motex.h5``: steps 3-4 again on finished fits, on any ranks.
 
-New learning settings (``--search-iterations``, ``--cv-folds``, ``--seed``), no refitting.
+New learning settings (``--search``, ``--search-iterations``, ``--cv-folds``, ``--seed``,
+``--series-search``, ``--shap``, ``--shap-target``), no refitting.
 The run's config (stored in the file) supplies the structure and the motif definition;
 the new settings are recorded in ``/ml`` (attribute ``settings``), while the file's
 ``config`` attribute stays the run's, so ``mlmotex-hpc run`` still recognises it.
@@ -20,6 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hyperparameter search evaluations (0: XGBoost defaults)")
     parser.add_argument("--cv-folds", type=int, metavar="K", help="cross-validation folds")
     parser.add_argument("--seed", type=int, help="seed of the split, folds and search")
+    parser.add_argument("--search", choices=("fast", "full"),
+                        help="fast: trees by early stopping, poor candidates stop early; "
+                             "full: ML-MotEx's search (trees searched, every fold)")
+    parser.add_argument("--series-search", choices=("shared", "per_frame"),
+                        help="a series: one search for all frames, or one per frame")
+    parser.add_argument("--shap", choices=("auto", "all"),
+                        help="SHAP on a sample until the ACVs are known well enough (auto), "
+                             "or on every motif (all)")
+    parser.add_argument("--shap-target", type=float, metavar="F",
+                        help="largest ACV standard error, as a fraction of the largest |ACV|")
     parser.add_argument("--until", choices=("learn", "explain"), default="explain",
                         help="last stage to run (default: explain)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
@@ -45,10 +56,14 @@ def _prepare(path: Path, args: argparse.Namespace):
             f"{path}: {int((~done).sum())} of {done.size} fit batches are not "
             "finished; run 'mlmotex-hpc run' with its config to finish them first"
         )
-    changes = {k: getattr(args, k) for k in ("search_iterations", "cv_folds", "seed")
-               if getattr(args, k) is not None}
+    keys = ("search_iterations", "cv_folds", "seed", "search", "series_search", "shap",
+            "shap_target")
+    changes = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for key, value in changes.items():
-        if value < 0 or (key == "cv_folds" and value < 2):
+        if isinstance(value, str):
+            continue
+        if value < 0 or (key == "cv_folds" and value < 2) or (
+                key == "shap_target" and not 0 < value <= 1):
             raise InputError(f"--{key.replace('_', '-')} = {value}: out of range")
     config = dataclasses.replace(config, learn=dataclasses.replace(config.learn, **changes))
     inputs = load_inputs(config, None)  # structure, motif space, data: as the run had

@@ -15,9 +15,11 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
     /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
     /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
-    /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean (F, N)
+    /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean,
+          contribution_se (F, N)
     /atoms/in_motif (F, N)  /atoms/index (N)
-    /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32
+    /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32 (NaN: not explained)
+    /shap/explained (F, M) uint8         attrs: n_explained (F), definition
     /ml                     attrs: test metrics and hyperparameters (arrays over frames)
     /ml/test_predicted (F, M) float32
     /timings                attrs: catalogue, fit, learn, explain, total (s), ranks, fits_per_second
@@ -66,12 +68,14 @@ LAYOUT_VERSION = 2
 #: Fit results every run has (plus ``status``, and the freed parameters' datasets).
 FIT_FIELDS = ("rw", "scale", "zoom")
 #: Per-atom results of the explain stage, one (F, N) dataset each.
-ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
+ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean",
+                 "contribution_se")
 #: Datasets with a leading frame axis: ``merge`` joins them along it.
 FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
                   "atoms/contribution", "atoms/uncertainty", "atoms/confidence",
                   "atoms/kept_mean", "atoms/removed_mean", "atoms/in_motif",
-                  "shap/values", "shap/base_value", "ml/test_predicted")
+                  "atoms/contribution_se", "shap/values", "shap/base_value",
+                  "shap/explained", "ml/test_predicted")
 #: Datasets every part of a job array holds identically: ``merge`` copies the first's.
 SHARED_DATASETS = ("model", "catalogue", "atoms/index")
 
@@ -79,8 +83,13 @@ STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, 3 Uiso or delta2 at a bound, 
 ATOMS_DEFINITION = (
     "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
     "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "
-    "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma"
+    "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma; "
+    "contribution_se = sqrt(sK^2/nK + sR^2/nR), the standard error of the contribution"
 )
+SHAP_DEFINITION = (
+    "TreeSHAP values of the motifs in explained (1); NaN for the others. learn.shap: all "
+    "explains every motif, auto a seeded random sample of those with a finite Rw, grown "
+    "until every ACV's standard error is below learn.shap_target x the largest |ACV|")
 PREDICTED_DEFINITION = (
     "Rw predicted by the frame's model for its test motifs (NaN: not in the test set)")
 
@@ -541,21 +550,38 @@ class RunFile:
 
     # -- the learning stage ------------------------------------------------------------------
     def collective_create_shap(self, n_frames: int, n_motifs: int, n_features: int) -> None:
-        """(Re)create ``/shap``: values (F, M, n_features) and base values (F, M), float32."""
+        """(Re)create ``/shap``: values (F, M, n_features) and base values (F, M), float32,
+        NaN where a motif was not explained; ``explained`` (F, M) uint8 says which were."""
         if self.file is None:
             return
         grp = self.file.require_group("shap")
-        for name in ("values", "base_value"):
+        for name in ("values", "base_value", "explained"):
             if name in grp:
                 del grp[name]
         chunks = (1, min(n_motifs, 4096), n_features)
-        grp.create_dataset("values", (n_frames, n_motifs, n_features), "f4", chunks=chunks)
-        grp.create_dataset("base_value", (n_frames, n_motifs), "f4")
+        grp.create_dataset("values", (n_frames, n_motifs, n_features), "f4", chunks=chunks,
+                           fillvalue=np.nan)
+        grp.create_dataset("base_value", (n_frames, n_motifs), "f4", fillvalue=np.nan)
+        grp.create_dataset("explained", (n_frames, n_motifs), "u1", fillvalue=0)
+        grp.attrs["definition"] = SHAP_DEFINITION
 
-    def write_shap(self, frame: int, lo: int, hi: int, rows: np.ndarray) -> None:
-        """SHAP rows ``lo:hi`` of a frame: feature columns, then the base value last."""
-        self.file["shap/values"][frame, lo:hi] = rows[:, :-1]
-        self.file["shap/base_value"][frame, lo:hi] = rows[:, -1]
+    def write_shap(self, frame: int, rows: np.ndarray, values: np.ndarray) -> None:
+        """SHAP values of a frame's motifs ``rows`` (any order): feature columns, then the
+        base value last; the rows are marked explained."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], values[order]
+        grp = self.file["shap"]
+        # runs of consecutive motifs, each written as one slice (all of a rank's share
+        # when every motif is explained)
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, breaks], np.r_[breaks, rows.size], strict=True):
+            sel = slice(int(rows[a]), int(rows[b - 1]) + 1)
+            grp["values"][frame, sel] = values[a:b, :-1]
+            grp["base_value"][frame, sel] = values[a:b, -1]
+            grp["explained"][frame, sel] = 1
 
     def collective_write_learning(
         self,
@@ -566,6 +592,8 @@ class RunFile:
         histories: Sequence[list],
         predicted: np.ndarray,
         atoms: Mapping[str, np.ndarray] | None,
+        searched_frames: Sequence[int] | None = None,
+        explained: np.ndarray | None = None,
     ) -> None:
         """``/ml`` (metrics, hyperparameters, search history, test predictions) and, after
         the explain stage, ``/atoms`` (identical data on every rank)."""
@@ -580,6 +608,12 @@ class RunFile:
         ml.attrs["history"] = json.dumps(histories if n_frames > 1 else histories[0],
                                          default=str)
         ml.attrs["settings"] = settings
+        if "searched_frames" in ml.attrs:
+            del ml.attrs["searched_frames"]
+        if searched_frames is not None:
+            ml.attrs["searched_frames"] = np.asarray(searched_frames, dtype=np.int64)
+        if explained is not None:
+            h5["shap"].attrs["n_explained"] = np.asarray(explained, dtype=np.int64)
         if atoms is not None:
             grp = h5.require_group("atoms")
             for key in ATOM_DATASETS:
@@ -719,13 +753,23 @@ class RunFile:
 
     @_reader
     def atoms(self, name: str, frame: int | None = None) -> np.ndarray:
-        """A per-atom result (F × N, or one frame's N); ``in_motif`` is bool."""
+        """A per-atom result (F × N, or one frame's N); ``in_motif`` is bool;
+        ``contribution_se`` is NaN in files written before it was."""
+        if name == "contribution_se" and "atoms/contribution_se" not in self.file:
+            return np.full_like(self.atoms("contribution", frame), np.nan)
         ds = self.file[f"atoms/{name}"]
         values = ds[:] if frame is None else ds[frame]
         return values.astype(bool) if name == "in_motif" else values
 
     def has_shap(self) -> bool:
         return "shap/values" in self.file
+
+    @_reader
+    def explained(self, frame: int) -> np.ndarray:
+        """Indices of a frame's motifs that have SHAP values (all, in older files)."""
+        if "shap/explained" not in self.file:
+            return np.arange(self.n_motifs)
+        return np.flatnonzero(self.file["shap/explained"][frame])
 
     @_reader
     def shap(self, frame: int, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -938,15 +982,23 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
             for f in range(src[name].shape[0]):
                 ds[row] = src[name][f]
                 row += 1
-    for group in ("fits", "atoms"):
-        for key, value in first[group].attrs.items():
+    for group in ("fits", "atoms", "shap"):
+        for key, value in (first[group].attrs.items() if group in first else ()):
             out[group].attrs[key] = value
+    if "shap" in first and "n_explained" in first["shap"].attrs:
+        out["shap"].attrs["n_explained"] = np.concatenate(
+            [np.atleast_1d(s["shap"].attrs["n_explained"]) for s in sources])
     batches = first["fits/batch_done"].shape[0]
     out.create_dataset("fits/batch_done", data=np.ones((batches, 1), dtype="u1"))
     out["fits"].attrs["frame_block"] = n_frames
     # learning: per-frame attributes joined in frame order
     ml = out.require_group("ml")
     for key in first["ml"].attrs:
+        if key == "searched_frames":  # each part's own search, in merged frame numbers
+            ml.attrs[key] = np.concatenate(
+                [np.asarray(s["ml"].attrs[key]) + p.frame_range[0] - start
+                 for s, p in zip(sources, parts, strict=True) if key in s["ml"].attrs])
+            continue
         values = []
         for src in sources:
             values += _per_frame(src["ml"].attrs[key], src["frames/names"].shape[0])

@@ -7,11 +7,19 @@ motif m:
 * R_i, s_R: the same over motifs removing i;
 * contribution ACV_i = K_i − R_i (negative: keeping the atom lowers Rw);
 * uncertainty σ_i = sqrt((s_K² + s_R²) / 2);
-* confidence CF_i = |ACV_i| / σ_i.
+* confidence CF_i = |ACV_i| / σ_i;
+* standard error of ACV_i, SE_i = sqrt(s_K² / n_K + s_R² / n_R): how far the catalogue's
+  ACV may lie from that of all motifs (two independent sample means).
 
 They are computed from counts, sums and sums of squares (:class:`ContributionSums`), which
 add over any partition of the motifs: ranks can each sum their share and ``Allreduce``
 :meth:`ContributionSums.as_array`.
+
+Explaining a sample (``shap: auto``): the motifs are taken in a seeded random order
+(:func:`explain_order`), block by block, and the standard errors are looked at when
+:func:`checkpoints` says (256 motifs, then twice as many each time); the first
+checkpoint at which :func:`settled` holds ends step 4. The blocks are added in order, so
+the answer does not depend on how many ranks computed them.
 """
 
 from __future__ import annotations
@@ -30,7 +38,14 @@ BLOCK_ROWS = 8192
 #: shared out, so the sums are the same bits for any number of workers.
 SUM_BLOCK = 256
 #: The stored per-atom results, fields of :class:`AtomContributions`.
-ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean")
+ATOM_FIELDS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean",
+               "contribution_se")
+#: Motifs per block of a sample's sums (``shap: auto``): smaller than :data:`SUM_BLOCK`
+#: so that the first checkpoints still give every rank a share.
+SAMPLE_BLOCK = 64
+#: Motifs explained before the standard errors are first looked at; each later
+#: checkpoint doubles the motifs explained.
+FIRST_CHECK = 256
 
 
 def _as_booster(booster_or_model: xgb.Booster | TrainedModel | bytes | bytearray,
@@ -202,6 +217,8 @@ class AtomContributions:
         K and R.
     kept_std, removed_std : ndarray
         s_K and s_R (ddof = 0).
+    contribution_se : ndarray
+        Standard error of ACV, sqrt(s_K² / n_K + s_R² / n_R) (NaN as ``contribution``).
     """
 
     contribution: np.ndarray
@@ -211,6 +228,7 @@ class AtomContributions:
     removed_mean: np.ndarray
     kept_std: np.ndarray
     removed_std: np.ndarray
+    contribution_se: np.ndarray
 
 
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +259,7 @@ def atom_contributions(sums: ContributionSums) -> AtomContributions:
     sigma = np.sqrt((k_std**2 + r_std**2) / 2.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         cf = np.abs(acv) / sigma
+        se = np.sqrt(k_std**2 / sums.n_keep + r_std**2 / sums.n_remove)
     return AtomContributions(
         contribution=acv,
         uncertainty=sigma,
@@ -249,16 +268,54 @@ def atom_contributions(sums: ContributionSums) -> AtomContributions:
         removed_mean=r_mean,
         kept_std=k_std,
         removed_std=r_std,
+        contribution_se=se,
     )
 
 
-def block_share(n: int, worker: int, workers: int) -> tuple[int, int]:
+def explain_order(ok: np.ndarray, seed: int) -> np.ndarray:
+    """The motifs with a finite Rw (``ok``, shape (M,)) in the seeded random order in which
+    a sample is explained: any leading part of it is a uniform random sample, whatever
+    order the catalogue holds its motifs in."""
+    index = np.flatnonzero(np.asarray(ok, dtype=bool))
+    return index[np.random.default_rng([seed, 4]).permutation(index.size)]
+
+
+def checkpoints(n: int) -> list[int]:
+    """Motifs explained (of ``n`` in :func:`explain_order`) at which the standard errors
+    are looked at: :data:`FIRST_CHECK`, doubling, and all ``n`` last."""
+    marks = []
+    count = FIRST_CHECK
+    while count < n:
+        marks.append(count)
+        count *= 2
+    return marks + [n]
+
+
+def largest_relative_se(contrib: AtomContributions) -> float:
+    """The largest ACV standard error as a fraction of the largest |ACV| (atoms with a
+    defined ACV only); +inf when nothing is defined or every ACV is 0."""
+    acv = contrib.contribution
+    defined = np.isfinite(acv)
+    if not defined.any():
+        return float("inf")
+    scale = float(np.max(np.abs(acv[defined])))
+    if scale == 0.0:
+        return float("inf")
+    return float(np.max(contrib.contribution_se[defined])) / scale
+
+
+def settled(contrib: AtomContributions, target: float) -> bool:
+    """Whether every atom's ACV standard error is at most ``target`` × the largest |ACV|."""
+    return largest_relative_se(contrib) <= target
+
+
+def block_share(n: int, worker: int, workers: int, block: int = SUM_BLOCK) -> tuple[int, int]:
     """Worker ``worker`` of ``workers``: its contiguous share ``lo:hi`` of n motifs, in
-    whole :data:`SUM_BLOCK` s (the first ``n_blocks % workers`` get one block more)."""
-    n_blocks = -(-n // SUM_BLOCK)
+    whole blocks of ``block`` motifs (the first ``n_blocks % workers`` get one more)."""
+    n_blocks = -(-n // block)
     count = n_blocks // workers + (n_blocks % workers > worker)
     first = worker * (n_blocks // workers) + min(worker, n_blocks % workers)
-    return min(n, first * SUM_BLOCK), min(n, (first + count) * SUM_BLOCK)
+    return min(n, first * block), min(n, (first + count) * block)
 
 
 def block_sums(masks: np.ndarray, phi: np.ndarray, ok: np.ndarray, lo: int) -> list[np.ndarray]:

@@ -178,9 +178,10 @@ def shap_summary(run: RunFile, path: Path, frame: int = 0, max_display: int = 20
     import shap
 
     n_motifs = run.n_motifs
-    rows = np.arange(n_motifs)
-    if n_motifs > MAX_POINTS:
-        rows = np.sort(np.random.default_rng(seed).choice(n_motifs, MAX_POINTS, replace=False))
+    rows = run.explained(frame)
+    n_explained = rows.size
+    if rows.size > MAX_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_POINTS, replace=False))
     phi, base = run.shap(frame, rows)
     phi = phi.astype(np.float64)
     masks = run.masks(rows).astype(np.float64)
@@ -195,6 +196,8 @@ def shap_summary(run: RunFile, path: Path, frame: int = 0, max_display: int = 20
     ax = fig.axes[0]
     ax.set_xlabel("SHAP value: change of the predicted Rw")
     shown = "" if len(rows) == n_motifs else f", {len(rows)} of {n_motifs} motifs drawn"
+    if n_explained < n_motifs and len(rows) == n_explained:
+        shown = f", the {n_explained} of {n_motifs} motifs explained"
     ax.set_title(f"Features that move the predicted Rw most{_frame_title(run, frame)}{shown}",
                  fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -179,6 +179,7 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         acv = run.atoms("contribution", frame)
         sigma = run.atoms("uncertainty", frame)
         conf = run.atoms("confidence", frame)
+        se = run.atoms("contribution_se", frame)
         colours = contribution_colours(acv, len(structure), permutable)
         order = np.argsort(acv, kind="stable")
         rows = []
@@ -188,12 +189,18 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
             x, y, z = structure.xyz[i]
             rows.append([f'<span class="swatch" style="background:{rgb}"></span> '
                          f"{_esc(structure.elements[i])}{i}", f"{x:.3f}", f"{y:.3f}",
-                         f"{z:.3f}", _num(acv[k], ".5f"), _num(sigma[k], ".5f"),
+                         f"{z:.3f}", _num(acv[k], ".5f"), _num(se[k], ".5f"),
+                         _num(sigma[k], ".5f"),
                          _num(conf[k], ".2f"), "yes" if acv[k] < 0 else ""])
+        n_explained = run.explained(frame).size
+        sample = ("" if n_explained == run.n_motifs else
+                  f" SHAP values of {n_explained:,} of the {run.n_motifs:,} motifs, drawn at "
+                  "random, until every SE was small enough (learn.shap: all explains all).")
         parts.append("<p>Sorted by ACV: the motif first. ACV = mean SHAP value over motifs "
-                     "keeping the atom minus the mean over motifs removing it; σ its "
-                     "uncertainty; CF = |ACV| / σ.</p>")
-        parts.append(_table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "σ", "CF",
+                     "keeping the atom minus the mean over motifs removing it; SE its "
+                     "standard error; σ its uncertainty (the spread of the SHAP values); "
+                     f"CF = |ACV| / σ.{sample}</p>")
+        parts.append(_table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "SE", "σ", "CF",
                              "in motif"], rows))
         motif_xyz = (products.folder if products is not None else path.parent) / "motif.xyz"
         if n_frames > 1:

@@ -38,7 +38,8 @@ def write_contributions_csv(
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["frame", "frame_name", "time", "index", "element", "x", "y", "z",
-                         "contribution", "uncertainty", "confidence", "in_motif"])
+                         "contribution", "uncertainty", "confidence", "in_motif",
+                         "contribution_se"])
         for f in range(n_frames):
             time_text = "" if times is None else f"{times[f]:.10g}"
             for i, idx in enumerate(permutable):
@@ -49,6 +50,7 @@ def write_contributions_csv(
                     f"{x:.6f}", f"{y:.6f}", f"{z:.6f}",
                     f"{acv:.8g}", f"{atoms['uncertainty'][f, i]:.8g}",
                     f"{atoms['confidence'][f, i]:.8g}", int(bool(acv < 0)),
+                    f"{atoms['contribution_se'][f, i]:.8g}",
                 ])
 
 

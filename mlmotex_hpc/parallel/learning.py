@@ -25,13 +25,29 @@ from ..errors import InputError
 from ..io.runfile import RunFile
 from ..learn.explain import (
     ATOM_FIELDS,
+    SAMPLE_BLOCK,
+    ContributionSums,
     add_blocks,
     atom_contributions,
     block_share,
     block_sums,
+    checkpoints,
+    contribution_sums,
+    explain_order,
+    largest_relative_se,
     shap_values,
 )
-from ..learn.model import METRICS, LearnSettings, Workers, features, train_rw_model
+from ..learn.model import (
+    METRICS,
+    LearnSettings,
+    Workers,
+    features,
+    run_search,
+    search_frames_of,
+    search_problem,
+    task_order,
+    train_rw_model,
+)
 from .comm import bcast_array, cores_owned, inject_fault, pause_for_tests, wait_idle
 from .exits import leave_together
 from .log import progress_lines
@@ -102,16 +118,66 @@ def check_fits(rw: np.ndarray, names: list[str] | None = None) -> None:
             )
 
 
-def _learn_frame(X, masks, y, settings, until, log, sub, label) -> dict:
+def _explain_all(model, X, masks, ok, sub, log) -> tuple:
+    """Step 4 on every motif: this rank's contiguous share, block sums added in order."""
+    lo, hi = block_share(masks.shape[0], sub.rank, sub.size)
+    phi = shap_values(model, X[lo:hi], progress=progress_lines(log, "  SHAP"))
+    shares = sub.allgather(block_sums(masks, phi, ok, lo))
+    return atom_contributions(add_blocks(shares, masks.shape[1])), np.arange(lo, hi), phi
+
+
+def _explain_sample(model, X, masks, ok, settings, sub, log) -> tuple:
+    """Step 4 on a growing random sample of the motifs with a finite Rw, until every
+    atom's ACV standard error is below ``settings.shap_target`` × the largest |ACV|.
+
+    The motifs come in :func:`explain_order`; at each of the :func:`checkpoints` the new
+    motifs are shared out over the ranks in whole blocks and the blocks' sums are added
+    in order: the same bits, and the same stopping point, for any number of ranks.
+    """
+    order = explain_order(ok, settings.seed)
+    total = np.zeros((6, masks.shape[1]))
+    rows_mine, phi_mine = [], []
+    start = 0
+    t0 = time.perf_counter()
+    for stop in checkpoints(order.size):
+        lo, hi = block_share(stop - start, sub.rank, sub.size, SAMPLE_BLOCK)
+        rows = order[start + lo:start + hi]
+        phi = shap_values(model, X[rows])
+        blocks = [contribution_sums(masks[rows[b:b + SAMPLE_BLOCK]], phi[b:b + SAMPLE_BLOCK])
+                  .as_array() for b in range(0, rows.size, SAMPLE_BLOCK)]
+        for share in sub.allgather(blocks):
+            for block in share:
+                total += block
+        rows_mine.append(rows)
+        phi_mine.append(phi)
+        start = stop
+        contrib = atom_contributions(ContributionSums.from_array(total))
+        worst = largest_relative_se(contrib)
+        rate = start / max(time.perf_counter() - t0, 1e-9)
+        log(f"  SHAP: {start:,} of {order.size:,} motifs, largest ACV standard error "
+            f"{100 * worst:.2f} % of the largest |ACV| (target {100 * settings.shap_target:g}"
+            f" %), {rate:,.0f} motifs/s")
+        if worst <= settings.shap_target:
+            break
+    if start < order.size:
+        log(f"  SHAP: stopped at {start:,} of {order.size:,} motifs: every ACV is known well "
+            "enough (learn.shap: all explains every motif)")
+    width = X.shape[1] + 1
+    rows = np.concatenate(rows_mine) if rows_mine else np.arange(0)
+    phi = np.concatenate(phi_mine) if phi_mine else np.zeros((0, width), np.float32)
+    return contrib, rows, phi, start
+
+
+def _learn_frame(X, masks, y, settings, until, log, sub, label, chosen=None) -> dict:
     """Steps 3-4 for one frame on the ranks of ``sub``: model, metrics, atoms, and this
-    rank's SHAP share (float32, N + 2 columns: features, then the base value)."""
+    rank's SHAP rows (motif indices; float32 values, N + 2 columns: features, then the
+    base value)."""
     ok = np.isfinite(y)
-    n_motifs, n_perm = masks.shape
     t = time.perf_counter()
     log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
     pause_for_tests("learn")
     model = train_rw_model(X[ok], y[ok], settings, log=lambda m: log(f"  {m}"),
-                           workers=GroupWorkers(sub))
+                           workers=GroupWorkers(sub), chosen=chosen)
     test = np.flatnonzero(ok)[model.test_index]  # motif indices of the test set
     out = {"metrics": {k: model.metrics.get(k, np.nan) for k in METRICS},
            "params": model.params, "history": model.history,
@@ -121,15 +187,42 @@ def _learn_frame(X, masks, y, settings, until, log, sub, label) -> dict:
         return out
     t = time.perf_counter()
     inject_fault("explain", sub)
-    lo, hi = block_share(n_motifs, sub.rank, sub.size)
-    log(f"step 4: SHAP values for {n_motifs} motifs{label} on {sub.size} rank(s)")
-    phi = shap_values(model, X[lo:hi], progress=progress_lines(log, "  SHAP"))
-    shares = sub.allgather(block_sums(masks, phi, ok, lo))
-    contrib = atom_contributions(add_blocks(shares, n_perm))
+    if settings.shap == "all":
+        log(f"step 4: SHAP values for {masks.shape[0]} motifs{label} on {sub.size} rank(s)")
+        contrib, rows, phi = _explain_all(model, X, masks, ok, sub, log)
+        out["explained"] = masks.shape[0]
+    else:
+        log(f"step 4: SHAP values{label} on {sub.size} rank(s), until every ACV's standard "
+            f"error is below {100 * settings.shap_target:g} % of the largest |ACV|")
+        contrib, rows, phi, out["explained"] = _explain_sample(model, X, masks, ok,
+                                                               settings, sub, log)
     out["atoms"] = {key: getattr(contrib, key) for key in ATOM_FIELDS}
-    out["shap"] = (lo, hi, np.ascontiguousarray(phi, dtype=np.float32))
+    out["shap"] = (rows, np.ascontiguousarray(phi, dtype=np.float32))
     out["explain"] = time.perf_counter() - t
     return out
+
+
+def _shared_search(X, masks, rw_all, settings, log, comm) -> tuple[dict, dict]:
+    """One hyperparameter search for a whole series, on :func:`search_frames_of` frames,
+    spread over every rank. Returns the chosen point (with its trees) and what the file
+    records of it: the frames searched, the history, each searched frame's CV RMSE."""
+    frames = search_frames_of(rw_all.shape[0], settings.search_frames)
+    log(f"step 3: one hyperparameter search for all {rw_all.shape[0]} frames, on frames "
+        f"{', '.join(map(str, frames))}")
+    problems = []
+    for f in frames:
+        ok = np.isfinite(rw_all[f])
+        problems.append(search_problem(X[ok], rw_all[f][ok], settings, shared=True))
+    result = run_search(problems, settings, GroupWorkers(comm), log=lambda m: log(f"  {m}"))
+    entry = next(h for h in result.history
+                 if all(h[n] == v for n, v in result.best.items()))
+    per_frame: dict[int, list[float]] = {}
+    for (i, _), score in zip(task_order(problems), entry["fold_rmse"], strict=True):
+        per_frame.setdefault(i, []).append(score * problems[i].scale)
+    cv = {frames[i]: float(np.mean(v)) for i, v in per_frame.items()}
+    log(f"  shared search: chosen {result.best} ({result.trees} trees per fold)")
+    return ({**result.best, "n_estimators": result.trees},
+            {"frames": frames, "history": result.history, "cv": cv})
 
 
 def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Callable,
@@ -140,7 +233,19 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
     With parallel HDF5 each rank writes its SHAP rows itself; otherwise rank 0 receives
     and writes them, one round of frames at a time. Returns per-frame metrics and
     hyperparameters, and the stage timings (slowest rank).
+
+    BLAS (numpy, the search's Gaussian process) gets this rank's cores only: left to
+    itself every rank starts a thread per core of the node, and on 2 ranks of a 2-core
+    node that alone made the search twice as slow (measured).
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=settings.n_jobs, user_api="blas"):
+        return _learn_and_explain(run, settings, until, log, comm)
+
+
+def _learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Callable,
+                       comm: MPI.Comm) -> dict:
     root = comm.rank == 0
     parallel = run.parallel
     if parallel:  # every rank reads what it needs
@@ -167,6 +272,11 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
         log(f"steps 3-4: {n_frames} frames on {n_groups} groups of ranks side by side")
     done: dict[int, dict] = {}
     t_learn = t_explain = 0.0
+    chosen, shared = None, None
+    if n_frames > 1 and settings.series_search == "shared" and settings.searching:
+        t = time.perf_counter()
+        chosen, shared = _shared_search(X, masks, rw_all, settings, log, comm)
+        t_learn += time.perf_counter() - t
     try:
         for first in range(0, n_frames, n_groups):  # one round: a frame per group
             f = first + color
@@ -174,29 +284,25 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
                 # The data every group needs were checked on all ranks (check_fits); an
                 # error in here is one rank's, and abort_on_error ends the job with it.
                 label = f" (frame {f})" if n_frames > 1 else ""
-                res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label)
+                res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label,
+                                   chosen)
                 t_learn += res["learn"]
                 t_explain += res["explain"]
                 shap = res.pop("shap", None)
                 if sub.rank == 0:
                     done[f] = res
                 if shap is not None and run.holds:
-                    lo, hi, values = shap
-                    run.write_shap(f, lo, hi, values)
+                    run.write_shap(f, *shap)
                 elif shap is not None:
-                    comm.Send(shap[2], dest=0, tag=f)
+                    comm.send(shap, dest=0, tag=f)
             if until == "explain" and not parallel and comm.size > 1 and root:
                 # serial HDF5: rank 0 writes this round's SHAP rows of the other ranks
                 for g in range(n_groups):
                     if first + g >= n_frames:
                         continue
-                    for i, rank in enumerate(members[g]):
-                        if rank == 0:
-                            continue
-                        lo, hi = block_share(n_motifs, i, len(members[g]))
-                        part = np.empty((hi - lo, X.shape[1] + 1), dtype=np.float32)
-                        comm.Recv(part, source=rank, tag=first + g)
-                        run.write_shap(first + g, lo, hi, part)
+                    for rank in members[g]:
+                        if rank != 0:
+                            run.write_shap(first + g, *comm.recv(source=rank, tag=first + g))
     finally:
         sub.Free()
     for part in comm.allgather(done):
@@ -209,10 +315,17 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
             "their atom contributions are not to be trusted")
     params = [done[f]["params"] for f in range(n_frames)]
     histories = [done[f]["history"] for f in range(n_frames)]
-    atoms = None
+    searched = None
+    if shared is not None:  # the series' one search: its history where it looked
+        searched = shared["frames"]
+        for f in searched:
+            histories[f] = shared["history"]
+            metrics["cv_score"][f] = shared["cv"][f]
+    atoms = explained = None
     if until == "explain":
         atoms = {k: np.stack([done[f]["atoms"][k] for f in range(n_frames)])
                  for k in ATOM_FIELDS}
+        explained = np.array([done[f]["explained"] for f in range(n_frames)])
     described = {k: v for k, v in vars(settings).items() if k != "params"}
     described["params"] = dict(settings.params)
     described = comm.bcast(json.dumps(described, default=str))  # rank 0's n_jobs
@@ -221,7 +334,8 @@ def learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: Ca
         index, values = done[f]["test"]
         predicted[f, index] = values
     run.collective_write_learning(settings=described, metrics=metrics, params=params,
-                                  histories=histories, predicted=predicted, atoms=atoms)
+                                  histories=histories, predicted=predicted, atoms=atoms,
+                                  searched_frames=searched, explained=explained)
     return {"metrics": metrics, "params": params,
             "learn": comm.allreduce(t_learn, op=MPI.MAX),
             "explain": comm.allreduce(t_explain, op=MPI.MAX)}

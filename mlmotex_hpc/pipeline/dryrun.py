@@ -4,6 +4,9 @@ Reads and checks every input exactly as a run does, builds the catalogue, then f
 short sample of its motifs with the real compiled kernels (which also fills the numba
 cache for the job to come) and prints the catalogue size, the pairs per motif, the fits
 per core-second, the memory estimate and the fit stage's walltime on ``--ranks`` ranks.
+Steps 3-4 are estimated from a measured XGBoost training and TreeSHAP pass on the
+catalogue's own mask features, scaled by the settings (a rough guide: the trees a model
+needs depend on the fits, which a dry run does not make).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from ..io import runfile
 from .inputs import load_inputs, memory_estimate, node_memory
 
 SAMPLE = 200
+#: Trees assumed per early-stopped model when estimating steps 3-4 (the shipped cases
+#: need 60-400).
+ASSUMED_TREES = 200
 
 
 def _sample_rate(inputs, config: Config, sample: np.ndarray) -> tuple[float, list[int]]:
@@ -79,10 +85,51 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
         f"{mem['rank0'] / gib:.2f} GiB on rank 0 while learning "
         f"({node_memory() / gib:.1f} GiB available here)",
         f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}",
-        "not included    steps 3-4 (XGBoost, SHAP) on rank 0, which scale with motifs × "
-        "search iterations × folds",
+        _learning_line(config, inputs, ranks),
     ]
     return "\n".join(lines)
+
+
+def _learning_line(config: Config, inputs, ranks: int) -> str:
+    """Steps 3-4's walltime on ``ranks`` ranks: XGBoost's cost per tree and row and
+    TreeSHAP's per tree and motif, measured here on the catalogue's features, times the
+    trainings and motifs the settings ask for, at :data:`ASSUMED_TREES` trees a model."""
+    import xgboost as xgb
+
+    from ..learn.explain import FIRST_CHECK, shap_values
+    from ..learn.model import BASE_PARAMS, WARM_START, features
+
+    lc = config.learn
+    n_motifs, n_frames = inputs.n_motifs, len(inputs.frames)
+    rows = min(n_motifs, 4000)
+    X = features(inputs.masks(0, rows))
+    rng = np.random.default_rng(0)
+    y = X[:, :-1] @ rng.normal(0.0, 0.01, X.shape[1] - 1) + rng.normal(0.0, 0.002, rows)
+    trees = 50
+    params = {**BASE_PARAMS, **WARM_START, "nthread": 1, "seed": 0}
+    start = time.perf_counter()
+    booster = xgb.train(params, xgb.QuantileDMatrix(X, label=y, nthread=1), trees)
+    per_tree_row = (time.perf_counter() - start) / (trees * rows)
+    start = time.perf_counter()
+    shap_values(booster, X[:1000], n_jobs=1)
+    per_tree_motif = (time.perf_counter() - start) / (trees * min(rows, 1000))
+    n_train = 0.8 * n_motifs
+    searching = not lc.params and lc.search_iterations > 0
+    searches = 0 if not searching else (
+        1 if n_frames > 1 and lc.series_search == "shared" else n_frames)
+    frames_searched = min(lc.search_frames, n_frames) if searches == 1 and n_frames > 1 else 1
+    folds = lc.cv_folds
+    search = (searches * lc.search_iterations * folds * frames_searched
+              * n_train * (folds - 1) / folds * ASSUMED_TREES * per_tree_row / ranks)
+    final = n_frames * n_train * ASSUMED_TREES * per_tree_row / min(ranks, n_frames)
+    explained = n_motifs if lc.shap == "all" else min(
+        n_motifs, 4 * FIRST_CHECK)
+    explain = n_frames * explained * ASSUMED_TREES * per_tree_motif / ranks
+    shap_note = "every motif" if lc.shap == "all" else f"about {explained:,} motifs a frame"
+    return (f"steps 3-4       about {_duration(search + final + explain)} on {ranks} rank(s) "
+            f"(search {_duration(search)}, final models {_duration(final)}, SHAP "
+            f"{_duration(explain)} on {shap_note}; rough: measured per tree here, "
+            f"{ASSUMED_TREES} trees a model assumed)")
 
 
 def _duration(seconds: float) -> str:

@@ -191,8 +191,9 @@ def learn_settings(config: Config, comm) -> LearnSettings:
     lc = config.learn
     return LearnSettings(
         test_fraction=lc.test_fraction, cv_folds=lc.cv_folds,
-        search_iterations=lc.search_iterations, seed=lc.seed, params=lc.params,
-        n_jobs=cores_per_rank(comm),
+        search_iterations=lc.search_iterations, search=lc.search, seed=lc.seed,
+        params=lc.params, n_jobs=cores_per_rank(comm), series_search=lc.series_search,
+        search_frames=lc.search_frames, shap=lc.shap, shap_target=lc.shap_target,
     )
 
 
