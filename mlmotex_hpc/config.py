@@ -15,7 +15,7 @@ Example
     catalogue: {size: 2000, seed: 0}
     pdf: {calculator: debye, qmin: 0.7, qmax: 20, qdamp: 0.04, uiso: {W: 0.005, O: 0.005}}
     fit: {rmin: 1.6, rmax: 10, refine: [scale, zoom], zoom_bounds: [0.99, 1.01]}
-    learn: {test_fraction: 0.2, cv_folds: 3, search_iterations: 16, search: fast, seed: 0}
+    learn: {test_fraction: 0.2, cv_folds: 3, search_iterations: 12, search: fast, seed: 0}
     output: {dir: out}
 
 A time series names many data files (``data: frames/run_*.gr``, ordered naturally) and
@@ -140,7 +140,7 @@ class LearnConfig:
     )
     cv_folds: int = field(default=3, metadata=_spec("int", "cross-validation folds", minimum=2))
     search_iterations: int = field(
-        default=16, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
+        default=12, metadata=_spec("int", "Bayesian-search evaluations", minimum=0)
     )
     search: str = field(
         default="fast",

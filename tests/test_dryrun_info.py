@@ -20,6 +20,9 @@ def test_dry_run_reports_and_fits_nothing(tmp_path):
     assert "pairs per motif" in out and "GiB per rank" in out and "new run" in out
     rate = float(out.split("fit speed")[1].split("fits per")[0].replace(",", ""))
     assert rate > 0
+    # steps 3-4 estimated too: fixed hyperparameters, so no search; SHAP on a sample
+    line = next(ln for ln in out.splitlines() if ln.startswith("steps 3-4"))
+    assert "search 0.0 s" in line and "SHAP" in line and "about 400 motifs a frame" in line
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 

@@ -22,7 +22,8 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /shap/explained (F, M) uint8         attrs: n_explained (F), definition
     /ml                     attrs: test metrics and hyperparameters (arrays over frames)
     /ml/test_predicted (F, M) float32
-    /timings                attrs: catalogue, fit, learn, explain, total (s), ranks, fits_per_second
+    /timings                attrs: catalogue, fit, learn, explain, outputs, total (s), ranks,
+                            fits_per_second
 
 Layout versions: 1, files written before the attribute existed (no ``layout_version``;
 the same layout as 2, read as it is); 2, this one. A file of a later version is refused
@@ -1009,7 +1010,7 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         else:
             ml.attrs[key] = np.array(values) if n_frames > 1 else values[0]
     timings = out.create_group("timings")
-    for key in ("catalogue", "fit", "learn", "explain", "total"):
+    for key in ("catalogue", "fit", "learn", "explain", "outputs", "total"):
         timings.attrs[key] = float(sum(s["timings"].attrs.get(key, 0.0) for s in sources))
     fits = sum(s["timings"].attrs.get("fits_per_second", 0.0) * s["timings"].attrs.get("fit", 0.0)
                for s in sources)

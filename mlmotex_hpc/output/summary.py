@@ -71,6 +71,7 @@ def write_outputs(
     """Every output file of a finished run, its timings into the file; the summary."""
     from .products import frame_products
 
+    t_outputs = time.perf_counter()
     summary: dict = dict(metrics or {})
     files = [out_dir / "motex.h5"]
     summary.update(fits=int(np.isfinite(run.fits("rw")).sum()),
@@ -110,6 +111,8 @@ def write_outputs(
         log("writing the series plots")
         series_figures = _series_figures(run, out_dir)
         files.extend(series_figures)
+    timings["outputs"] = time.perf_counter() - t_outputs
+    log(f"outputs written in {timings['outputs']:.1f} s")
     timings["total"] = time.perf_counter() - t_start
     run.write_timings(timings, n_ranks)
     if until == "explain":
