@@ -125,8 +125,10 @@ def bench(case: str, np_: int, work: Path, lines: list[str], noise: bool,
     t_old, t_new = old["learn"] + old["explain"], new["learn"] + new["explain"]
     same = (old["labels"] == new["labels"])
     frames = old["labels"].shape[0]
-    agree = f"{int(same.all(axis=1).sum())}/{frames} frames" if frames > 1 else (
-        f"{int(same.sum())}/{same.size} atoms")
+    agree = f"{int(same.sum())}/{same.size} atoms"
+    if frames > 1:
+        agree = (f"{100 * same.mean():.1f} % of atom labels "
+                 f"({int(same.all(axis=1).sum())}/{frames} frames all alike)")
     line = (f"| {case} | {CASES[case][1]:,} × {frames} | {fit_time:.1f} s | "
             f"{old['learn']:.1f} + {old['explain']:.1f} = {t_old:.1f} s | "
             f"{new['learn']:.1f} + {new['explain']:.1f} = {t_new:.1f} s | "
