@@ -57,7 +57,11 @@ def test_csv_and_motif_files(keggin_run):
     out, proc = keggin_run
     rows = list(csv.DictReader(open(out / "atom_contributions.csv")))
     assert list(rows[0]) == ["frame", "frame_name", "time", "index", "element", "x", "y", "z",
-                             "contribution", "uncertainty", "confidence", "in_motif"]
+                             "contribution", "uncertainty", "confidence", "in_motif",
+                             "contribution_se"]
+    for row in rows:  # a standard error of means over ~200 motifs each: far below σ
+        se, sigma = float(row["contribution_se"]), float(row["uncertainty"])
+        assert 0 < se < 0.25 * sigma
     assert {(row["frame"], row["frame_name"], row["time"]) for row in rows} == {
         ("0", "DanMAX_AlphaKeggin.gr", "")}
     assert len(rows) == 24
