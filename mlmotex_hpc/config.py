@@ -174,6 +174,50 @@ class LearnConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Step 5: from atom contributions to the answer (labels, connected motif, polishing)."""
+
+    polish: bool = field(
+        default=True,
+        metadata=_spec("bool", "polish the extracted motif by real fits (toggle one atom at a "
+                       "time, keep what lowers Rw)"))
+    polish_fits: int | None = field(
+        default=None,
+        metadata=_spec("int?", "fits the extract stage may use, taken out of catalogue.size "
+                       "(empty: min(10 N, size / 5))", minimum=0))
+    polish_tolerance: float = field(
+        default=0.002,
+        metadata=_spec("float", "the Rw a polishing move must gain", minimum=0.0))
+    polish_starts: int = field(
+        default=2,
+        metadata=_spec("int", "best catalogue motifs polished besides the extracted one",
+                       minimum=0))
+    swaps: bool = field(
+        default=True,
+        metadata=_spec("bool", "when no toggle helps, try moving an atom to a linked site"))
+    dangling_penalty: float = field(
+        default=0.004,
+        metadata=_spec("float", "added to Rw in polishing for each kept non-permutable atom "
+                       "that lost a bonded partner (a broken polyhedron); 0: Rw alone",
+                       minimum=0.0))
+    connected: bool = field(
+        default=True,
+        metadata=_spec("bool", "the answer is one connected piece of the bond graph"))
+    link_distance: float | None = field(
+        default=None,
+        metadata=_spec("float?", "permutable atoms closer than this (Å) are linked, besides "
+                       "those sharing a bonded atom (empty: bond_threshold)", minimum=0.0))
+    label_z: float = field(
+        default=2.0,
+        metadata=_spec("float", "standard errors the ACV must clear for an in/out label",
+                       minimum=0.0))
+    label_min_cf: float = field(
+        default=0.0,
+        metadata=_spec("float", "confidence factor below which an atom is uncertain",
+                       minimum=0.0))
+
+
+@dataclass(frozen=True)
 class FramesConfig:
     """Time series: what each frame of ``data`` is and how frames are shared out."""
 
@@ -209,6 +253,7 @@ class Config:
     pdf: PDFConfig = PDFConfig()
     fit: FitConfig = FitConfig()
     learn: LearnConfig = LearnConfig()
+    extract: ExtractConfig = ExtractConfig()
     frames: FramesConfig = FramesConfig()
     output: OutputConfig = OutputConfig()
     source: str = field(default="", compare=False, metadata={"internal": True})
@@ -225,6 +270,7 @@ _SECTIONS = {
     "pdf": PDFConfig,
     "fit": FitConfig,
     "learn": LearnConfig,
+    "extract": ExtractConfig,
     "frames": FramesConfig,
     "output": OutputConfig,
 }
@@ -278,6 +324,12 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
         return _number(key, value, meta, integer=kind == "int")
     if kind == "float?":
         return None if value is None else _number(key, value, meta, integer=False)
+    if kind == "int?":
+        return None if value is None else _number(key, value, meta, integer=True)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _fail(key, value, f"expected true or false ({meta['doc']})")
+        return value
     if kind == "choice":
         if value not in meta["choices"]:
             raise _fail(key, value, f"expected one of {', '.join(meta['choices'])}")
@@ -472,6 +524,23 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
     return parse_config(text, path.resolve().parent, str(path))
+
+
+def extract_reserve(config: Config, n_permutable: int) -> int:
+    """Fits of ``catalogue.size`` kept for the extract stage (connected pieces and
+    polishing): ``extract.polish_fits``, by default min(10 N, size / 5); none when the
+    stage needs no fit (neither polishing nor connected pieces) or the catalogue lists
+    every motif (each one the stage could ask for is fitted already)."""
+    ex = config.extract
+    if not (ex.polish or ex.connected):
+        return 0
+    size = config.catalogue.size
+    if config.catalogue.masks_file is None and n_permutable < 63 \
+            and size >= 2**n_permutable - 1:
+        return 0
+    if ex.polish_fits is not None:
+        return ex.polish_fits
+    return min(10 * n_permutable, size // 5)
 
 
 def pdf_settings(config: Config):

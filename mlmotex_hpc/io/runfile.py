@@ -75,11 +75,19 @@ ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "remo
 FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
                   "atoms/contribution", "atoms/uncertainty", "atoms/confidence",
                   "atoms/kept_mean", "atoms/removed_mean", "atoms/in_motif",
-                  "atoms/contribution_se", "shap/values", "shap/base_value",
-                  "shap/explained", "ml/test_predicted")
+                  "atoms/contribution_se", "atoms/label", "atoms/acv_negative",
+                  "shap/values", "shap/base_value", "shap/explained", "ml/test_predicted",
+                  "polish/mask", "polish/rw", "polish/start_mask", "polish/start_rw")
 #: Datasets every part of a job array holds identically: ``merge`` copies the first's.
 SHARED_DATASETS = ("model", "catalogue", "atoms/index")
 
+#: Where a fitted motif came from (``/catalogue/origin``).
+ORIGIN_CODES = {"catalogue": 0, "adaptive": 1, "extract": 2}
+#: What the extract stage writes per frame and atom (F, N).
+EXTRACT_DATASETS = ("label", "acv_negative")
+LABEL_DEFINITION = (
+    "confidence label: 1 in (ACV <= -z SE), 0 out (ACV >= z SE), 2 uncertain (or CF below "
+    "the minimum); z and the minimum are extract.label_z and extract.label_min_cf")
 STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, 3 Uiso or delta2 at a bound, -1 not fitted"
 ATOMS_DEFINITION = (
     "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
@@ -91,6 +99,11 @@ SHAP_DEFINITION = (
     "TreeSHAP values of the motifs in explained (1); NaN for the others. learn.shap: all "
     "explains every motif, auto a seeded random sample of those with a finite Rw, grown "
     "until every ACV's standard error is below learn.shap_target x the largest |ACV|")
+POLISH_DEFINITION = (
+    "mask, rw: each frame's polished motif and its fitted Rw; start_mask, start_rw: the "
+    "start it came from; path (JSON, per frame, per start): each accepted move (added, "
+    "removed: 0-based permutable atoms) and the Rw after it; fits: motifs fitted by the "
+    "extract stage (rows of /catalogue with origin 2)")
 PREDICTED_DEFINITION = (
     "Rw predicted by the frame's model for its test motifs (NaN: not in the test set)")
 
@@ -138,9 +151,24 @@ def config_hash(text: str, without: tuple[str, ...] = ()) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: Keys of ``extract`` that decide how many catalogue motifs are fitted (the fits
+#: kept for the extract stage come out of ``catalogue.size``).
+EXTRACT_FIT_KEYS = ("polish", "connected", "polish_fits")
+
+
 def fits_hash(text: str) -> str:
-    """Hash of what the fits depend on: the config without its ``learn`` section, so a
-    run whose learning settings changed reuses its fits."""
+    """Hash of what the fits depend on: the config without its ``learn`` section and
+    the ``extract`` keys that do not change the catalogue, so a run whose learning or
+    extraction settings changed reuses its fits."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return config_hash(text, without=("learn",))
+    if isinstance(raw, dict) and isinstance(raw.get("extract"), dict):
+        kept = {k: v for k, v in raw["extract"].items() if k in EXTRACT_FIT_KEYS}
+        raw = {**raw, "extract": kept} if kept else {k: v for k, v in raw.items()
+                                                     if k != "extract"}
+        text = yaml.safe_dump(raw, sort_keys=True)
     return config_hash(text, without=("learn",))
 
 
@@ -446,10 +474,13 @@ class RunFile:
         # Chunks of whole batches along motifs: a rank's write touches few chunks, and the
         # learning stage reads a frame's row in large contiguous pieces.
         fit_chunk = (1, max(1, min(n_motifs, batch_size * max(1, 8192 // batch_size))))
+        grows = (n_frames, None)  # the extract stage appends its fits as motif rows
         fits = file.create_group("fits")
         for name in FIT_FIELDS + refined_extra:
-            fits.create_dataset(name, shape, dtype="f8", chunks=fit_chunk, fillvalue=np.nan)
-        fits.create_dataset("status", shape, dtype="i1", chunks=fit_chunk, fillvalue=-1)
+            fits.create_dataset(name, shape, dtype="f8", chunks=fit_chunk, fillvalue=np.nan,
+                                maxshape=grows)
+        fits.create_dataset("status", shape, dtype="i1", chunks=fit_chunk, fillvalue=-1,
+                            maxshape=grows)
         frame_block = frame_block or n_frames
         n_fblocks = -(-n_frames // frame_block)
         fits.create_dataset("batch_done", (n_batches, n_fblocks), dtype="u1", fillvalue=0)
@@ -458,8 +489,14 @@ class RunFile:
         fits.attrs["status_codes"] = STATUS_CODES
         cat = file.create_group("catalogue")
         mask_chunk = (max(1, min(n_motifs, 8192)), n_permutable)
-        cat.create_dataset("mask", (n_motifs, n_permutable), dtype="u1", chunks=mask_chunk)
-        cat.create_dataset("size", (n_motifs,), dtype="i4")
+        cat.create_dataset("mask", (n_motifs, n_permutable), dtype="u1", chunks=mask_chunk,
+                           maxshape=(None, n_permutable))
+        cat.create_dataset("size", (n_motifs,), dtype="i4", chunks=mask_chunk[:1],
+                           maxshape=(None,))
+        cat.create_dataset("origin", (n_motifs,), dtype="u1", chunks=mask_chunk[:1],
+                           maxshape=(None,), fillvalue=ORIGIN_CODES["catalogue"])
+        cat.attrs["n_catalogue"] = n_motifs
+        cat.attrs["origin_codes"] = ", ".join(f"{v} {k}" for k, v in ORIGIN_CODES.items())
         if not run.parallel:
             # Serial HDF5 allocates chunks on first write, which changes metadata: write the
             # fill values now, so that fitting only ever overwrites raw data (a job killed
@@ -625,6 +662,59 @@ class RunFile:
         _replace(ml, "test_predicted", predicted)
         ml["test_predicted"].attrs["definition"] = PREDICTED_DEFINITION
 
+    def collective_append_rows(self, masks: np.ndarray, results: Mapping[str, np.ndarray],
+                               origin: str = "extract") -> int:
+        """Append motifs and their fits (arrays F × K) as new rows (every rank, the same
+        data); the first new row's index."""
+        start = self.n_rows if self.file is not None else -1
+        if self.file is None or len(masks) == 0:
+            return start
+        stop = start + len(masks)
+        cat, fits = self.file["catalogue"], self.file["fits"]
+        names = [n for n in fits if n != "batch_done"]
+        for ds in (cat["mask"], cat["size"], *(fits[n] for n in names)):
+            ds.resize(stop, axis=0 if ds.ndim == 1 or ds.name.startswith("/catalogue") else 1)
+        if "origin" in cat:
+            cat["origin"].resize(stop, axis=0)
+        if self.comm is None or self.comm.rank == 0 or not self.parallel:
+            cat["mask"][start:stop] = masks.astype(np.uint8)
+            cat["size"][start:stop] = masks.sum(axis=1)
+            if "origin" in cat:
+                cat["origin"][start:stop] = ORIGIN_CODES[origin]
+            for name in names:
+                if name in results:
+                    fits[name][:, start:stop] = results[name]
+        return start
+
+    def resizable(self) -> bool:
+        """True when rows can be appended (files written before the extract stage: no)."""
+        return self.file is None or self.file["catalogue/mask"].maxshape[0] is None
+
+    def collective_write_extract(self, *, labels: np.ndarray, acv_negative: np.ndarray,
+                                 in_motif: np.ndarray, polish: Mapping[str, Any] | None,
+                                 settings: Mapping[str, Any]) -> None:
+        """The extract stage's answer: ``/atoms`` label, acv_negative and in_motif (now
+        the answer), and ``/polish`` (mask, rw, start_mask, start_rw; attrs path, fits,
+        settings) when polishing ran."""
+        if self.file is None:
+            return
+        atoms = self.file["atoms"]
+        _replace(atoms, "label", labels.astype(np.int8)).attrs["definition"] = LABEL_DEFINITION
+        _replace(atoms, "acv_negative", acv_negative.astype(bool))
+        _replace(atoms, "in_motif", in_motif.astype(bool))
+        atoms.attrs["answer"] = json.dumps(dict(settings), default=str)
+        if "polish" in self.file:
+            del self.file["polish"]
+        if polish is None:
+            return
+        grp = self.file.create_group("polish")
+        for key in ("mask", "rw", "start_mask", "start_rw"):
+            grp.create_dataset(key, data=np.asarray(polish[key]))
+        grp.attrs["path"] = json.dumps(polish["path"], default=str)
+        grp.attrs["fits"] = int(polish["fits"])
+        grp.attrs["budget"] = int(polish["budget"])
+        grp.attrs["definition"] = POLISH_DEFINITION
+
     def collective_set_config(self, text: str) -> None:
         """Record ``text`` as the run's config (its learning settings changed)."""
         if self.file is None:
@@ -679,6 +769,12 @@ class RunFile:
 
     @property
     def n_motifs(self) -> int:
+        """Motifs of the catalogue: the rows the model learns from and explains."""
+        return int(self.file["catalogue"].attrs.get("n_catalogue", self.n_rows))
+
+    @property
+    def n_rows(self) -> int:
+        """Every fitted motif: the catalogue, then those the extract stage added."""
         return int(self.file["catalogue/mask"].shape[0])
 
     @_reader
@@ -712,22 +808,33 @@ class RunFile:
         return self.file["catalogue/permutable"][:].astype(np.int64)
 
     @_reader
-    def masks(self, rows=slice(None)) -> np.ndarray:
-        """Catalogue masks (bool, M × N), or the rows asked for."""
+    def masks(self, rows=None) -> np.ndarray:
+        """Catalogue masks (bool, M × N), or the rows asked for (any fitted row)."""
+        rows = slice(0, self.n_motifs) if rows is None else rows
         return self.file["catalogue/mask"][rows, :].astype(bool)
 
     @_reader
     def sizes(self) -> np.ndarray:
-        return self.file["catalogue/size"][:]
+        return self.file["catalogue/size"][: self.n_motifs]
+
+    @_reader
+    def origin(self) -> np.ndarray:
+        """Where each fitted row came from (:data:`ORIGIN_CODES`), every row."""
+        if "catalogue/origin" not in self.file:
+            return np.zeros(self.n_rows, dtype=np.uint8)
+        return self.file["catalogue/origin"][:]
 
     def has_fits(self) -> bool:
         return "fits/rw" in self.file
 
     @_reader
-    def fits(self, name: str = "rw", frame: int | None = None) -> np.ndarray:
-        """A fit result (F × M, or one frame's M)."""
+    def fits(self, name: str = "rw", frame: int | None = None, every: bool = False
+             ) -> np.ndarray:
+        """A fit result (F × M, or one frame's M) of the catalogue's motifs; ``every``:
+        of every fitted row, the extract stage's too."""
         ds = self.file[f"fits/{name}"]
-        return ds[:] if frame is None else ds[frame]
+        cols = slice(None) if every else slice(0, self.n_motifs)
+        return ds[:, cols] if frame is None else ds[frame, cols]
 
     @_reader
     def batch_done(self) -> np.ndarray:
@@ -758,9 +865,29 @@ class RunFile:
         ``contribution_se`` is NaN in files written before it was."""
         if name == "contribution_se" and "atoms/contribution_se" not in self.file:
             return np.full_like(self.atoms("contribution", frame), np.nan)
+        if name == "acv_negative" and "atoms/acv_negative" not in self.file:
+            return self.atoms("contribution", frame) < 0  # before the extract stage
         ds = self.file[f"atoms/{name}"]
         values = ds[:] if frame is None else ds[frame]
-        return values.astype(bool) if name == "in_motif" else values
+        return values.astype(bool) if name in ("in_motif", "acv_negative") else values
+
+    def has_labels(self) -> bool:
+        return "atoms/label" in self.file
+
+    def has_polish(self) -> bool:
+        return "polish/mask" in self.file
+
+    @_reader
+    def polish(self) -> dict[str, Any]:
+        """``/polish``: mask (F × N bool), rw (F), start_mask, start_rw, path (per frame,
+        a list of starts, each a list of steps), fits, budget."""
+        grp = self.file["polish"]
+        out = {key: grp[key][:] for key in ("mask", "rw", "start_mask", "start_rw")}
+        out["mask"] = out["mask"].astype(bool)
+        out["start_mask"] = out["start_mask"].astype(bool)
+        out["path"] = json.loads(_text(grp.attrs["path"]))
+        out["fits"], out["budget"] = int(grp.attrs["fits"]), int(grp.attrs["budget"])
+        return out
 
     def has_shap(self) -> bool:
         return "shap/values" in self.file
@@ -954,9 +1081,18 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         for src in sources:
             digests.update(json.loads(_text(src.attrs["input_digests"])))
         out.attrs["input_digests"] = json.dumps(digests, sort_keys=True)
+    n_cat = int(first["catalogue"].attrs.get("n_catalogue", first["catalogue/mask"].shape[0]))
     for name in SHARED_DATASETS:
         if name in first:
             first.copy(first[name], out, name=name)
+    # each part's extract stage added its own rows: the merged file keeps the catalogue's
+    # (the parts' polished motifs and Rw are kept per frame in /polish)
+    for key in list(out["catalogue"]):
+        ds = out["catalogue"][key]
+        if ds.shape and ds.shape[0] > n_cat and key != "permutable":
+            data = ds[:n_cat]
+            del out["catalogue"][key]
+            out["catalogue"].create_dataset(key, data=data)
     # frames: names, times, data renumbered
     names = np.concatenate([src["frames/names"][:] for src in sources])
     out.create_dataset("frames/names", data=names.astype(f"S{max(len(n) for n in names)}"))
@@ -974,18 +1110,29 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         if name not in first:
             continue
         ds0 = first[name]
-        ds = out.create_dataset(name, (n_frames, *ds0.shape[1:]), dtype=ds0.dtype,
+        shape = (n_frames, *ds0.shape[1:])
+        cols = slice(None)
+        if name.startswith("fits/"):
+            shape, cols = (n_frames, n_cat), slice(0, n_cat)
+        ds = out.create_dataset(name, shape, dtype=ds0.dtype,
                                 chunks=ds0.chunks, fillvalue=ds0.fillvalue)
         for key, value in ds0.attrs.items():
             ds.attrs[key] = value
         row = 0
         for src in sources:
             for f in range(src[name].shape[0]):
-                ds[row] = src[name][f]
+                ds[row] = src[name][f, cols] if cols != slice(None) else src[name][f]
                 row += 1
-    for group in ("fits", "atoms", "shap"):
+    for group in ("fits", "atoms", "shap", "polish"):
         for key, value in (first[group].attrs.items() if group in first else ()):
             out[group].attrs[key] = value
+    if "polish" in first and all("polish" in s for s in sources):
+        paths = []
+        for src in sources:
+            paths += json.loads(_text(src["polish"].attrs["path"]))
+        out["polish"].attrs["path"] = json.dumps(paths)
+        for key in ("fits", "budget"):
+            out["polish"].attrs[key] = int(sum(int(s["polish"].attrs[key]) for s in sources))
     if "shap" in first and "n_explained" in first["shap"].attrs:
         out["shap"].attrs["n_explained"] = np.concatenate(
             [np.atleast_1d(s["shap"].attrs["n_explained"]) for s in sources])
@@ -1010,7 +1157,7 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         else:
             ml.attrs[key] = np.array(values) if n_frames > 1 else values[0]
     timings = out.create_group("timings")
-    for key in ("catalogue", "fit", "learn", "explain", "outputs", "total"):
+    for key in ("catalogue", "fit", "learn", "explain", "extract", "outputs", "total"):
         timings.attrs[key] = float(sum(s["timings"].attrs.get(key, 0.0) for s in sources))
     fits = sum(s["timings"].attrs.get("fits_per_second", 0.0) * s["timings"].attrs.get("fit", 0.0)
                for s in sources)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..extract import LABEL_CODES, confidence_labels
 from ..io.runfile import RunFile
 from ..io.structure import Structure
 from . import plots
@@ -97,6 +98,18 @@ def refit(run: RunFile, config, structure: Structure, space, frame: int,
     return out
 
 
+def answer_labels(run: RunFile) -> np.ndarray:
+    """``/atoms/label`` (F × N); for a file written before the extract stage, the labels
+    by the default thresholds."""
+    if run.has_labels():
+        return run.atoms("label")
+    from ..config import ExtractConfig
+
+    ex = ExtractConfig()
+    return confidence_labels(run.atoms("contribution"), run.atoms("contribution_se"),
+                             run.atoms("confidence"), ex.label_z, ex.label_min_cf)
+
+
 def frame_products(run: RunFile, config, structure: Structure, space, out_dir: Path,
                    frame: int = 0, log: Callable = print) -> FrameProducts:
     """Write one frame's structure files and figures (see the module notes)."""
@@ -108,7 +121,9 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
     permutable = run.permutable()
     acv = run.atoms("contribution", frame)
     in_motif = run.atoms("in_motif", frame)
-    colours = contribution_colours(acv, len(structure), permutable)
+    acv_negative = run.atoms("acv_negative", frame)
+    uncertain = answer_labels(run)[frame] == LABEL_CODES["uncertain"]
+    colours = contribution_colours(acv, len(structure), permutable, pale=uncertain)
     title = f"{config.structure.name}: atom contributions{label}"
 
     log(f"writing the structure files{label}")
@@ -128,8 +143,11 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
         best = int(np.nanargmin(rw))
         motifs.append((f"best catalogue motif ({best})",
                        run.masks(best)))
+    if acv_negative.any() and not np.array_equal(acv_negative, in_motif):
+        motifs.append(("ACV < 0 set", acv_negative))
     if in_motif.any():
-        motifs.append(("extracted motif", in_motif))
+        motifs.append(("polished motif" if run.has_polish() else "extracted motif",
+                       in_motif))
     done.fits = refit(run, config, structure, space, frame, motifs)
 
     log(f"drawing the figures{label}")
@@ -143,7 +161,7 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
             "`mlmotex-hpc learn` on it to store them)")
     done.files.append(plots.best_fit(
         folder / "best_fit.png", r, g, [(f.label, f.g_calc, f.rw) for f in done.fits],
-        title=f"Best catalogue motif and extracted motif{label}, refitted"))
+        title=f"Best catalogue motif and the answer{label}, refitted"))
     done.files.append(plots.rw_vs_size(
         run, folder / "rw_vs_size.png", frame,
         marks=[(f"{f.label}: Rw {f.rw:.4f}", f.size, f.rw) for f in done.fits]))

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..extract import LABEL_CODES, LABEL_NAMES
 from ..io.runfile import RunFile
 from ..io.structure import Structure
 from .plots import frame_metric
-from .products import FIGURES, FrameProducts
+from .products import FIGURES, FrameProducts, answer_labels
 from .structure_files import contribution_colours
 
 CAPTIONS = {
@@ -108,20 +109,59 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                                     f"({', '.join(sorted(set(structure.elements)))})")],
             ["data", _esc(names[0] if n_frames == 1 else f"{n_frames} frames: {names[0]} … "
                           f"{names[-1]}")],
-            ["motifs fitted", f"{int(np.isfinite(run.fits('rw')).sum()):,} "
-                              f"({n_motifs:,} motifs × {n_frames} frame(s))"]]
+            ["motifs fitted", f"{int(np.isfinite(run.fits('rw', every=True)).sum()):,} "
+                              f"({n_motifs:,} catalogue motifs × {n_frames} frame(s)"
+                              + (f", {run.n_rows - n_motifs:,} more by the extract stage"
+                                 if run.n_rows > n_motifs else "") + ")"]]
+
+    def listed(mask):
+        return " ".join(f"{structure.elements[i]}{i}" for i in permutable[mask])
+
+    polish = run.polish() if run.has_polish() else None
     if run.has_atoms():
         in_motif = run.atoms("in_motif", frame)
-        atoms = " ".join(f"{structure.elements[i]}{i}" for i in permutable[in_motif])
+        acv_negative = run.atoms("acv_negative", frame)
         frame_note = "" if n_frames == 1 else f" (frame {frame})"
+        how = "polished, connected" if polish is not None else "the answer"
         rows.append([f"extracted motif{frame_note}",
-                     _esc(f"{int(in_motif.sum())} permutable atoms: {atoms}")])
+                     _esc(f"{int(in_motif.sum())} permutable atoms ({how}): "
+                          f"{listed(in_motif)}")])
+        if not np.array_equal(in_motif, acv_negative):
+            added, removed = in_motif & ~acv_negative, acv_negative & ~in_motif
+            rows.append(["ACV < 0 set", _esc(
+                f"{int(acv_negative.sum())} atoms; the answer adds {listed(added) or 'none'}"
+                f" and removes {listed(removed) or 'none'}")])
+        labels = answer_labels(run)[frame]
+        counts = [f"{int((labels == c).sum())} {name}" for name, c in LABEL_CODES.items()]
+        rows.append(["confidence labels", _esc(", ".join(counts))])
     if products is not None:
         for fit in products.fits:
             rows.append([_esc(f"{fit.label}, refitted"), f"Rw {fit.rw:.4f} (scale {fit.scale:.4g}, "
                                           f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
                                           "atoms)"])
     parts.append(_table(None, rows, left=2))
+
+    # -- polishing
+    if polish is not None:
+        parts.append("<h2>Polishing by real fits</h2>")
+        parts.append(f"<p>{polish['fits']:,} motifs fitted by the extract stage (budget "
+                     f"{polish['budget']:,}); each start moves one atom at a time while the "
+                     "objective (Rw plus the penalty for broken polyhedra) falls. "
+                     f"Polished Rw {polish['rw'][frame]:.4f} from {polish['start_rw'][frame]:.4f}"
+                     ".</p>")
+        rows = []
+        for start in polish["path"][frame]:
+            for step in start["steps"]:
+                moved = " ".join([f"+{structure.elements[permutable[i]]}{permutable[i]}"
+                                  for i in step["added"]]
+                                 + [f"−{structure.elements[permutable[i]]}{permutable[i]}"
+                                    for i in step["removed"]])
+                rows.append([_esc(start["origin"]), str(step["step"]), _esc(moved or "start"),
+                             str(step["n_atoms"]), _num(step["rw"], ".4f"),
+                             _num(step.get("score", np.nan), ".4f"),
+                             _esc(start["stop"]) if step is start["steps"][-1] else ""])
+        parts.append(_table(["start", "step", "move", "atoms", "Rw", "objective", "end"],
+                            rows))
 
     # -- model
     if ml:
@@ -153,7 +193,8 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
     # -- timings
     if timings:
         parts.append("<h2>Timings</h2>")
-        keys = [k for k in ("catalogue", "fit", "learn", "explain", "total") if k in timings]
+        keys = [k for k in ("catalogue", "fit", "learn", "explain", "extract", "outputs",
+                            "total") if k in timings]
         rows = [[k, f"{float(timings[k]):.1f} s"] for k in keys]
         if "fits_per_second" in timings:
             rows.append(["fits per second", f"{float(timings['fits_per_second']):,.0f}"])
@@ -180,7 +221,10 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         sigma = run.atoms("uncertainty", frame)
         conf = run.atoms("confidence", frame)
         se = run.atoms("contribution_se", frame)
-        colours = contribution_colours(acv, len(structure), permutable)
+        labels = answer_labels(run)[frame]
+        in_motif = run.atoms("in_motif", frame)
+        colours = contribution_colours(acv, len(structure), permutable,
+                                       pale=labels == LABEL_CODES["uncertain"])
         order = np.argsort(acv, kind="stable")
         rows = []
         for k in order:
@@ -191,7 +235,8 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                          f"{_esc(structure.elements[i])}{i}", f"{x:.3f}", f"{y:.3f}",
                          f"{z:.3f}", _num(acv[k], ".5f"), _num(se[k], ".5f"),
                          _num(sigma[k], ".5f"),
-                         _num(conf[k], ".2f"), "yes" if acv[k] < 0 else ""])
+                         _num(conf[k], ".2f"), LABEL_NAMES[int(labels[k])],
+                         "yes" if in_motif[k] else ""])
         n_explained = run.explained(frame).size
         sample = ("" if n_explained == run.n_motifs else
                   f" SHAP values of {n_explained:,} of the {run.n_motifs:,} motifs, drawn at "
@@ -200,8 +245,11 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                      "keeping the atom minus the mean over motifs removing it; SE its "
                      "standard error; σ its uncertainty (the spread of the SHAP values); "
                      f"CF = |ACV| / σ.{sample}</p>")
+        parts.append("<p>Label: <i>in</i> when the ACV is below −z SE, <i>out</i> when above "
+                     "+z SE, <i>uncertain</i> (drawn pale) otherwise; <i>in motif</i>: the "
+                     "answer, after connected pieces and polishing.</p>")
         parts.append(_table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "SE", "σ", "CF",
-                             "in motif"], rows))
+                             "label", "in motif"], rows))
         motif_xyz = (products.folder if products is not None else path.parent) / "motif.xyz"
         if n_frames > 1:
             motif_xyz = path.parent / "motifs" / f"motif_{frame:05d}.xyz"

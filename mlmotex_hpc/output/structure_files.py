@@ -12,7 +12,9 @@ map (matplotlib's ``RdBu_r``) centred on zero and scaled symmetrically by the la
   Rw: the atom belongs to the motif;
 * **positive** values are **red**: the fit is better without the atom;
 * atoms that were not permuted, and atoms whose value is NaN, are a neutral grey
-  (:data:`NEUTRAL_GREY`), distinct from the near-white of a zero value.
+  (:data:`NEUTRAL_GREY`), distinct from the near-white of a zero value;
+* atoms labelled ``uncertain`` (the ACV within ``extract.label_z`` standard errors of
+  zero) are drawn pale: their colour :data:`PALE` of the way to white.
 
 Colour scales differ by file format, and each file uses one scale throughout: ``.vesta``
 files hold integers 0–255 in every colour field, ``.cmtx`` files hold fractions 0–1.
@@ -49,6 +51,7 @@ __all__ = [
     "FALLBACK_RADIUS",
     "FALLBACK_RGB",
     "NEUTRAL_GREY",
+    "PALE",
     "bond_table",
     "contribution_colours",
     "element_style",
@@ -67,6 +70,8 @@ FALLBACK_RGB = (0.5, 0.5, 0.5)
 #: Default bond search: two atoms are bonded up to BOND_FACTOR × (radius_A + radius_B).
 BOND_FACTOR = 1.15
 
+#: How far toward white an uncertain atom's colour is drawn (0: not at all, 1: white).
+PALE = 0.6
 #: Diverging colour map of :func:`contribution_colours` (low = blue, high = red).
 _CMAP = "RdBu_r"
 #: Odd number of samples, so t = 0.5 lands on the map's exact middle colour.
@@ -197,6 +202,7 @@ def contribution_colours(
     values: Sequence[float] | np.ndarray,
     n_atoms: int,
     permutable_indices: Sequence[int] | np.ndarray,
+    pale: Sequence[bool] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Per-atom colours from atom contribution values (see the module docstring).
 
@@ -209,6 +215,9 @@ def contribution_colours(
         Number of atoms in the structure.
     permutable_indices : array_like of int, shape (k,)
         0-based indices of the permutable atoms, unique, each in ``[0, n_atoms)``.
+    pale : array_like of bool, shape (k,), optional
+        Atoms drawn pale (their colour :data:`PALE` of the way to white): the atoms
+        labelled ``uncertain``.
 
     Returns
     -------
@@ -245,6 +254,12 @@ def contribution_colours(
     t = 0.5 + 0.5 * values[finite] / scale if scale > 0 else np.full(finite.sum(), 0.5)
     cmap = matplotlib.colormaps[_CMAP].resampled(_CMAP_SAMPLES)
     colours[indices[finite]] = cmap(t)[:, :3]
+    if pale is not None:
+        pale = np.asarray(pale, dtype=bool).reshape(-1)
+        if pale.size != indices.size:
+            raise ValueError(f"{pale.size} pale flags for {indices.size} permutable atoms")
+        rows = indices[pale & finite]
+        colours[rows] += PALE * (1.0 - colours[rows])
     return colours
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import Config
 from ..errors import InputError
+from ..extract import LABEL_NAMES
 from ..io.runfile import ATOM_DATASETS, RunFile, make_folder
 from ..io.structure import Structure, write_xyz
 
@@ -32,14 +33,15 @@ def write_contributions_csv(
     frame_names: list[str] | None = None, times: np.ndarray | None = None,
 ) -> None:
     """``atom_contributions.csv`` in long format: one row per frame and permutable atom
-    (``time`` is empty without ``frames.time``)."""
+    (``time`` is empty without ``frames.time``). ``in_motif`` is the answer (polished,
+    connected), ``acv_negative`` the plain ACV < 0 set, ``label`` in/out/uncertain."""
     n_frames = atoms["contribution"].shape[0]
     frame_names = frame_names or [str(f) for f in range(n_frames)]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["frame", "frame_name", "time", "index", "element", "x", "y", "z",
                          "contribution", "uncertainty", "confidence", "in_motif",
-                         "contribution_se"])
+                         "contribution_se", "label", "acv_negative"])
         for f in range(n_frames):
             time_text = "" if times is None else f"{times[f]:.10g}"
             for i, idx in enumerate(permutable):
@@ -49,8 +51,9 @@ def write_contributions_csv(
                     f, frame_names[f], time_text, int(idx), structure.elements[idx],
                     f"{x:.6f}", f"{y:.6f}", f"{z:.6f}",
                     f"{acv:.8g}", f"{atoms['uncertainty'][f, i]:.8g}",
-                    f"{atoms['confidence'][f, i]:.8g}", int(bool(acv < 0)),
+                    f"{atoms['confidence'][f, i]:.8g}", int(atoms["in_motif"][f, i]),
                     f"{atoms['contribution_se'][f, i]:.8g}",
+                    LABEL_NAMES[int(atoms["label"][f, i])], int(bool(acv < 0)),
                 ])
 
 
@@ -69,40 +72,50 @@ def write_outputs(
     metrics: dict | None = None,
 ) -> dict:
     """Every output file of a finished run, its timings into the file; the summary."""
-    from .products import frame_products
+    from .products import answer_labels, frame_products
 
     t_outputs = time.perf_counter()
     summary: dict = dict(metrics or {})
     files = [out_dir / "motex.h5"]
-    summary.update(fits=int(np.isfinite(run.fits("rw")).sum()),
+    summary.update(fits=int(np.isfinite(run.fits("rw", every=True)).sum()),
                    fits_per_second=timings["fits_per_second"])
     names = run.frame_names()
     times = run.times()
     times = None if times is None else times[0]
     n_frames = len(names)
     if until == "explain":
-        atoms = {k: run.atoms(k) for k in ATOM_DATASETS}
+        atoms = {k: run.atoms(k) for k in ATOM_DATASETS + ("in_motif", "acv_negative")}
+        atoms["label"] = answer_labels(run)
         permutable = run.permutable()
         csv_path = out_dir / "atom_contributions.csv"
         write_contributions_csv(csv_path, structure, permutable, atoms, names, times)
         files.append(csv_path)
-        motifs = []
         if n_frames > 1:  # one motif a frame, in a folder of their own
             (out_dir / "motifs").mkdir(exist_ok=True)
-        for f in range(n_frames):
-            in_motif = atoms["contribution"][f] < 0
-            atom_mask = space.atom_masks(in_motif[None, :])[0]
-            name = "motif.xyz" if n_frames == 1 else f"motifs/motif_{f:05d}.xyz"
-            title = name if n_frames == 1 else f"frame {f} ({names[f]})"
-            write_xyz(out_dir / name, motif_structure(structure, atom_mask, title))
-            motifs.append(permutable[in_motif])
-        files.append(out_dir / ("motif.xyz" if n_frames == 1 else
-                                f"motifs/motif_NNNNN.xyz ({n_frames} files, one a frame)"))
-        summary["motif"] = [int(i) for i in motifs[0]]
-        summary["motif_atoms"] = int(space.atom_masks(
-            (atoms["contribution"][0] < 0)[None, :])[0].sum())
+        kinds = [("motif", "in_motif", "answer")]
+        if not np.array_equal(atoms["acv_negative"], atoms["in_motif"]):
+            kinds.append(("acv_motif", "acv_negative", "the ACV < 0 set"))
+        if run.has_polish():
+            kinds.append(("polished_motif", "in_motif", "polished by real fits"))
+        for stem, key, what in kinds:
+            for f in range(n_frames):
+                atom_mask = space.atom_masks(atoms[key][f][None, :])[0]
+                name = f"{stem}.xyz" if n_frames == 1 else f"motifs/{stem}_{f:05d}.xyz"
+                title = f"{name} ({what})" if n_frames == 1 else \
+                    f"frame {f} ({names[f]}), {what}"
+                write_xyz(out_dir / name, motif_structure(structure, atom_mask, title))
+            files.append(out_dir / (f"{stem}.xyz" if n_frames == 1 else
+                                    f"motifs/{stem}_NNNNN.xyz ({n_frames} files, one a frame)"))
+        in_motif = atoms["in_motif"][0]
+        summary["motif"] = [int(i) for i in permutable[in_motif]]
+        summary["motif_atoms"] = int(space.atom_masks(in_motif[None, :])[0].sum())
+        summary["acv_motif"] = [int(i) for i in permutable[atoms["acv_negative"][0]]]
         summary["contributions"] = atoms["contribution"][0]
         summary["permutable"] = permutable
+        if run.has_polish():
+            polish = run.polish()
+            summary["polished_rw"] = float(polish["rw"][0])
+            summary["extract_fits"] = polish["fits"]
     products, series_figures = None, []
     if until == "explain" and n_frames == 1:
         products = frame_products(run, config, structure, space, out_dir, 0, log)
@@ -182,8 +195,16 @@ def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
         log(f"test MAE (Rw)      {summary['test_mae']:.4f}   (R² {summary['test_r2']:.3f})")
     if "motif" in summary:
         atoms = " ".join(f"{structure.elements[i]}{i}" for i in summary["motif"])
+        how = (f", polished Rw {summary['polished_rw']:.4f}" if "polished_rw" in summary
+               else "")
         log(f"extracted motif    {len(summary['motif'])} permutable atoms "
-            f"({summary['motif_atoms']} with bonded atoms): {atoms}")
+            f"({summary['motif_atoms']} with bonded atoms{how}): {atoms}")
+        if summary.get("acv_motif") != summary["motif"]:
+            extra = sorted(set(summary["motif"]) - set(summary["acv_motif"]))
+            dropped = sorted(set(summary["acv_motif"]) - set(summary["motif"]))
+            log(f"  against ACV < 0  ({len(summary['acv_motif'])} atoms): added "
+                f"{' '.join(f'{structure.elements[i]}{i}' for i in extra) or 'none'}, "
+                f"removed {' '.join(f'{structure.elements[i]}{i}' for i in dropped) or 'none'}")
     log("files written:")
     for path in summary["files"]:
         log(f"  {path}")

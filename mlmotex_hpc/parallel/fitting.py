@@ -114,6 +114,34 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
     return comm.allreduce(done_here)
 
 
+def fit_masks(inputs: Inputs, plan: FitPlan, groups: list[FitGroup], masks: np.ndarray,
+              comm: MPI.Comm) -> dict[str, np.ndarray]:
+    """Fit a few motifs (K × N masks, the same on every rank) to every frame, shared out
+    in static blocks; the results (arrays F × K) on every rank. For the extract stage's
+    handfuls of motifs, where a work unit's bookkeeping would cost more than the fits.
+    A motif's result depends on the motif only, so the split does not change them."""
+    from .comm import chunk
+
+    offset, count = chunk(len(masks), comm.rank, comm.size)
+    error, mine = None, None
+    n_frames = len(inputs.frames)
+    try:
+        if count:
+            mine = fit_batch(masks[offset:offset + count], inputs.space, groups,
+                             inputs.frames, plan.fit, plan.base_uiso, plan.extra)
+        else:
+            mine = {name: np.empty((n_frames, 0)) for name in ("rw", "scale", "zoom")
+                    + plan.extra}
+            mine["status"] = np.empty((n_frames, 0), dtype=np.int8)
+    except Exception as exc:  # noqa: BLE001 - it must reach the other ranks
+        if comm.size == 1:
+            raise
+        error = exc
+    leave_together(comm, error)
+    parts = comm.allgather(mine) if comm.size > 1 else [mine]
+    return {name: np.concatenate([p[name] for p in parts], axis=1) for name in parts[0]}
+
+
 def warm_up(inputs: Inputs, plan: FitPlan, blocks: list[range], groups_for, pending,
             comm: MPI.Comm, log: Callable) -> None:
     """Every rank builds its first frame block's calculators and fits one motif, so that

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalogue import MotifSpace, build_catalogue
-from ..config import Config
+from ..config import Config, extract_reserve
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io import runfile
@@ -65,6 +65,14 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
     check_learning(config)
     n_points = max(len(f.r) for f in frames)
     size = catalogue_size(config.catalogue.size, space.size)
+    reserve = extract_reserve(config, space.size)
+    if config.catalogue.masks_file is None and reserve:
+        if size - reserve < 10:
+            raise InputError(
+                f"config key 'extract.polish_fits' = {reserve}: it leaves {size - reserve} of "
+                f"catalogue.size = {config.catalogue.size} fits for the catalogue; at least 10 "
+                "are needed to learn from (lower it or raise catalogue.size)")
+        size -= reserve
     if config.catalogue.masks_file is None:
         check_memory(
             memory_estimate(size, space.size, len(structure.elements), len(frames), n_points),
@@ -73,9 +81,7 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
     if out_dir is not None:
         prepare_output_dir(out_dir)
         check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points))
-    masks = build_catalogue(
-        space, config.catalogue.size, config.catalogue.seed, config.catalogue.masks_file
-    )
+    masks = build_catalogue(space, size, config.catalogue.seed, config.catalogue.masks_file)
     if len(masks) < 10:
         raise InputError(
             f"the catalogue holds only {len(masks)} motifs (N = {space.size} permutable "

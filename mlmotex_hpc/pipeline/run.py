@@ -8,7 +8,8 @@
    (:mod:`mlmotex_hpc.parallel.fitting`).
 3-4. Learn and explain, on a copy of the file that replaces it when they are done
    (:func:`mlmotex_hpc.io.runfile.finish_on_copy`), frames side by side on groups of
-   ranks (:mod:`mlmotex_hpc.parallel.learning`).
+   ranks (:mod:`mlmotex_hpc.parallel.learning`); then the answer of each frame:
+   labels, connected pieces, polishing by real fits (:mod:`.extract`).
 5. Outputs (rank 0, the finished file): CSV, motifs, structure files, figures, report
    (:mod:`mlmotex_hpc.output.summary`).
 
@@ -36,6 +37,7 @@ from ..parallel.exits import abort_on_error, agreed, root_then_bcast
 from ..parallel.fitting import run_fits
 from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
+from .extract import extract_stage
 from .inputs import Previous, load_inputs, previous_run
 
 
@@ -115,7 +117,8 @@ def run(
             fit_stage(config, inputs, previous, path, comm, log, timings, frame_range)
             summary = finish_on_copy(
                 path, comm,
-                lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
+                lambda run_file: learn_stage(run_file, config, until, timings, log, comm,
+                                             inputs),
                 lambda run_file, metrics: output_stage(
                     run_file, config, inputs, out_dir, until, timings, comm.size, t0, log,
                     metrics),
@@ -198,9 +201,10 @@ def learn_settings(config: Config, comm) -> LearnSettings:
 
 
 def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, log: Callable,
-                comm) -> dict:
-    """Steps 3-4 (every rank, on the learning copy): fills ``timings`` (learn, explain)
-    and returns the first frame's test metrics for the summary."""
+                comm, inputs: Inputs | None = None) -> dict:
+    """Steps 3-4 and the extract stage (every rank, on the learning copy): fills
+    ``timings`` (learn, explain, extract) and returns the first frame's test metrics for
+    the summary. Without ``inputs`` the extract stage is skipped."""
     run_file.collective_set_config(config.source)  # the learn settings used
     if until == "fit":
         return {}
@@ -208,6 +212,9 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     result = learn_and_explain(run_file, learn_settings(config, comm), until, log, comm)
     timings["learn"] = result["learn"]
     timings["explain"] = result["explain"]
+    if until == "explain" and inputs is not None:
+        inject_fault("extract", comm)
+        extract_stage(run_file, config, inputs, comm, log, timings)
     return {"test_mae": float(np.atleast_1d(result["metrics"]["test_mae"])[0]),
             "test_r2": float(np.atleast_1d(result["metrics"]["test_r2"])[0])}
 
@@ -237,7 +244,8 @@ def learn(path: Path, config: Config, inputs: Inputs, comm=None, *, until: str =
     with abort_on_error(comm):
         summary = finish_on_copy(
             path, comm,
-            lambda run_file: learn_stage(run_file, config, until, timings, log, comm),
+            lambda run_file: learn_stage(run_file, config, until, timings, log, comm,
+                                         inputs),
             lambda run_file, metrics: output_stage(
                 run_file, config, inputs, path.parent, until, timings, comm.size, t0, log,
                 metrics),

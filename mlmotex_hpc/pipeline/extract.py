@@ -1,0 +1,275 @@
+"""Step 5a on every rank: the answer of each frame, from its atom contributions.
+
+1. Confidence labels (``in``, ``out``, ``uncertain``) from each ACV and its standard
+   error (:func:`~mlmotex_hpc.extract.confidence_labels`).
+2. Connected pieces (``extract.connected``): the ACV < 0 set and the best catalogue
+   motifs are cut into the pieces of the bond graph; the piece with the lowest real Rw
+   is kept.
+3. Polishing (``extract.polish``): steepest descent on real fits from those starts
+   (:class:`~mlmotex_hpc.extract.Polisher`).
+
+Every motif this stage fits is appended to ``/catalogue`` and ``/fits`` (origin
+``extract``) of the learning copy; a motif fitted before, by the catalogue or an earlier
+stage, is looked up instead. The fits come out of ``catalogue.size``
+(:func:`~mlmotex_hpc.config.extract_reserve`). Every rank takes the same decisions from
+the same data, so the answer is the same on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..config import Config, extract_reserve
+from ..extract import (
+    LABEL_CODES,
+    Descent,
+    Polisher,
+    best_of,
+    confidence_labels,
+    dangling,
+    link_graph,
+    pieces,
+)
+from ..fit.batch import FitGroup, Inputs, fit_plan, make_fit_groups
+from ..io.runfile import RunFile
+from ..parallel.comm import bcast_array
+from ..parallel.fitting import fit_masks
+
+#: Pieces of a motif that are fitted to choose among them (the largest first).
+MAX_PIECES = 4
+
+
+class FitTable:
+    """Every fitted motif of the run, on every rank: Rw by mask, and new fits within a
+    budget, appended to the file."""
+
+    def __init__(self, packed: np.ndarray, rw: np.ndarray, n_permutable: int, budget: int,
+                 fit: Callable[[np.ndarray], dict], append: Callable[[np.ndarray, dict], None]):
+        self.n = n_permutable
+        self.rw = [rw]  # F × rows, then one block per call that fitted
+        self.width = packed.shape[1]
+        keys = self._keys(packed)
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted = keys[self.order]
+        self.added: dict[bytes, int] = {}
+        self.packed = packed
+        self.n_rows = len(packed)
+        self.budget = budget
+        self.fitted = 0
+        self._fit, self._append = fit, append
+
+    def mask(self, row: int) -> np.ndarray:
+        """The mask of a row of the file's catalogue."""
+        return np.unpackbits(self.packed[row], count=self.n).astype(bool)
+
+    def _keys(self, packed: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(packed).view(f"V{self.width}").ravel()
+
+    def rows(self, masks: np.ndarray) -> np.ndarray:
+        """Row of each mask in the table, -1 where it was never fitted."""
+        packed = np.packbits(masks, axis=1)
+        keys = self._keys(packed)
+        rows = np.full(len(masks), -1, dtype=np.int64)
+        if self.sorted.size:
+            at = np.minimum(np.searchsorted(self.sorted, keys), self.sorted.size - 1)
+            hit = self.sorted[at] == keys
+            rows[hit] = self.order[at[hit]]
+        for k in np.flatnonzero(rows < 0):
+            rows[k] = self.added.get(packed[k].tobytes(), -1)
+        return rows
+
+    def evaluate(self, masks: np.ndarray) -> np.ndarray:
+        """Rw of each mask for every frame (F × K): looked up, or fitted while the budget
+        lasts (in the order given), NaN beyond it."""
+        masks = np.asarray(masks, dtype=bool)
+        rows = self.rows(masks)
+        new: dict[bytes, int] = {}
+        for k in np.flatnonzero(rows < 0):
+            key = np.packbits(masks[k]).tobytes()
+            if key not in new and len(new) < self.budget:
+                new[key] = k
+        if new:
+            picked = masks[list(new.values())]
+            results = self._fit(picked)
+            self._append(picked, results)
+            for i, key in enumerate(new):
+                self.added[key] = self.n_rows + i
+            self.rw.append(results["rw"])
+            self.n_rows += len(picked)
+            self.budget -= len(picked)
+            self.fitted += len(picked)
+            rows = self.rows(masks)
+        table = np.concatenate(self.rw, axis=1) if len(self.rw) > 1 else self.rw[0]
+        self.rw = [table]
+        out = np.full((table.shape[0], len(masks)), np.nan)
+        known = rows >= 0
+        out[:, known] = table[:, rows[known]]
+        return out
+
+
+def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Callable,
+                  timings: dict) -> None:
+    """Labels, connected pieces and polishing for every frame (every rank calls it, the
+    learning copy open); writes ``/atoms/label``, ``acv_negative``, ``in_motif`` (the
+    answer) and ``/polish``."""
+    t0 = time.perf_counter()
+    ex = config.extract
+    root = comm.rank == 0
+    acv = bcast_array(run.atoms("contribution") if root else None, comm)
+    se = bcast_array(run.atoms("contribution_se") if root else None, comm)
+    cf = bcast_array(run.atoms("confidence") if root else None, comm)
+    packed = bcast_array(np.packbits(run.masks(slice(None)), axis=1) if root else None, comm)
+    rw_all = bcast_array(run.fits("rw", every=True) if root else None, comm)
+    n_catalogue, resizable = comm.bcast((run.n_motifs, run.resizable()) if root else None)
+    n_frames, n = acv.shape
+    labels = confidence_labels(acv, se, cf, ex.label_z, ex.label_min_cf)
+    acv_negative = acv < 0
+    counts = {name: int((labels == code).sum()) for name, code in LABEL_CODES.items()}
+    log(f"step 5: labels ({ex.label_z:g} standard errors): {counts['in']} in, "
+        f"{counts['out']} out, {counts['uncertain']} uncertain"
+        + (f" (over {n_frames} frames)" if n_frames > 1 else ""))
+    if not (ex.polish or ex.connected):
+        run.collective_write_extract(labels=labels, acv_negative=acv_negative,
+                                     in_motif=acv_negative, polish=None,
+                                     settings=_settings(config, "the ACV < 0 set"))
+        timings["extract"] = time.perf_counter() - t0
+        return
+
+    budget = n_catalogue + extract_reserve(config, n) - packed.shape[0] if resizable else 0
+    budget = max(0, budget)
+    if not resizable:
+        log(f"  {run.path.name} was written before motifs could be added to it: the extract "
+            "stage uses the motifs fitted already")
+    plan = fit_plan(config, inputs.structure)
+    groups: list[FitGroup] = []
+
+    def fit(masks: np.ndarray) -> dict:
+        if not groups:
+            groups.extend(make_fit_groups(inputs, plan.pdf, plan.fit, None, plan.zoom_search))
+        return fit_masks(inputs, plan, groups, masks, comm)
+
+    table = FitTable(packed, rw_all, n, budget, fit,
+                     lambda masks, results: run.collective_append_rows(masks, results))
+    links = None
+    if ex.connected:
+        xyz = inputs.structure.xyz[inputs.space.permutable]
+        links = link_graph(inputs.space.bonded, xyz, ex.link_distance or config.bond_threshold)
+    penalty = None
+    if ex.dangling_penalty > 0:
+        bonded = inputs.space.bonded
+
+        def penalty(masks: np.ndarray) -> np.ndarray:
+            return ex.dangling_penalty * dangling(masks, bonded)
+
+    descents = _starts(acv_negative, rw_all[:, :n_catalogue], links, ex.polish_starts
+                       if ex.polish else 0, table, penalty)
+    if ex.polish:
+        log(f"  polishing by real fits from {len(descents)} start(s)"
+            f" (budget {budget:,} fits, Rw must fall by > {ex.polish_tolerance:g})")
+        polisher = Polisher(links, ex.polish_tolerance, use_swaps=ex.swaps, penalty=penalty)
+        steps = [0]
+
+        def evaluate(masks: np.ndarray) -> np.ndarray:
+            before = table.fitted
+            out = table.evaluate(masks)
+            steps[0] += 1
+            log(f"  polish step {steps[0]}: {len(masks)} neighbours, "
+                f"{table.fitted - before} fitted ({table.fitted:,} of {budget:,} so far)")
+            return out
+
+        polisher.run(descents, evaluate)
+    in_motif = acv_negative.copy()
+    polish = None
+    answered = sorted({d.frame for d in descents})
+    if descents:
+        best = {f: best_of(descents, f) for f in answered}
+        for f, d in best.items():
+            in_motif[f] = d.mask
+        if ex.polish:
+            polish = _polish_record(descents, best, acv_negative, n_frames, n, table, budget)
+    what = "the polished motif" if ex.polish else "the best connected piece of the ACV < 0 set"
+    run.collective_write_extract(labels=labels, acv_negative=acv_negative, in_motif=in_motif,
+                                 polish=polish, settings=_settings(config, what))
+    for f in answered[:1]:
+        d = best_of(descents, f)
+        log(f"  answer{'' if n_frames == 1 else f' (frame {f})'}: {int(d.mask.sum())} "
+            f"permutable atoms, Rw {d.rw:.4f} ({d.origin} start"
+            + (f", {len(d.path) - 1} move(s), {d.stop}" if ex.polish else "") + ")")
+    timings["extract"] = time.perf_counter() - t0
+    log(f"  extract stage: {table.fitted:,} fits in {timings['extract']:.1f} s")
+
+
+def _starts(acv_negative: np.ndarray, rw_cat: np.ndarray, links: np.ndarray | None,
+            n_best: int, table: FitTable, penalty=None) -> list[Descent]:
+    """Each frame's starts: the ACV < 0 set, then its ``n_best`` best catalogue motifs,
+    each cut to its best connected piece (with ``links``); duplicates dropped."""
+    wanted: list[tuple[int, str, list[np.ndarray]]] = []
+    for f in range(acv_negative.shape[0]):
+        if acv_negative[f].any():
+            wanted.append((f, "extracted", _candidates(acv_negative[f], links)))
+        finite = np.flatnonzero(np.isfinite(rw_cat[f]))
+        for k, row in enumerate(finite[np.argsort(rw_cat[f, finite], kind="stable")][:n_best]):
+            mask = table.mask(int(row))
+            wanted.append((f, f"catalogue #{k + 1} (motif {row})", _candidates(mask, links)))
+    flat = [m for _, _, ms in wanted for m in ms]
+    if not flat:
+        return []
+    flat = np.array(flat)
+    rw = table.evaluate(flat)
+    scores = rw if penalty is None else rw + penalty(flat)
+    descents, seen, k = [], set(), 0
+    for f, origin, ms in wanted:
+        mine = scores[f, k:k + len(ms)]
+        k += len(ms)
+        if np.all(np.isnan(mine)):
+            continue
+        best = int(np.nanargmin(mine))
+        key = (f, np.packbits(ms[best]).tobytes())
+        if key in seen:
+            continue
+        seen.add(key)
+        descents.append(Descent(f, origin, ms[best].copy(), float(rw[f, k - len(ms) + best]),
+                                score=float(mine[best])))
+    return descents
+
+
+def _candidates(mask: np.ndarray, links: np.ndarray | None) -> list[np.ndarray]:
+    """The motif itself (without links), or its largest pieces as masks."""
+    if links is None:
+        return [mask]
+    out = []
+    for piece in pieces(mask, links)[:MAX_PIECES]:
+        m = np.zeros_like(mask)
+        m[piece] = True
+        out.append(m)
+    return out
+
+
+def _polish_record(descents: list[Descent], best: dict[int, Descent], acv_negative,
+                   n_frames: int, n: int, table: FitTable, budget: int) -> dict:
+    mask = acv_negative.copy()
+    rw = np.full(n_frames, np.nan)
+    start_mask = np.zeros((n_frames, n), dtype=bool)
+    start_rw = np.full(n_frames, np.nan)
+    for f, d in best.items():
+        mask[f], rw[f] = d.mask, d.rw
+        start_mask[f] = d.start
+        start_rw[f] = d.path[0]["rw"]
+    path: list[list[dict]] = [[] for _ in range(n_frames)]
+    for d in descents:
+        path[d.frame].append({"origin": d.origin, "start": np.flatnonzero(d.start).tolist(),
+                              "stop": d.stop, "steps": d.path})
+    return {"mask": mask, "rw": rw, "start_mask": start_mask, "start_rw": start_rw,
+            "path": path, "fits": table.fitted, "budget": budget}
+
+
+def _settings(config: Config, answer: str) -> dict:
+    ex = config.extract
+    return {"answer": answer, "polish": ex.polish, "connected": ex.connected,
+            "polish_tolerance": ex.polish_tolerance, "polish_starts": ex.polish_starts,
+            "swaps": ex.swaps, "dangling_penalty": ex.dangling_penalty,
+            "link_distance": ex.link_distance or config.bond_threshold,
+            "label_z": ex.label_z, "label_min_cf": ex.label_min_cf}
