@@ -13,10 +13,10 @@ Arrays in, arrays out; no file, no communicator. The pipeline's extract stage
 * **Polishing** (:class:`Polisher`): steepest descent on the real fitted Rw. From each
   start, every motif one toggle away (an atom added next to the motif, or removed
   without cutting it in two) is fitted; the best is taken when it lowers Rw by more than
-  ``tolerance``. When no toggle helps, swaps (an atom moved to a linked empty site) are
-  tried. A start ends at a local optimum, or when the fit budget is spent. The
-  objective may add a penalty to Rw: :func:`dangling` counts the oxygens (any
-  non-permutable atom) left with a broken bond.
+  ``tolerance``. When no toggle helps, swaps (an atom moved to an empty site next to
+  the rest of the motif) are tried. A start ends at a local optimum, or when the fit
+  budget is spent. The objective may add a penalty to Rw: :func:`dangling` counts the
+  oxygens (any non-permutable atom) left with a broken bond.
 """
 
 from __future__ import annotations
@@ -126,16 +126,21 @@ def toggles(mask: np.ndarray, links: np.ndarray | None) -> list[tuple[np.ndarray
 
 
 def swaps(mask: np.ndarray, links: np.ndarray) -> list[tuple[np.ndarray, tuple]]:
-    """Motifs with one atom moved to a linked empty site (the result connected), in
-    index order, as (mask, (added, removed))."""
+    """Motifs with one atom moved to an empty site next to the rest of the motif (the
+    result connected), in index order, as (mask, (added, removed))."""
     mask = np.asarray(mask, dtype=bool)
     out = []
     for i in np.flatnonzero(mask):
-        for j in np.flatnonzero(links[i] & ~mask):
-            new = mask.copy()
-            new[i], new[j] = False, True
-            if is_connected(new, links):
-                out.append((new, ((int(j),), (int(i),))))
+        rest = mask.copy()
+        rest[i] = False
+        if not rest.any() or not is_connected(rest, links):
+            continue
+        near = links[rest].any(axis=0) & ~mask
+        near[i] = False
+        for j in np.flatnonzero(near):
+            new = rest.copy()
+            new[j] = True
+            out.append((new, ((int(j),), (int(i),))))
     return out
 
 
