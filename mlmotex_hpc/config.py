@@ -70,6 +70,27 @@ class CatalogueConfig:
     batch_size: int = field(
         default=64, metadata=_spec("int", "motifs per work unit handed to a rank", minimum=1)
     )
+    strategy: str = field(
+        default="random",
+        metadata=_spec("choice", "random: one uniform sample (ML-MotEx); adaptive: rounds that "
+                       "learn from the fits so far and draw where they help (size is then "
+                       "the fit budget)", choices=("random", "adaptive")))
+    first_round: float = field(
+        default=0.3,
+        metadata=_spec("float", "adaptive: fraction of the budget in the uniform round 0",
+                       exclusive_min=0.0, maximum=1.0))
+    round_size: int | None = field(
+        default=None,
+        metadata=_spec("int?", "adaptive: motifs per later round (empty: a tenth of the "
+                       "budget), rounded up to whole batches", minimum=1))
+    explore: float = field(
+        default=0.25,
+        metadata=_spec("float", "adaptive: fraction of each later round drawn uniformly",
+                       minimum=0.0, maximum=1.0))
+    stable_rounds: int = field(
+        default=2,
+        metadata=_spec("int", "adaptive: stop when the atom labels have not changed for this "
+                       "many rounds (0: never stop early)", minimum=0))
 
 
 @dataclass(frozen=True)
@@ -490,6 +511,13 @@ def _check_consistency(config: Config) -> None:
     if times is not None and len(times) != len(config.data):
         raise _fail("frames.time", f"{len(times)} times",
                     f"expected one time per data file ({len(config.data)} frames)")
+    if config.catalogue.strategy == "adaptive":
+        if config.catalogue.masks_file is not None:
+            raise _fail("catalogue.strategy", "adaptive", "cannot be combined with "
+                        "catalogue.masks_file (that file lists every motif to fit)")
+        if len(config.data) > 1:
+            raise _fail("catalogue.strategy", "adaptive", f"is for one data set; this config "
+                        f"has {len(config.data)} frames (use strategy: random for a series)")
     if config.catalogue.masks_file is None and config.catalogue.size < 10:
         raise _fail("catalogue.size", config.catalogue.size,
                     "need at least 10 motifs to learn from")

@@ -12,6 +12,9 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
     /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
     /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
+    /catalogue/origin (M) uint8 (ORIGIN_CODES)   /catalogue/round (M) int16 (-1: extract)
+                            attrs: n_catalogue (rows of the catalogue; the extract stage's
+                            rows follow), rounds, round_labels (JSON), stopped
     /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
     /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
     /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
@@ -446,8 +449,13 @@ class RunFile:
         refined_extra: tuple[str, ...] = (),
         frame_range: tuple[int, int] | None = None,
         input_digests: Mapping[str, str] | None = None,
+        n_drawn: int | None = None,
     ) -> RunFile:
         """Create the file under a temporary name and preallocate every fit dataset.
+
+        ``n_motifs`` rows are allocated; ``n_drawn`` (default all) hold motifs now: an
+        adaptive catalogue draws the others round by round
+        (:meth:`collective_write_round`).
 
         :meth:`collective_publish` gives it its final name once the inputs are written, so
         a job killed while creating it never leaves a half-made ``motex.h5``.
@@ -495,7 +503,10 @@ class RunFile:
                            maxshape=(None,))
         cat.create_dataset("origin", (n_motifs,), dtype="u1", chunks=mask_chunk[:1],
                            maxshape=(None,), fillvalue=ORIGIN_CODES["catalogue"])
-        cat.attrs["n_catalogue"] = n_motifs
+        cat.create_dataset("round", (n_motifs,), dtype="i2", chunks=mask_chunk[:1],
+                           maxshape=(None,), fillvalue=-1)
+        cat.attrs["n_catalogue"] = n_motifs if n_drawn is None else n_drawn
+        cat.attrs["rounds"] = 1
         cat.attrs["origin_codes"] = ", ".join(f"{v} {k}" for k, v in ORIGIN_CODES.items())
         if not run.parallel:
             # Serial HDF5 allocates chunks on first write, which changes metadata: write the
@@ -555,8 +566,9 @@ class RunFile:
                 ds_r[:] = r
                 ds_g[:] = g
             perm[:] = permutable
-            cat["mask"][:] = masks.astype(np.uint8)
-            cat["size"][:] = masks.sum(axis=1)
+            cat["mask"][: len(masks)] = masks.astype(np.uint8)
+            cat["size"][: len(masks)] = masks.sum(axis=1)
+            cat["round"][: len(masks)] = 0
 
     def collective_publish(self) -> None:
         """Flush the new file and give it its final name (after the inputs are written)."""
@@ -662,6 +674,62 @@ class RunFile:
         _replace(ml, "test_predicted", predicted)
         ml["test_predicted"].attrs["definition"] = PREDICTED_DEFINITION
 
+    def collective_write_round(self, start: int, masks: np.ndarray, uniform: np.ndarray,
+                               round_: int, labels: Sequence[Sequence[int]]) -> None:
+        """An adaptive round's motifs into rows ``start:`` (every rank, the same data),
+        then the count of rows drawn: a job killed before the count is written draws the
+        same round again. ``labels``: each round's atom labels so far."""
+        if self.file is None:
+            return
+        cat = self.file["catalogue"]
+        stop = start + len(masks)
+        if self.comm is None or self.comm.rank == 0 or not self.parallel:
+            cat["mask"][start:stop] = masks.astype(np.uint8)
+            cat["size"][start:stop] = masks.sum(axis=1)
+            cat["round"][start:stop] = round_
+            cat["origin"][start:stop] = np.where(uniform, ORIGIN_CODES["catalogue"],
+                                                 ORIGIN_CODES["adaptive"])
+        self.file.flush()
+        cat.attrs["round_labels"] = json.dumps([list(map(int, lab)) for lab in labels])
+        cat.attrs["rounds"] = round_ + 1
+        cat.attrs["n_catalogue"] = stop
+        self.file.flush()
+
+    def collective_end_rounds(self, reason: str, labels: Sequence[Sequence[int]]) -> None:
+        """Say why the adaptive catalogue stopped drawing."""
+        if self.file is None:
+            return
+        cat = self.file["catalogue"]
+        cat.attrs["round_labels"] = json.dumps([list(map(int, lab)) for lab in labels])
+        cat.attrs["stopped"] = reason
+        self.file.flush()
+
+    def collective_trim(self) -> None:
+        """Drop the rows an adaptive catalogue allocated and never drew (the learning
+        copy, before anything reads or appends rows)."""
+        if self.file is None or not self.resizable():
+            return
+        n = self.n_motifs
+        cat, fits = self.file["catalogue"], self.file["fits"]
+        if cat["mask"].shape[0] <= n:
+            return
+        for key in ("mask", "size", "origin", "round"):
+            if key in cat:
+                cat[key].resize(n, axis=0)
+        for name in fits:
+            if name != "batch_done":
+                fits[name].resize(n, axis=1)
+
+    def rounds(self) -> dict[str, Any]:
+        """The adaptive catalogue's record: rounds drawn, each row's round, the labels
+        after each round, why it stopped ("" while it goes on)."""
+        cat = self.file["catalogue"]
+        n = self.n_motifs
+        rows = cat["round"][:n] if "round" in cat else np.zeros(n, dtype=np.int16)
+        return {"rounds": int(cat.attrs.get("rounds", 1)), "round": rows,
+                "labels": json.loads(_text(cat.attrs.get("round_labels", "[]"))),
+                "stopped": _text(cat.attrs.get("stopped", ""))}
+
     def collective_append_rows(self, masks: np.ndarray, results: Mapping[str, np.ndarray],
                                origin: str = "extract") -> int:
         """Append motifs and their fits (arrays F × K) as new rows (every rank, the same
@@ -674,13 +742,16 @@ class RunFile:
         names = [n for n in fits if n != "batch_done"]
         for ds in (cat["mask"], cat["size"], *(fits[n] for n in names)):
             ds.resize(stop, axis=0 if ds.ndim == 1 or ds.name.startswith("/catalogue") else 1)
-        if "origin" in cat:
-            cat["origin"].resize(stop, axis=0)
+        for key in ("origin", "round"):
+            if key in cat:
+                cat[key].resize(stop, axis=0)
         if self.comm is None or self.comm.rank == 0 or not self.parallel:
             cat["mask"][start:stop] = masks.astype(np.uint8)
             cat["size"][start:stop] = masks.sum(axis=1)
             if "origin" in cat:
                 cat["origin"][start:stop] = ORIGIN_CODES[origin]
+            if "round" in cat:
+                cat["round"][start:stop] = -1
             for name in names:
                 if name in results:
                     fits[name][:, start:stop] = results[name]

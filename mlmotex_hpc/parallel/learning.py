@@ -168,11 +168,15 @@ def _explain_sample(model, X, masks, ok, settings, sub, log) -> tuple:
     return contrib, rows, phi, start
 
 
-def _learn_frame(X, masks, y, settings, until, log, sub, label, chosen=None) -> dict:
+def _learn_frame(X, masks, y, settings, until, log, sub, label, chosen=None,
+                 uniform=None) -> dict:
     """Steps 3-4 for one frame on the ranks of ``sub``: model, metrics, atoms, and this
     rank's SHAP rows (motif indices; float32 values, N + 2 columns: features, then the
-    base value)."""
+    base value). The model learns from every motif; the contributions are read from the
+    ``uniform`` ones only (all by default): an adaptive catalogue's other motifs crowd
+    near the optimum, and averages over them would mean something else."""
     ok = np.isfinite(y)
+    told = ok if uniform is None else ok & uniform
     t = time.perf_counter()
     log(f"step 3: learning Rw from {int(ok.sum())} motifs{label}")
     pause_for_tests("learn")
@@ -189,12 +193,12 @@ def _learn_frame(X, masks, y, settings, until, log, sub, label, chosen=None) -> 
     inject_fault("explain", sub)
     if settings.shap == "all":
         log(f"step 4: SHAP values for {masks.shape[0]} motifs{label} on {sub.size} rank(s)")
-        contrib, rows, phi = _explain_all(model, X, masks, ok, sub, log)
+        contrib, rows, phi = _explain_all(model, X, masks, told, sub, log)
         out["explained"] = masks.shape[0]
     else:
         log(f"step 4: SHAP values{label} on {sub.size} rank(s), until every ACV's standard "
             f"error is below {100 * settings.shap_target:g} % of the largest |ACV|")
-        contrib, rows, phi, out["explained"] = _explain_sample(model, X, masks, ok,
+        contrib, rows, phi, out["explained"] = _explain_sample(model, X, masks, told,
                                                                settings, sub, log)
     out["atoms"] = {key: getattr(contrib, key) for key in ATOM_FIELDS}
     out["shap"] = (rows, np.ascontiguousarray(phi, dtype=np.float32))
@@ -255,6 +259,14 @@ def _learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: C
         masks = bcast_array(run.masks() if root else None, comm)
         rw_all = bcast_array(run.fits("rw") if root else None, comm)
     n_frames, n_motifs = rw_all.shape
+    if parallel:
+        origin = run.origin()[:n_motifs]
+    else:
+        origin = bcast_array(run.origin()[:n_motifs] if root else None, comm)
+    uniform = None if np.all(origin == 0) else origin == 0
+    if uniform is not None:
+        log(f"  contributions from the {int(uniform.sum()):,} uniformly drawn motifs of "
+            f"{n_motifs:,} (the adaptive rounds' others teach the model only)")
     error = None
     try:  # every rank holds the fits and meets the same verdict
         check_fits(rw_all, run.frame_names() if run.holds else None)
@@ -285,7 +297,7 @@ def _learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: C
                 # error in here is one rank's, and abort_on_error ends the job with it.
                 label = f" (frame {f})" if n_frames > 1 else ""
                 res = _learn_frame(X, masks, rw_all[f], settings, until, log, sub, label,
-                                   chosen)
+                                   chosen, uniform)
                 t_learn += res["learn"]
                 t_explain += res["explain"]
                 shap = res.pop("shap", None)

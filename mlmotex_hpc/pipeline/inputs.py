@@ -81,6 +81,8 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
     if out_dir is not None:
         prepare_output_dir(out_dir)
         check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points))
+    if config.catalogue.strategy == "adaptive":
+        size = round_sizes(config, size)[0]  # round 0; the others are drawn as it goes
     masks = build_catalogue(space, size, config.catalogue.seed, config.catalogue.masks_file)
     if len(masks) < 10:
         raise InputError(
@@ -159,6 +161,26 @@ def check_learning(config: Config) -> None:
     except ValueError as exc:
         raise InputError(f"config key 'learn.params' = {dict(config.learn.params)}: {exc}") \
             from None
+
+
+def catalogue_rows(config: Config, n_permutable: int) -> int:
+    """Rows of the catalogue: ``catalogue.size`` (or every motif) less the fits kept for
+    the extract stage; an adaptive catalogue's budget."""
+    size = catalogue_size(config.catalogue.size, n_permutable)
+    if config.catalogue.masks_file is None:
+        size -= extract_reserve(config, n_permutable)
+    return size
+
+
+def round_sizes(config: Config, capacity: int) -> tuple[int, int]:
+    """An adaptive catalogue's round 0 and later rounds (whole batches, at least 10
+    motifs in round 0)."""
+    batch = config.catalogue.batch_size
+    # rounds begin on batch boundaries: a work unit never spans two rounds
+    first = math.ceil(max(10, config.catalogue.first_round * capacity) / batch) * batch
+    later = config.catalogue.round_size or max(1, capacity // 10)
+    later = math.ceil(later / batch) * batch
+    return min(first, capacity), later
 
 
 def catalogue_size(size: int, n_permutable: int) -> int:

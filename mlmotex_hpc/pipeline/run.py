@@ -37,8 +37,9 @@ from ..parallel.exits import abort_on_error, agreed, root_then_bcast
 from ..parallel.fitting import run_fits
 from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
+from .adaptive import adaptive_rounds
 from .extract import extract_stage
-from .inputs import Previous, load_inputs, previous_run
+from .inputs import Previous, catalogue_rows, load_inputs, previous_run
 
 
 def run(
@@ -135,7 +136,10 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     the number of fits done. Fills ``timings`` (fit, fits_per_second)."""
     plan = fit_plan(config, inputs.structure)
     n_frames = len(inputs.frames)
-    n_batches = math.ceil(inputs.n_motifs / plan.batch_size)
+    adaptive = config.catalogue.strategy == "adaptive"
+    # an adaptive catalogue's file holds its whole budget; round 0 is drawn
+    capacity = catalogue_rows(config, inputs.space.size) if adaptive else inputs.n_motifs
+    n_batches = math.ceil(capacity / plan.batch_size)
     n_fblocks = len(frame_blocks(n_frames, plan.frame_block))
     if previous is None:
         run_file = None
@@ -144,7 +148,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                 try:
                     run_file = RunFile.create(
                         path, comm, config_text=config.source, config_dir=str(config.base),
-                        n_frames=n_frames, n_motifs=inputs.n_motifs,
+                        n_frames=n_frames, n_motifs=capacity, n_drawn=inputs.n_motifs,
                         n_permutable=inputs.space.size, n_batches=n_batches,
                         batch_size=plan.batch_size, frame_block=plan.frame_block or n_frames,
                         refined_extra=plan.extra, frame_range=frame_range,
@@ -174,12 +178,19 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
         pending = np.flatnonzero(~previous.batch_done.ravel())
         n_units = n_batches * n_fblocks
         log(f"resuming {path}: {n_units - pending.size} of {n_units} work units done")
-    if pending.size:
+    if adaptive:
+        log(f"step 2: an adaptive catalogue of up to {capacity:,} motifs "
+            f"({config.pdf.calculator}), round 0 uniform")
+    elif pending.size:
         log(f"step 2: fitting {inputs.n_motifs * n_frames} motif PDFs "
             f"({config.pdf.calculator})")
     t_fit = time.perf_counter()
     try:
-        n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
+        if adaptive:
+            n_fits, _ = adaptive_rounds(config, inputs, plan, run_file, comm, log,
+                                        None if previous is None else previous.batch_done)
+        else:
+            n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
     finally:  # every rank: run_fits returns, or raises, on all of them together
         run_file.close()
     timings["fit"] = time.perf_counter() - t_fit
@@ -205,6 +216,7 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     """Steps 3-4 and the extract stage (every rank, on the learning copy): fills
     ``timings`` (learn, explain, extract) and returns the first frame's test metrics for
     the summary. Without ``inputs`` the extract stage is skipped."""
+    run_file.collective_trim()  # an adaptive catalogue's rows never drawn
     run_file.collective_set_config(config.source)  # the learn settings used
     if until == "fit":
         return {}

@@ -1,0 +1,118 @@
+"""Step 2 for ``catalogue.strategy: adaptive``: fit a round, learn from it, draw the next.
+
+The file holds the whole budget's rows from the start (no dataset grows while fits are
+written); ``/catalogue`` attribute ``n_catalogue`` says how many are drawn. Each round:
+every rank fits the round's work units (:func:`~mlmotex_hpc.parallel.fitting.run_fits`);
+rank 0 trains the round's model on every fit so far and draws the next round
+(:mod:`mlmotex_hpc.learn.adaptive`), which every rank writes
+(:meth:`~mlmotex_hpc.io.runfile.RunFile.collective_write_round`) and fits. A killed job
+resumes where the file stands: the drawn rows' missing units first, then the next round,
+drawn from the same fits, so the same motifs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..config import Config
+from ..extract import LABEL_CODES
+from ..fit.batch import FitPlan, Inputs
+from ..io.runfile import RunFile
+from ..parallel.comm import bcast_array, cores_per_rank, wait_idle
+from ..parallel.fitting import run_fits
+from .inputs import round_sizes
+
+
+def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile, comm,
+                    log: Callable, batch_done: np.ndarray | None) -> tuple[int, Inputs]:
+    """Fit and draw rounds until the budget is spent or the labels settle (every rank);
+    the fits done and the inputs holding every drawn motif."""
+    root = comm.rank == 0
+    n_jobs = cores_per_rank(comm)  # collective: every rank asks
+    capacity = comm.bcast(run.n_rows if root else None)
+    state = comm.bcast(run.rounds() if root and batch_done is not None else None)
+    n_drawn = comm.bcast(run.n_motifs if root else None)
+    if batch_done is not None and n_drawn != inputs.n_motifs:  # resuming after round 0
+        packed = bcast_array(np.packbits(run.masks(), axis=1) if root else None, comm)
+        inputs = dataclasses.replace(inputs, packed_masks=packed)
+    labels: list[list[int]] = state["labels"] if state else []
+    round_ = state["rounds"] - 1 if state else 0
+    stopped = state["stopped"] if state else ""
+    _, later = round_sizes(config, capacity)
+    n_blocks = batch_done.shape[1] if batch_done is not None else -(-len(inputs.frames) // (
+        plan.frame_block or len(inputs.frames)))
+    done = (np.zeros((math.ceil(capacity / plan.batch_size), n_blocks), dtype=bool)
+            if batch_done is None else batch_done.copy())
+    n_fits = 0
+    while True:
+        drawn_batches = math.ceil(n_drawn / plan.batch_size)
+        pending = np.flatnonzero(~done[:drawn_batches].ravel())
+        if pending.size:
+            log(f"  round {round_}: fitting {pending.size} work unit(s) of "
+                f"{plan.batch_size} motifs ({n_drawn:,} of {capacity:,} drawn)")
+            n_fits += run_fits(inputs, plan, run, comm, log, pending)
+            done[:drawn_batches] = True
+        if stopped or n_drawn >= capacity:
+            if not stopped:
+                stopped = f"budget of {capacity:,} catalogue fits spent"
+                run.collective_end_rounds(stopped, labels)
+            log(f"  adaptive catalogue: {round_ + 1} round(s), {n_drawn:,} motifs: {stopped}")
+            return n_fits, inputs
+        if run.file is not None:
+            run.file.flush()  # the other ranks' fits on disk before rank 0 reads them
+        comm.Barrier()
+        decision = None
+        if root:
+            decision = _next_round(config, run, n_drawn, inputs, labels, round_ + 1,
+                                   min(later, capacity - n_drawn), n_jobs)
+        wait_idle(comm)  # the other ranks sleep while rank 0 learns
+        decision = comm.bcast(decision)
+        labels.append(decision["labels"])
+        log(decision["line"])
+        if decision["stop"]:
+            stopped = decision["stop"]
+            run.collective_end_rounds(stopped, labels)
+            continue
+        new, uniform = decision["masks"], decision["uniform"]
+        round_ += 1
+        run.collective_write_round(n_drawn, new, uniform, round_, labels)
+        inputs = dataclasses.replace(
+            inputs, packed_masks=np.concatenate([inputs.packed_masks,
+                                                 np.packbits(new, axis=1)]))
+        n_drawn += len(new)
+
+
+def _next_round(config: Config, run: RunFile, n_drawn: int, inputs: Inputs,
+                labels: list[list[int]], round_: int, size: int, n_jobs: int) -> dict:
+    """Rank 0: the round's model, the labels, and the next motifs or the reason to stop.
+    The masks travel separately (as arrays); the rest is small."""
+    from ..learn.adaptive import propose, round_model, round_view
+
+    cat = config.catalogue
+    masks = inputs.masks()
+    rw = run.fits("rw", 0)[:n_drawn]
+    uniform = run.origin()[:n_drawn] == 0
+    ok = np.isfinite(rw)
+    seed = [cat.seed, round_]
+    booster = round_model(masks[ok], rw[ok], seed=cat.seed + round_, n_jobs=n_jobs)
+    view = round_view(booster, masks[ok], uniform[ok], cat.seed + round_,
+                      config.extract.label_z, n_jobs)
+    now = [int(v) for v in view.labels]
+    counts = {name: sum(v == code for v in now) for name, code in LABEL_CODES.items()}
+    line = (f"  round {round_ - 1} learned: {counts['in']} in, {counts['out']} out, "
+            f"{counts['uncertain']} uncertain; best Rw fitted {np.nanmin(rw):.4f}, "
+            f"predicted {view.predicted_best:.4f}")
+    history = labels + [now]
+    k = cat.stable_rounds
+    if k and len(history) > k and all(h == now for h in history[-k - 1:]):
+        return {"labels": now, "line": line, "stop": (
+            f"the labels have not changed for {k} round(s); stopped early with "
+            f"{n_drawn:,} of the budget's fits")}
+    rng = np.random.default_rng(seed)
+    new, is_uniform = propose(masks, np.where(ok, rw, np.inf), view, booster, size,
+                              cat.explore, rng)
+    return {"labels": now, "line": line, "stop": "", "masks": new, "uniform": is_uniform}
