@@ -15,14 +15,16 @@ def test_dry_run_reports_and_fits_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.count("catalogue ") == 1  # printed by rank 0 only
-    assert "400 distinct motifs over N = 24 permutable atoms" in out
+    # 400 fits: 80 kept for the extract stage (min(10 N, size / 5)), 320 in the catalogue
+    assert "320 distinct motifs over N = 24 permutable atoms" in out
+    assert "up to 80 fits of catalogue.size kept for connected pieces and polishing" in out
     assert "fits per core-second" in out and "on 64 rank(s)" in out
     assert "pairs per motif" in out and "GiB per rank" in out and "new run" in out
     rate = float(out.split("fit speed")[1].split("fits per")[0].replace(",", ""))
     assert rate > 0
     # steps 3-4 estimated too: fixed hyperparameters, so no search; SHAP on a sample
     line = next(ln for ln in out.splitlines() if ln.startswith("steps 3-4"))
-    assert "search 0.0 s" in line and "SHAP" in line and "about 400 motifs a frame" in line
+    assert "search 0.0 s" in line and "SHAP" in line and "about 320 motifs a frame" in line
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
 
 

@@ -27,7 +27,7 @@ FLOORS = [
     {"pipeline"},
     {"parallel", "output"},
     {"fit", "learn"},
-    {"catalogue"},
+    {"catalogue", "extract"},
     {"io"},
     {"config"},
     {"pdf"},

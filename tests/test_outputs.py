@@ -93,8 +93,8 @@ def test_motif_vesta_is_the_extracted_motif(keggin_run):
 def test_parity_data_is_the_test_set(keggin_run):
     out, _ = keggin_run
     with h5py.File(out / "motex.h5") as h5:
-        predicted = h5["ml/test_predicted"][0]
-        rw = h5["fits/rw"][0]
+        predicted = h5["ml/test_predicted"][0]  # the catalogue's motifs
+        rw = h5["fits/rw"][0, : predicted.size]  # the extract stage's fits follow them
         n_test = int(h5["ml"].attrs["n_test"])
         mae = float(h5["ml"].attrs["test_mae"])
     test = np.isfinite(predicted)
@@ -143,6 +143,9 @@ def test_report_is_self_contained_and_complete(keggin_run):
         assert re.search(rf"\b{stage}\b\s+[\d.]+ s", text), stage  # timings
     motif_atoms = " ".join(f"W{i}" for i in KEGGIN_MOTIF_W)
     assert f"12 permutable atoms: {motif_atoms}" in text
+    assert "Polishing by real fits" in text and "confidence labels" in text
+    labels = re.search(r"confidence labels (\d+) in, (\d+) out, (\d+) uncertain", text)
+    assert labels and sum(map(int, labels.groups())) == 24
     for i in range(24):  # the table of atom contributions
         assert f"W{i}" in text
     assert (out / "motif.xyz").read_text().splitlines()[0].strip() in text

@@ -20,10 +20,17 @@ def test_two_ranks_write_every_result(keggin_run):
     out, proc = keggin_run
     with h5py.File(out / "motex.h5") as h5:
         masks = h5["catalogue/mask"][:]
-        assert masks.shape == (400, 24)
+        # catalogue.size 400: min(10 N, 400 / 5) = 80 fits kept for the extract stage
+        n_cat = int(h5["catalogue"].attrs["n_catalogue"])
+        n_extract = int(h5["polish"].attrs["fits"])
+        assert n_cat == 320 and 0 < n_extract <= 80
+        assert masks.shape == (n_cat + n_extract, 24)
         assert np.all(h5["catalogue/size"][:] == masks.sum(axis=1))
+        origin = h5["catalogue/origin"][:]
+        assert (origin[:n_cat] == 0).all() and (origin[n_cat:] == 2).all()
+        assert len({m.tobytes() for m in masks}) == len(masks)  # no motif fitted twice
         for name in ("rw", "scale", "zoom", "status"):
-            assert h5[f"fits/{name}"].shape == (1, 400)
+            assert h5[f"fits/{name}"].shape == (1, n_cat + n_extract)
         rw = h5["fits/rw"][0]
         assert np.all(np.isfinite(rw)) and np.all((rw > 0) & (rw <= 1))
         assert np.all(h5["fits/status"][0] == 0)
@@ -40,7 +47,12 @@ def test_two_ranks_write_every_result(keggin_run):
             assert key in h5["timings"].attrs
         assert h5["timings"].attrs["ranks"] == 2
         assert "permute" in h5.attrs["config"] and h5.attrs["version"]
-        assert h5["shap/values"].shape == (1, 400, 25)
+        assert h5["shap/values"].shape == (1, n_cat, 25)  # the catalogue's motifs
+        assert h5["polish/mask"].shape == (1, 24) and h5["polish/rw"].shape == (1,)
+        # the polished motif's Rw is a real fit of it, stored among the rows
+        polished = h5["polish/mask"][0].astype(np.uint8)
+        row = np.flatnonzero((masks == polished).all(axis=1))
+        assert row.size == 1 and h5["fits/rw"][0, row[0]] == h5["polish/rw"][0]
 
 
 def test_keggin_answer(keggin_run):
@@ -58,7 +70,7 @@ def test_csv_and_motif_files(keggin_run):
     rows = list(csv.DictReader(open(out / "atom_contributions.csv")))
     assert list(rows[0]) == ["frame", "frame_name", "time", "index", "element", "x", "y", "z",
                              "contribution", "uncertainty", "confidence", "in_motif",
-                             "contribution_se"]
+                             "contribution_se", "label", "acv_negative"]
     for row in rows:  # a standard error of means over ~200 motifs each: far below σ
         se, sigma = float(row["contribution_se"]), float(row["uncertainty"])
         assert 0 < se < 0.25 * sigma
@@ -70,7 +82,9 @@ def test_csv_and_motif_files(keggin_run):
         i = int(row["index"])
         assert row["element"] == model.elements[i] == "W"
         assert np.allclose([float(row[c]) for c in "xyz"], model.xyz[i], atol=1e-6)
-        assert row["in_motif"] == str(int(float(row["contribution"]) < 0))
+        assert row["acv_negative"] == str(int(float(row["contribution"]) < 0))
+        assert row["in_motif"] == str(int(i in KEGGIN_MOTIF_W))  # the answer
+        assert row["label"] == ("in" if i in KEGGIN_MOTIF_W else "out")
     motif = read_xyz(out / "motif.xyz")
     assert motif.elements.count("W") == 12 and motif.elements.count("O") == 40
     expected_w = model.xyz[list(KEGGIN_MOTIF_W)]
@@ -143,7 +157,7 @@ def test_single_rank_without_mpirun(tmp_path, write_config):
     proc = run_cli("run", str(config), "--until", "learn")
     assert proc.returncode == 0, proc.stderr
     with h5py.File(tmp_path / "out" / "motex.h5") as h5:
-        assert h5["fits/rw"].shape == (1, 60)
+        assert h5["fits/rw"].shape == (1, 48)  # 12 of 60 kept for the extract stage
         assert "test_mae" in h5["ml"].attrs
         assert "atoms" not in h5
 

@@ -58,9 +58,13 @@ def series_config(folder, **overrides) -> dict:
 
 
 def read(h5_path, names=COMPARED) -> dict:
+    """The datasets ``names`` of a finished run; fits of the catalogue's motifs only (the
+    extract stage's rows follow them, and differ with the frames polished)."""
     with h5py.File(h5_path) as f:
         assert f.attrs["complete"]
-        return {name: f[name][()] for name in names}
+        n = int(f["catalogue"].attrs.get("n_catalogue", f["catalogue/mask"].shape[0]))
+        return {name: f[name][:, :n] if name.startswith("fits/") else f[name][()]
+                for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -88,10 +92,13 @@ def test_series_layout_and_outputs(series):
         np.testing.assert_array_equal(f["frames/time"][:], TIMES)
         assert f["frames/time"].attrs["unit"] == "min"
         n_perm = f["catalogue/permutable"].shape[0]
-        assert f["fits/rw"].shape == (4, 160)
-        assert f["fits/batch_done"].shape == (10, 2) and f["fits/batch_done"][()].all()
+        n_cat = int(f["catalogue"].attrs["n_catalogue"])
+        assert n_cat == 128  # 160 less min(10 N, 160 / 5) = 32 for the extract stage
+        assert f["fits/rw"].shape == (4, n_cat + f["polish"].attrs["fits"])
+        assert f["fits/batch_done"].shape == (8, 2) and f["fits/batch_done"][()].all()
         assert f["atoms/contribution"].shape == (4, n_perm)
-        assert f["shap/values"].shape == (4, 160, n_perm + 1)
+        assert f["shap/values"].shape == (4, n_cat, n_perm + 1)
+        assert f["polish/mask"].shape == (4, n_perm) and np.isfinite(f["polish/rw"][()]).all()
         assert np.atleast_1d(f["ml"].attrs["test_r2"]).shape == (4,)
         for f_idx in range(4):  # each frame has its own data and its own fits
             assert f[f"data/{f_idx:05d}/g"].shape == f["data/00000/r"].shape

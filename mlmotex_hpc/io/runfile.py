@@ -1108,8 +1108,9 @@ def read_part(path: Path) -> Part:
             frame_range = h5.attrs.get("frame_range")
             if frame_range is None:
                 frame_range = (0, h5["fits/rw"].shape[0])
+            n_cat = int(h5["catalogue"].attrs.get("n_catalogue", h5["catalogue/mask"].shape[0]))
             return Part(path, _text(h5.attrs["config_hash"]),
-                        tuple(int(v) for v in frame_range), h5["catalogue/mask"][:],
+                        tuple(int(v) for v in frame_range), h5["catalogue/mask"][:n_cat],
                         "shap/values" in h5)
     except OSError as exc:
         raise InputError(f"cannot read {path} as HDF5 ({exc})") from None

@@ -40,20 +40,23 @@ RESULTS_NAME = "refine_results.txt"
 
 
 def choose_motif(run: RunFile, which: str, frame: int) -> tuple[np.ndarray, str, float | None]:
-    """Mask over permutable atoms, a label, and the run's fitted Rw (None if not fitted)."""
-    n_motifs = run.n_motifs
-    rw = run.fits("rw", frame) if run.has_fits() else None
+    """Mask over permutable atoms, a label, and the run's fitted Rw (None if not fitted).
+
+    Every fitted motif counts: the catalogue's and those the extract stage added after it
+    (rows ``n_motifs`` on), so ``best`` may be a polished motif."""
+    n_motifs = run.n_rows
+    rw = run.fits("rw", frame, every=True) if run.has_fits() else None
     if which == "extracted":
         if not run.has_atoms():
             raise InputError(
                 f"{run.path} holds no extracted motif (the run stopped before the explain "
-                "stage); use --motif best or a catalogue index"
+                "stage); use --motif best or the index of a fitted motif"
             )
         mask = run.atoms("in_motif", frame)
         if not mask.any():
             raise InputError(f"the extracted motif of frame {frame} in {run.path} is empty")
         # the extracted motif is usually not a catalogue row: no fitted Rw to compare
-        rows = np.flatnonzero(np.all(run.masks() == mask, axis=1))
+        rows = np.flatnonzero(np.all(run.masks(slice(None)) == mask, axis=1))
         fitted = _fitted_rw(rw, int(rows[0])) if rows.size else None
         return mask, "extracted motif", fitted
     if which == "best":
@@ -68,12 +71,12 @@ def choose_motif(run: RunFile, which: str, frame: int) -> tuple[np.ndarray, str,
         index = int(which)
     except ValueError:
         raise InputError(
-            f"--motif {which!r}: expected extracted, best or a catalogue index "
+            f"--motif {which!r}: expected extracted, best or the index of a fitted motif "
             f"(0 to {n_motifs - 1})"
         ) from None
     if not 0 <= index < n_motifs:
         raise InputError(
-            f"--motif {index}: the catalogue of {run.path} holds motifs 0 to {n_motifs - 1}"
+            f"--motif {index}: {run.path} holds fitted motifs 0 to {n_motifs - 1}"
         )
     return run.masks(index), f"motif {index}", _fitted_rw(rw, index)
 

@@ -124,15 +124,16 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         frame_note = "" if n_frames == 1 else f" (frame {frame})"
         how = "polished, connected" if polish is not None else "the answer"
         rows.append([f"extracted motif{frame_note}",
-                     _esc(f"{int(in_motif.sum())} permutable atoms ({how}): "
-                          f"{listed(in_motif)}")])
+                     _esc(f"{int(in_motif.sum())} permutable atoms: {listed(in_motif)} "
+                          f"({how})")])
         if not np.array_equal(in_motif, acv_negative):
             added, removed = in_motif & ~acv_negative, acv_negative & ~in_motif
             rows.append(["ACV < 0 set", _esc(
                 f"{int(acv_negative.sum())} atoms; the answer adds {listed(added) or 'none'}"
                 f" and removes {listed(removed) or 'none'}")])
         labels = answer_labels(run)[frame]
-        counts = [f"{int((labels == c).sum())} {name}" for name, c in LABEL_CODES.items()]
+        counts = [f"{int((labels == LABEL_CODES[name]).sum())} {name}"
+                  for name in ("in", "out", "uncertain")]
         rows.append(["confidence labels", _esc(", ".join(counts))])
     if products is not None:
         for fit in products.fits:

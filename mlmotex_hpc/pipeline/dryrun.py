@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
+from ..config import Config, extract_reserve
 from ..errors import InputError
 from ..fit.batch import fit_plan, make_fit_groups
 from ..fit.fitter import fit_motif
 from ..io import runfile
-from .inputs import load_inputs, memory_estimate, node_memory
+from .inputs import catalogue_rows, load_inputs, memory_estimate, node_memory
 
 SAMPLE = 200
 #: Trees assumed per early-stopped model when estimating steps 3-4 (the shipped cases
@@ -70,9 +70,23 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
     mem = memory_estimate(n_motifs, inputs.space.size, len(inputs.structure.elements),
                           n_frames, max(len(f.r) for f in inputs.frames))
     gib = 2**30
+    reserve = extract_reserve(config, inputs.space.size)
+    adaptive = config.catalogue.strategy == "adaptive"
+    if adaptive:
+        capacity = catalogue_rows(config, inputs.space.size)
+        head = (f"catalogue       adaptive: up to {capacity:,} motifs over N = "
+                f"{inputs.space.size} permutable atoms, round 0 {n_motifs:,} uniform "
+                f"({len(inputs.structure.elements)} atoms in the model)")
+        n_motifs = capacity  # the estimates below: the whole budget
+        fits = n_motifs * n_frames
+        wall = fits / (rate * ranks)
+    else:
+        head = (f"catalogue       {n_motifs} distinct motifs over N = {inputs.space.size} "
+                f"permutable atoms ({len(inputs.structure.elements)} atoms in the model)")
     lines = [
-        f"catalogue       {n_motifs} distinct motifs over N = {inputs.space.size} permutable "
-        f"atoms ({len(inputs.structure.elements)} atoms in the model)",
+        head,
+        f"extract stage   up to {reserve:,} fits of catalogue.size kept for connected pieces "
+        "and polishing" if reserve else "extract stage   no fits (nothing to polish)",
         f"frames          {n_frames}, so {fits:,} fits",
         f"pairs per motif min {min(pairs):,}, mean {np.mean(pairs):,.0f}, max {max(pairs):,} "
         f"(sample of {len(sample)})",
