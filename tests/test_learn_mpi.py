@@ -83,16 +83,21 @@ def test_sampled_shap_stops_at_the_same_motifs_on_one_and_three_ranks(tmp_path):
     assert np.max(se) <= 0.5 * np.max(np.abs(one["atoms/contribution"][0]))
 
 
-def test_search_spreads_each_round_over_the_ranks(tmp_path):
-    cfg, h5 = _write(tmp_path, "out", learn={"search_iterations": 6, "cv_folds": 2,
-                                             "params": {}, "search": "full"})
-    proc = run_cli("run", str(cfg), "--until", "learn", ranks=3)
-    assert proc.returncode == 0, proc.stderr
-    with h5py.File(h5) as f:
-        history = json.loads(f["ml"].attrs["history"])
-        params = json.loads(f["ml"].attrs["params"])
+def test_search_spreads_each_round_over_the_ranks_and_ends_alike(tmp_path):
+    """A round's 4 candidates are dealt out over 3 ranks (2 on rank 0): the search, and
+    the model, are those of one rank."""
+    learn = {"search_iterations": 6, "cv_folds": 2, "params": {}, "search": "full"}
+    runs = {}
+    for ranks in (1, 3):
+        cfg, h5 = _write(tmp_path, f"out{ranks}", learn=learn)
+        proc = run_cli("run", str(cfg), "--until", "learn", ranks=ranks)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(h5) as f:
+            runs[ranks] = (f["ml"].attrs["history"], f["ml"].attrs["params"])
+    assert runs[1] == runs[3]
+    history, params = json.loads(runs[3][0]), json.loads(runs[3][1])
     assert len(history) == 6
-    assert [h["round"] for h in history] == [0, 0, 0, 1, 1, 1]  # 3 candidates a round
+    assert [h["round"] for h in history] == [0, 0, 0, 0, 1, 1]  # SEARCH_BATCH = 4 a round
     best = min(history, key=lambda h: h["cv_rmse"])
     assert params["max_depth"] == best["max_depth"]
 

@@ -14,7 +14,9 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
     /catalogue/origin (M) uint8 (ORIGIN_CODES)   /catalogue/round (M) int16 (-1: extract)
                             attrs: n_catalogue (rows of the catalogue; the extract stage's
-                            rows follow), rounds, round_labels (JSON), stopped
+                            rows follow), rounds, stopped (why an adaptive catalogue
+                            stopped drawing)
+    /catalogue/round_labels (R, N) int8   the atom labels after each adaptive round
     /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
     /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
     /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
@@ -450,6 +452,7 @@ class RunFile:
         frame_range: tuple[int, int] | None = None,
         input_digests: Mapping[str, str] | None = None,
         n_drawn: int | None = None,
+        max_rounds: int = 1,
     ) -> RunFile:
         """Create the file under a temporary name and preallocate every fit dataset.
 
@@ -505,8 +508,13 @@ class RunFile:
                            maxshape=(None,), fillvalue=ORIGIN_CODES["catalogue"])
         cat.create_dataset("round", (n_motifs,), dtype="i2", chunks=mask_chunk[:1],
                            maxshape=(None,), fillvalue=-1)
+        # each round's atom labels, as raw data: parallel HDF5 rewrites small attributes
+        # only while their size stays the same
+        cat.create_dataset("round_labels", (max_rounds, n_permutable), dtype="i1",
+                           fillvalue=-1)
         cat.attrs["n_catalogue"] = n_motifs if n_drawn is None else n_drawn
         cat.attrs["rounds"] = 1
+        cat.attrs["stopped"] = np.bytes_(b" " * 200)
         cat.attrs["origin_codes"] = ", ".join(f"{v} {k}" for k, v in ORIGIN_CODES.items())
         if not run.parallel:
             # Serial HDF5 allocates chunks on first write, which changes metadata: write the
@@ -689,8 +697,8 @@ class RunFile:
             cat["round"][start:stop] = round_
             cat["origin"][start:stop] = np.where(uniform, ORIGIN_CODES["catalogue"],
                                                  ORIGIN_CODES["adaptive"])
+            cat["round_labels"][: len(labels)] = np.asarray(labels, dtype=np.int8)
         self.file.flush()
-        cat.attrs["round_labels"] = json.dumps([list(map(int, lab)) for lab in labels])
         cat.attrs["rounds"] = round_ + 1
         cat.attrs["n_catalogue"] = stop
         self.file.flush()
@@ -700,8 +708,11 @@ class RunFile:
         if self.file is None:
             return
         cat = self.file["catalogue"]
-        cat.attrs["round_labels"] = json.dumps([list(map(int, lab)) for lab in labels])
-        cat.attrs["stopped"] = reason
+        if labels and (self.comm is None or self.comm.rank == 0 or not self.parallel):
+            cat["round_labels"][: len(labels)] = np.asarray(labels, dtype=np.int8)
+        self.file.flush()
+        # fixed length, the size the attribute was created with (see create)
+        cat.attrs["stopped"] = np.bytes_(reason.encode()[:200].ljust(200))
         self.file.flush()
 
     def collective_trim(self) -> None:
@@ -726,9 +737,13 @@ class RunFile:
         cat = self.file["catalogue"]
         n = self.n_motifs
         rows = cat["round"][:n] if "round" in cat else np.zeros(n, dtype=np.int16)
-        return {"rounds": int(cat.attrs.get("rounds", 1)), "round": rows,
-                "labels": json.loads(_text(cat.attrs.get("round_labels", "[]"))),
-                "stopped": _text(cat.attrs.get("stopped", ""))}
+        labels = cat["round_labels"][()] if "round_labels" in cat else np.zeros((0, 0))
+        labels = [row.tolist() for row in labels if row.size and row[0] >= 0]
+        rounds = int(cat.attrs.get("rounds", 1))
+        stopped = _text(cat.attrs.get("stopped", b"")).strip()
+        if not stopped:  # the labels after round k are kept once round k + 1 is drawn (a
+            labels = labels[: rounds - 1]  # job killed in between learns them again)
+        return {"rounds": rounds, "round": rows, "labels": labels, "stopped": stopped}
 
     def collective_append_rows(self, masks: np.ndarray, results: Mapping[str, np.ndarray],
                                origin: str = "extract") -> int:
@@ -1161,7 +1176,7 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
     # (the parts' polished motifs and Rw are kept per frame in /polish)
     for key in list(out["catalogue"]):
         ds = out["catalogue"][key]
-        if ds.shape and ds.shape[0] > n_cat and key != "permutable":
+        if ds.shape and ds.shape[0] > n_cat and key not in ("permutable", "round_labels"):
             data = ds[:n_cat]
             del out["catalogue"][key]
             out["catalogue"].create_dataset(key, data=data)

@@ -117,6 +117,9 @@ FINAL_STOP = (50, 0.005)
 #: A fast-search candidate whose mean score over the folds done so far exceeds the best
 #: complete score by this fraction gets no more folds (racing: poor candidates stop early).
 RACE_MARGIN = 0.05
+#: Candidates asked per search round, whatever the number of workers (they share a round
+#: out): the search, and so the model, is the same on any number of ranks.
+SEARCH_BATCH = 4
 #: How a search prices a candidate: ``fast`` (early-stopped trees, racing, warm start) or
 #: ``full`` (ML-MotEx's: the number of trees searched, every fold for every candidate).
 SEARCH_METHODS = ("fast", "full")
@@ -817,7 +820,8 @@ class Workers:
     Attributes
     ----------
     size : int
-        Workers taking part: candidates asked per search round.
+        Workers taking part; a search round's :data:`SEARCH_BATCH` candidates are shared
+        out among them.
     """
 
     size = 1
@@ -900,7 +904,7 @@ def run_search(problems: Sequence[SearchProblem], settings: LearnSettings,
             lambda point: score_candidate(problems, point, settings, reference), points)
 
     result = search_hyperparameters(evaluate, settings.search_iterations, settings.seed,
-                                    points_per_round=workers.size, log=log,
+                                    points_per_round=SEARCH_BATCH, log=log,
                                     method=settings.search)
     return workers.agree(result)
 

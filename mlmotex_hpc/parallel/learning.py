@@ -62,8 +62,9 @@ class GroupWorkers(Workers):
     """The ranks of ``comm`` as the workers of :func:`train_rw_model`.
 
     Every rank runs the same optimiser; rank 0's candidates are the ones evaluated (a
-    round holds one per rank, each rank cross-validates its own) and rank 0's choices
-    are the ones kept, so every rank ends with the same model.
+    round's candidates dealt out over the ranks, each rank cross-validating its own) and
+    rank 0's choices are the ones kept, so every rank ends with the same model, and the
+    same model for any number of ranks.
     """
 
     def __init__(self, comm: MPI.Comm):

@@ -35,7 +35,7 @@ from ..extract import (
 )
 from ..fit.batch import FitGroup, Inputs, fit_plan, make_fit_groups
 from ..io.runfile import RunFile
-from ..parallel.comm import bcast_array
+from ..parallel.comm import bcast_array, pause_for_tests
 from ..parallel.fitting import fit_masks
 
 #: Pieces of a motif that are fitted to choose among them (the largest first).
@@ -178,6 +178,7 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
             steps[0] += 1
             log(f"  polish step {steps[0]}: {len(masks)} neighbours, "
                 f"{table.fitted - before} fitted ({table.fitted:,} of {budget:,} so far)")
+            pause_for_tests("extract")
             return out
 
         polisher.run(descents, evaluate)

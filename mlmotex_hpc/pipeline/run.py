@@ -39,7 +39,7 @@ from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
 from .adaptive import adaptive_rounds
 from .extract import extract_stage
-from .inputs import Previous, catalogue_rows, load_inputs, previous_run
+from .inputs import Previous, catalogue_rows, load_inputs, previous_run, round_sizes
 
 
 def run(
@@ -140,6 +140,10 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     # an adaptive catalogue's file holds its whole budget; round 0 is drawn
     capacity = catalogue_rows(config, inputs.space.size) if adaptive else inputs.n_motifs
     n_batches = math.ceil(capacity / plan.batch_size)
+    max_rounds = 1
+    if adaptive:
+        first, later = round_sizes(config, capacity)
+        max_rounds = 1 + math.ceil(max(0, capacity - first) / later)
     n_fblocks = len(frame_blocks(n_frames, plan.frame_block))
     if previous is None:
         run_file = None
@@ -153,6 +157,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         batch_size=plan.batch_size, frame_block=plan.frame_block or n_frames,
                         refined_extra=plan.extra, frame_range=frame_range,
                         input_digests=inputs.digests,
+                        max_rounds=max_rounds,
                     )
                     run_file.collective_write_inputs(
                         elements=inputs.structure.elements, xyz=inputs.structure.xyz,
