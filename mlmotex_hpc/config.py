@@ -227,7 +227,9 @@ class ExtractConfig:
     link_distance: float | None = field(
         default=None,
         metadata=_spec("float?", "permutable atoms closer than this (Å) are linked, besides "
-                       "those sharing a bonded atom (empty: bond_threshold)", minimum=0.0))
+                       "those sharing a bonded atom (empty: bond_threshold, or 1.2 × the "
+                       "median nearest-neighbour distance when every atom is permuted)",
+                       minimum=0.0))
     label_z: float = field(
         default=2.0,
         metadata=_spec("float", "standard errors the ACV must clear for an in/out label",

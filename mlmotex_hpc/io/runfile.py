@@ -1170,16 +1170,16 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         out.attrs["input_digests"] = json.dumps(digests, sort_keys=True)
     n_cat = int(first["catalogue"].attrs.get("n_catalogue", first["catalogue/mask"].shape[0]))
     for name in SHARED_DATASETS:
-        if name in first:
+        if name in first and name != "catalogue":
             first.copy(first[name], out, name=name)
     # each part's extract stage added its own rows: the merged file keeps the catalogue's
     # (the parts' polished motifs and Rw are kept per frame in /polish)
-    for key in list(out["catalogue"]):
-        ds = out["catalogue"][key]
-        if ds.shape and ds.shape[0] > n_cat and key not in ("permutable", "round_labels"):
-            data = ds[:n_cat]
-            del out["catalogue"][key]
-            out["catalogue"].create_dataset(key, data=data)
+    cat = out.create_group("catalogue")
+    cat.attrs.update(first["catalogue"].attrs)
+    for key, ds in first["catalogue"].items():
+        rows = ds.ndim and key not in ("permutable", "round_labels")
+        copied = cat.create_dataset(key, data=ds[:n_cat] if rows else ds[()])
+        copied.attrs.update(ds.attrs)
     # frames: names, times, data renumbered
     names = np.concatenate([src["frames/names"][:] for src in sources])
     out.create_dataset("frames/names", data=names.astype(f"S{max(len(n) for n in names)}"))

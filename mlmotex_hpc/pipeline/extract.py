@@ -156,7 +156,10 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     links = None
     if ex.connected:
         xyz = inputs.structure.xyz[inputs.space.permutable]
-        links = link_graph(inputs.space.bonded, xyz, ex.link_distance or config.bond_threshold)
+        distance = link_distance(config, xyz, inputs.space.others.size)
+        links = link_graph(inputs.space.bonded, xyz, distance)
+        log(f"  connected motifs: atoms linked through a shared bonded atom or within "
+            f"{distance:.2f} Å")
     penalty = None
     if ex.dangling_penalty > 0:
         bonded = inputs.space.bonded
@@ -201,6 +204,25 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
             + (f", {len(d.path) - 1} move(s), {d.stop}" if ex.polish else "") + ")")
     timings["extract"] = time.perf_counter() - t0
     log(f"  extract stage: {table.fitted:,} fits in {timings['extract']:.1f} s")
+
+
+#: With every atom permutable (C60, a metal cluster), atoms are linked within this many
+#: times the median nearest-neighbour distance.
+NEIGHBOUR_FACTOR = 1.2
+
+
+def link_distance(config: Config, xyz: np.ndarray, n_others: int) -> float:
+    """``extract.link_distance``, or by default ``bond_threshold``; when the model has no
+    non-permutable atoms to link through, at least :data:`NEIGHBOUR_FACTOR` × the median
+    nearest-neighbour distance of the permutable atoms (C-C 1.45 Å in C60: 1.7 Å)."""
+    if config.extract.link_distance is not None:
+        return config.extract.link_distance
+    if n_others or len(xyz) < 2:
+        return config.bond_threshold
+    diff = xyz[:, None, :] - xyz[None, :, :]
+    d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    np.fill_diagonal(d, np.inf)
+    return max(config.bond_threshold, NEIGHBOUR_FACTOR * float(np.median(d.min(axis=1))))
 
 
 def _starts(acv_negative: np.ndarray, rw_cat: np.ndarray, links: np.ndarray | None,
@@ -272,5 +294,5 @@ def _settings(config: Config, answer: str) -> dict:
     return {"answer": answer, "polish": ex.polish, "connected": ex.connected,
             "polish_tolerance": ex.polish_tolerance, "polish_starts": ex.polish_starts,
             "swaps": ex.swaps, "dangling_penalty": ex.dangling_penalty,
-            "link_distance": ex.link_distance or config.bond_threshold,
+            "link_distance": ex.link_distance,
             "label_z": ex.label_z, "label_min_cf": ex.label_min_cf}
