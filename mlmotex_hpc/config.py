@@ -209,6 +209,10 @@ class ExtractConfig:
     polish_tolerance: float = field(
         default=0.002,
         metadata=_spec("float", "the Rw a polishing move must gain", minimum=0.0))
+    answer: str = field(
+        default="extracted",
+        metadata=_spec("choice", "the answer: the polished ACV < 0 motif (extracted), or the "
+                       "start that polished lowest (lowest)", choices=("extracted", "lowest")))
     polish_starts: int = field(
         default=2,
         metadata=_spec("int", "best catalogue motifs polished besides the extracted one",

@@ -168,6 +168,17 @@ def test_polisher_stops_when_the_budget_is_spent_and_merges_starts():
     assert best_of([a, b], 0) is a
 
 
+def test_the_answer_is_the_extracted_start_unless_asked_for_the_lowest():
+    from mlmotex_hpc.pipeline.extract import answer_of
+
+    a = Descent(0, "extracted", np.array([1, 1, 0], dtype=bool), 0.30, score=0.30)
+    b = Descent(0, "catalogue #1", np.array([0, 1, 1], dtype=bool), 0.25, score=0.25)
+    c = Descent(1, "catalogue #1", np.array([1, 0, 0], dtype=bool), 0.40, score=0.40)
+    assert answer_of([a, b, c], 0, "extracted") is a
+    assert answer_of([a, b, c], 0, "lowest") is b
+    assert answer_of([a, b, c], 1, "extracted") is c  # no ACV < 0 start in frame 1
+
+
 def test_polisher_frames_move_independently():
     weights = np.array([-0.02, 0.02, 0.01])
 

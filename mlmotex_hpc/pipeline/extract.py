@@ -189,7 +189,7 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     polish = None
     answered = sorted({d.frame for d in descents})
     if descents:
-        best = {f: best_of(descents, f) for f in answered}
+        best = {f: answer_of(descents, f, ex.answer) for f in answered}
         for f, d in best.items():
             in_motif[f] = d.mask
         if ex.polish:
@@ -198,10 +198,15 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     run.collective_write_extract(labels=labels, acv_negative=acv_negative, in_motif=in_motif,
                                  polish=polish, settings=_settings(config, what))
     for f in answered[:1]:
-        d = best_of(descents, f)
+        d = best[f]
         log(f"  answer{'' if n_frames == 1 else f' (frame {f})'}: {int(d.mask.sum())} "
             f"permutable atoms, Rw {d.rw:.4f} ({d.origin} start"
             + (f", {len(d.path) - 1} move(s), {d.stop}" if ex.polish else "") + ")")
+        lower = best_of(descents, f)
+        if lower is not d:
+            log(f"  the {lower.origin} start ended lower: {int(lower.mask.sum())} atoms, Rw "
+                f"{lower.rw:.4f} (extract.answer: lowest takes it; real Rw alone often "
+                "prefers a fragment, see the README)")
     timings["extract"] = time.perf_counter() - t0
     log(f"  extract stage: {table.fitted:,} fits in {timings['extract']:.1f} s")
 
@@ -223,6 +228,16 @@ def link_distance(config: Config, xyz: np.ndarray, n_others: int) -> float:
     d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     np.fill_diagonal(d, np.inf)
     return max(config.bond_threshold, NEIGHBOUR_FACTOR * float(np.median(d.min(axis=1))))
+
+
+def answer_of(descents: list[Descent], frame: int, rule: str) -> Descent:
+    """The frame's answer: where the ACV < 0 start ended (``extracted``; when the frame
+    has one), or the start that ended lowest in the objective (``lowest``)."""
+    if rule == "extracted":
+        mine = [d for d in descents if d.frame == frame and d.origin == "extracted"]
+        if mine:
+            return mine[0]
+    return best_of(descents, frame)
 
 
 def _starts(acv_negative: np.ndarray, rw_cat: np.ndarray, links: np.ndarray | None,
@@ -291,7 +306,8 @@ def _polish_record(descents: list[Descent], best: dict[int, Descent], acv_negati
 
 def _settings(config: Config, answer: str) -> dict:
     ex = config.extract
-    return {"answer": answer, "polish": ex.polish, "connected": ex.connected,
+    return {"answer": answer, "answer_rule": ex.answer, "polish": ex.polish,
+            "connected": ex.connected,
             "polish_tolerance": ex.polish_tolerance, "polish_starts": ex.polish_starts,
             "swaps": ex.swaps, "dangling_penalty": ex.dangling_penalty,
             "link_distance": ex.link_distance,
