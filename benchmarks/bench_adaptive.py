@@ -181,8 +181,10 @@ def _figure(curves: dict, path: Path) -> None:
             top.plot(fits, right, ":", color="tab:cyan", label="adaptive rounds (labels)")
             bottom.plot(fits, best, ":", color="tab:cyan", label="adaptive rounds")
         top.set_title(case)
-        top.set_xscale("log")
-        bottom.set_xscale("log")
+        for ax in (top, bottom):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         top.set_ylabel("atoms labelled right")
         bottom.set_ylabel("best catalogue Rw")
         bottom.set_xlabel("fits (the run's every fit)")
