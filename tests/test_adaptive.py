@@ -165,3 +165,25 @@ def test_bad_combinations_are_refused(tmp_path, write_config):
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc: error:")]
     assert len(lines) == 1 and "extract.polish_fits" in lines[0], proc.stderr
+
+
+def test_new_extract_settings_redo_only_the_extract_stage(tmp_path):
+    """Other extract settings on the same fits: the fits are kept, the answer is redone
+    on 2 ranks (parallel HDF5 rewrites the stage's records of another size)."""
+    raw = keggin_config(tmp_path, catalogue={"size": 200, "seed": 2, "batch_size": 16})
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert run_cli("run", str(cfg), "--quiet", ranks=2).returncode == 0
+    h5 = tmp_path / "out" / "motex.h5"
+    with h5py.File(h5) as f:
+        n_cat = int(f["catalogue"].attrs["n_catalogue"])
+        rw = f["fits/rw"][0, :n_cat]
+    raw["extract"] = {"polish_tolerance": 0.0125, "label_z": 30.0, "polish_starts": 1}
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = run_cli("run", str(cfg), ranks=2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "only the learn settings changed" in proc.stdout
+    with h5py.File(h5) as f:
+        np.testing.assert_array_equal(f["fits/rw"][0, :n_cat], rw)
+        assert '"label_z": 30.0' in f["atoms/answer"][()].decode()
+        assert (f["atoms/label"][0] == 2).any()  # 30 standard errors: some uncertain

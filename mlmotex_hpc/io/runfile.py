@@ -22,7 +22,8 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
     /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean,
           contribution_se (F, N)
-    /atoms/in_motif (F, N)  /atoms/index (N)
+    /atoms/in_motif (F, N)  /atoms/index (N)   /atoms/label, acv_negative (F, N)
+    /atoms/answer           the extract stage's settings (JSON text)
     /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32 (NaN: not explained)
     /shap/explained (F, M) uint8         attrs: n_explained (F), definition
     /ml                     attrs: test metrics and hyperparameters (arrays over frames)
@@ -788,7 +789,10 @@ class RunFile:
         _replace(atoms, "label", labels.astype(np.int8)).attrs["definition"] = LABEL_DEFINITION
         _replace(atoms, "acv_negative", acv_negative.astype(bool))
         _replace(atoms, "in_motif", in_motif.astype(bool))
-        atoms.attrs["answer"] = json.dumps(dict(settings), default=str)
+        # a dataset, not an attribute: a later learn may write settings of another length,
+        # and parallel HDF5 failed (MPI_ERR_TRUNCATE) rewriting an attribute that only
+        # rank 0 had read (seen with /catalogue's round labels)
+        _replace(atoms, "answer", np.bytes_(json.dumps(dict(settings), default=str)))
         if "polish" in self.file:
             del self.file["polish"]
         if polish is None:
