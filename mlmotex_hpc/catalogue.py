@@ -119,12 +119,33 @@ def sample_masks(n_permutable: int, size: int, seed: int) -> np.ndarray:
 
 
 def enumerate_masks(n_permutable: int) -> np.ndarray:
-    """Every non-empty subset of N atoms, ordered by its binary code 1 .. 2**N - 1."""
+    """Every non-empty subset of N atoms, ordered by its binary code 1 .. 2**N - 1 (small N:
+    an exhaustive run streams :func:`code_masks` instead)."""
     if n_permutable > 24:
         raise ValueError(f"refusing to enumerate 2^{n_permutable} subsets")
-    codes = np.arange(1, 2**n_permutable, dtype=np.int64)
+    return code_masks(0, 2**n_permutable - 1, n_permutable)
+
+
+def code_masks(start: int, stop: int, n_permutable: int) -> np.ndarray:
+    """Rows ``start:stop`` of the exhaustive table: row r is the motif whose binary code
+    is r + 1 (bit i set: permutable atom i kept), bool (stop - start) × N."""
+    return row_masks(np.arange(start, stop, dtype=np.int64), n_permutable)
+
+
+def row_masks(rows: np.ndarray, n_permutable: int) -> np.ndarray:
+    """The motifs of any rows of the exhaustive table (bool, len(rows) × N); row -1 is the
+    empty motif."""
+    codes = np.asarray(rows, dtype=np.int64) + 1
     bits = np.arange(n_permutable, dtype=np.int64)
     return ((codes[:, None] >> bits[None, :]) & 1).astype(bool)
+
+
+def mask_rows(masks: np.ndarray) -> np.ndarray:
+    """Row of each motif in the exhaustive table (its binary code - 1), int64; -1 for the
+    empty motif."""
+    masks = np.atleast_2d(np.asarray(masks, dtype=bool))
+    weights = np.left_shift(np.int64(1), np.arange(masks.shape[1], dtype=np.int64))
+    return masks.astype(np.int64) @ weights - 1
 
 
 def read_masks_file(path: Path, n_permutable: int) -> np.ndarray:

@@ -5,6 +5,7 @@
     mlmotex-hpc pdf MODEL.xyz -o OUT.gr [options]
     mlmotex-hpc refine OUT/motex.h5 [--motif extracted|best|INDEX] [--frame N] [-o DIR]
     mlmotex-hpc learn OUT/motex.h5 [--search-iterations K] [--cv-folds K] [--seed S]
+    mlmotex-hpc convergence OUT/motex.h5 [--sizes 100,1000,...] [--seeds K] [-o DIR]
     mlmotex-hpc merge OUT/frames_*/motex.h5 | CONFIG.yaml [-o DIR]
     mlmotex-hpc plot OUT/motex.h5 [--frame N ...] [-o DIR]
     mlmotex-hpc info [--short]

@@ -50,6 +50,8 @@ UISO_BOUNDS = (1e-4, 0.05)
 DELTA2_BOUNDS = (0.0, 2.5)
 #: Seeds go to NumPy, XGBoost and scikit-optimize; the last two take 32 bits.
 MAX_SEED = 2**32 - 1
+#: ``catalogue.size: all``: every non-empty motif (an exhaustive run).
+ALL_MOTIFS = 2**62
 
 
 def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
@@ -61,7 +63,9 @@ def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
 class CatalogueConfig:
     """Step 1: how candidate motifs are drawn."""
 
-    size: int = field(default=2000, metadata=_spec("int", "number of motifs", minimum=1))
+    size: int = field(default=2000, metadata=_spec(
+        "size", "number of motifs to fit, or all (every one of the 2^N - 1: an exhaustive "
+        "run, exact Shapley values)", minimum=1))
     seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0,
                                                  maximum=MAX_SEED))
     masks_file: Path | None = field(
@@ -192,6 +196,20 @@ class LearnConfig:
     params: tuple[tuple[str, Any], ...] = field(
         default=(), metadata=_spec("params", "fixed XGBoost parameters (skip the search)")
     )
+    sample: int = field(
+        default=10_000,
+        metadata=_spec("int", "exhaustive runs: steps 3-4 on an ML-MotEx random catalogue of "
+                       "this many motifs drawn from the full table (seed learn.seed)",
+                       minimum=10))
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    """Exhaustive runs: exact attributions from the full table of fits."""
+
+    best: int = field(
+        default=100,
+        metadata=_spec("int", "motifs kept in /best (the lowest Rw of every motif)", minimum=1))
 
 
 @dataclass(frozen=True)
@@ -281,6 +299,7 @@ class Config:
     fit: FitConfig = FitConfig()
     learn: LearnConfig = LearnConfig()
     extract: ExtractConfig = ExtractConfig()
+    exact: ExactConfig = ExactConfig()
     frames: FramesConfig = FramesConfig()
     output: OutputConfig = OutputConfig()
     source: str = field(default="", compare=False, metadata={"internal": True})
@@ -298,6 +317,7 @@ _SECTIONS = {
     "fit": FitConfig,
     "learn": LearnConfig,
     "extract": ExtractConfig,
+    "exact": ExactConfig,
     "frames": FramesConfig,
     "output": OutputConfig,
 }
@@ -353,6 +373,10 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
         return None if value is None else _number(key, value, meta, integer=False)
     if kind == "int?":
         return None if value is None else _number(key, value, meta, integer=True)
+    if kind == "size":
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return ALL_MOTIFS
+        return _number(key, value, {**meta, "doc": meta["doc"]}, integer=True)
     if kind == "bool":
         if not isinstance(value, bool):
             raise _fail(key, value, f"expected true or false ({meta['doc']})")
@@ -560,6 +584,13 @@ def load_config(path: str | Path) -> Config:
     return parse_config(text, path.resolve().parent, str(path))
 
 
+def exhaustive(config: Config, n_permutable: int) -> bool:
+    """Whether the run fits every non-empty motif: ``catalogue.size`` reaches 2^N - 1
+    (or is ``all``) and no masks file lists the motifs."""
+    return (config.catalogue.masks_file is None and n_permutable < 63
+            and config.catalogue.size >= 2**n_permutable - 1)
+
+
 def extract_reserve(config: Config, n_permutable: int) -> int:
     """Fits of ``catalogue.size`` kept for the extract stage (connected pieces and
     polishing): ``extract.polish_fits``, by default min(10 N, size / 5); none when the
@@ -569,8 +600,7 @@ def extract_reserve(config: Config, n_permutable: int) -> int:
     if not (ex.polish or ex.connected):
         return 0
     size = config.catalogue.size
-    if config.catalogue.masks_file is None and n_permutable < 63 \
-            and size >= 2**n_permutable - 1:
+    if exhaustive(config, n_permutable):
         return 0
     if ex.polish_fits is not None:
         return ex.polish_fits

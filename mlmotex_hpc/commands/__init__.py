@@ -2,18 +2,20 @@
 
 Each module imports only the standard library at its top, so that building the parser
 (``mlmotex-hpc --help``) loads neither numba, nor h5py, nor MPI; ``main`` imports the
-stages it runs. Only ``run`` (without ``--dry-run``) and ``learn`` start MPI; the others
+stages it runs. Only ``run`` (without ``--dry-run``), ``learn`` and ``convergence``
+start MPI; the others
 are serial programs, and under ``mpirun`` the ranks other than 0 do nothing.
 
-======  ==============================================================
-run     the four ML-MotEx steps from a YAML config (``--dry-run``: cost)
-learn   steps 3-4 again on the finished fits of a run
-merge   join the files of a job array's tasks
-plot    the figures, structure files and report of a finished run again
-refine  refine one motif with diffpy.srfit
-pdf     the PDF of a structure model
-info    the software stack
-======  ==============================================================
+===========  ==============================================================
+run          the four ML-MotEx steps from a YAML config (``--dry-run``: cost)
+learn        steps 3-4 again on the finished fits of a run
+convergence  from an exhaustive run: how many motifs ML-MotEx needs
+merge        join the files of a job array's tasks
+plot         the figures, structure files and report of a finished run again
+refine       refine one motif with diffpy.srfit
+pdf          the PDF of a structure model
+info         the software stack
+===========  ==============================================================
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("run", "pdf", "refine", "learn", "merge", "plot", "info")
+COMMANDS = ("run", "pdf", "refine", "learn", "convergence", "merge", "plot", "info")
 
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..catalogue import MotifSpace
+from ..catalogue import MotifSpace, code_masks
 from ..config import Config, pdf_settings, zoom_search
 from ..io.structure import Structure
 from ..pdf import PDFSettings, make_calculator
@@ -43,14 +43,23 @@ class Inputs:
     #: SHA-256 of every input's content, by what it is ("structure", "data <name>",
     #: "catalogue.masks_file", "frames.time"): a run's identity beside its config
     digests: dict[str, str] = field(default_factory=dict)
+    #: Every non-empty motif, row r the one of binary code r + 1 (``packed_masks`` is
+    #: then empty: the masks are made from their row numbers, a batch at a time).
+    exhaustive: bool = False
 
     @property
     def n_motifs(self) -> int:
+        if self.exhaustive:
+            return 2**self.n_permutable - 1
         return int(self.packed_masks.shape[0])
 
     def masks(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Motif masks ``start:stop`` (bool, N columns). Ranks keep the catalogue packed,
-        8 motif atoms a byte, and unpack one batch at a time."""
+        8 motif atoms a byte, and unpack one batch at a time; an exhaustive catalogue is
+        never held at all."""
+        if self.exhaustive:
+            stop = self.n_motifs if stop is None else min(stop, self.n_motifs)
+            return code_masks(start, stop, self.n_permutable)
         return np.unpackbits(
             self.packed_masks[start:stop], axis=1, count=self.n_permutable
         ).astype(bool)
@@ -96,8 +105,23 @@ def fit_plan(config: Config, structure: Structure) -> FitPlan:
     return FitPlan(
         pdf=pdf_settings(config), fit=fit_settings(config, structure), base_uiso=config.uiso,
         extra=refined_extra(config, structure), zoom_search=zoom_search(config),
-        batch_size=config.catalogue.batch_size, frame_block=config.frames.block,
+        batch_size=work_unit(config, int(np.isin(structure.elements, config.permute).sum())),
+        frame_block=config.frames.block,
     )
+
+
+#: Motifs per work unit of an exhaustive run, at least: 2^N motifs in units of 64 would
+#: spend more on the bookkeeping of each unit than on its fits.
+EXHAUSTIVE_UNIT = 2048
+
+
+def work_unit(config: Config, n_permutable: int) -> int:
+    """Motifs per work unit: ``catalogue.batch_size``; at least :data:`EXHAUSTIVE_UNIT`
+    in an exhaustive run."""
+    from ..config import exhaustive
+
+    batch = config.catalogue.batch_size
+    return max(batch, EXHAUSTIVE_UNIT) if exhaustive(config, n_permutable) else batch
 
 
 @dataclass(frozen=True, eq=False)

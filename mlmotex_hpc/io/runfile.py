@@ -17,6 +17,9 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
                             rows follow), rounds, stopped (why an adaptive catalogue
                             stopped drawing)
     /catalogue/round_labels (R, N) int8   the atom labels after each adaptive round
+    /catalogue/learn_rows (L) int64      exhaustive runs (attr exhaustive = 1, row r the
+                            motif of binary code r + 1): the rows steps 3-4 learn from
+                            and explain; every "catalogue" reader then reads these
     /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
     /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
     /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
@@ -28,6 +31,9 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
     /shap/explained (F, M) uint8         attrs: n_explained (F), definition
     /ml                     attrs: test metrics and hyperparameters (arrays over frames)
     /ml/test_predicted (F, M) float32
+    /atoms/shapley, main_effect (F, N)   exhaustive runs: exact, from every motif
+    /best/row, rw (F, K)  /best/mask (F, K, N) uint8   exhaustive runs: the K lowest Rw
+    /convergence (T, columns)   ``mlmotex-hpc convergence``: one row per trial catalogue
     /timings                attrs: catalogue, fit, learn, explain, outputs, total (s), ranks,
                             fits_per_second
 
@@ -57,7 +63,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +95,21 @@ SHARED_DATASETS = ("model", "catalogue", "atoms/index")
 
 #: Where a fitted motif came from (``/catalogue/origin``).
 ORIGIN_CODES = {"catalogue": 0, "adaptive": 1, "extract": 2}
+EXACT_DEFINITION = (
+    "shapley: the exact Shapley value of each permutable atom in the game v(S) = Rw of "
+    "motif S over every motif (v of the empty motif and of a motif without pairs = 1, the "
+    "Rw of a zero model); negative: the atom lowers Rw. main_effect: mean Rw of the motifs "
+    "keeping the atom - mean Rw of the (non-empty) motifs removing it. NaN in a frame with "
+    "a motif whose fit failed")
+CONVERGENCE_DEFINITION = (
+    "mlmotex-hpc convergence: one row per ML-MotEx random catalogue drawn from the "
+    "exhaustive table (size, seed), steps 3-4 run on it, compared with the exact answer: "
+    "sign_agreement and spearman of its ACVs against /atoms/shapley, answer_errors (atoms "
+    "in one of the ACV < 0 and Shapley < 0 sets only), mean_sign_agreement (the sample's "
+    "own main effects, no model), best_rw in it against global_rw")
+BEST_DEFINITION = (
+    "the K lowest Rw of every motif of the exhaustive table, per frame, lowest first "
+    "(ties: the lower row); row r is the motif of binary code r + 1")
 #: What the extract stage writes per frame and atom (F, N).
 EXTRACT_DATASETS = ("label", "acv_negative")
 LABEL_DEFINITION = (
@@ -162,6 +183,10 @@ def config_hash(text: str, without: tuple[str, ...] = ()) -> str:
 EXTRACT_FIT_KEYS = ("polish", "connected", "polish_fits")
 
 
+#: Sections that never change a fit: a run whose only changes are there keeps its fits.
+FIT_FREE_SECTIONS = ("learn", "exact")
+
+
 def fits_hash(text: str) -> str:
     """Hash of what the fits depend on: the config without its ``learn`` section and
     the ``extract`` keys that do not change the catalogue, so a run whose learning or
@@ -169,13 +194,13 @@ def fits_hash(text: str) -> str:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError:
-        return config_hash(text, without=("learn",))
+        return config_hash(text, without=FIT_FREE_SECTIONS)
     if isinstance(raw, dict) and isinstance(raw.get("extract"), dict):
         kept = {k: v for k, v in raw["extract"].items() if k in EXTRACT_FIT_KEYS}
         raw = {**raw, "extract": kept} if kept else {k: v for k, v in raw.items()
                                                      if k != "extract"}
         text = yaml.safe_dump(raw, sort_keys=True)
-    return config_hash(text, without=("learn",))
+    return config_hash(text, without=FIT_FREE_SECTIONS)
 
 
 def creating_path(path: Path) -> Path:
@@ -352,6 +377,7 @@ class RunFile:
         self.file = file
         self.comm = comm
         self.parallel = parallel
+        self._view: np.ndarray | None | bool = False  # not read yet
 
     # -- opening and closing --------------------------------------------------------------
     @property
@@ -454,6 +480,7 @@ class RunFile:
         input_digests: Mapping[str, str] | None = None,
         n_drawn: int | None = None,
         max_rounds: int = 1,
+        exhaustive: bool = False,
     ) -> RunFile:
         """Create the file under a temporary name and preallocate every fit dataset.
 
@@ -514,6 +541,7 @@ class RunFile:
         cat.create_dataset("round_labels", (max_rounds, n_permutable), dtype="i1",
                            fillvalue=-1)
         cat.attrs["n_catalogue"] = n_motifs if n_drawn is None else n_drawn
+        cat.attrs["exhaustive"] = int(exhaustive)
         cat.attrs["rounds"] = 1
         cat.attrs["stopped"] = np.bytes_(b" " * 200)
         cat.attrs["origin_codes"] = ", ".join(f"{v} {k}" for k, v in ORIGIN_CODES.items())
@@ -535,11 +563,12 @@ class RunFile:
         permutable: np.ndarray,
         frame_names: list[str],
         frames: list[tuple[np.ndarray, np.ndarray]],
-        masks: np.ndarray | None,
+        masks: np.ndarray | Iterable[tuple[int, np.ndarray]] | None,
         times: tuple[float, ...] | None = None,
         time_unit: str = "s",
     ) -> None:
-        """The model, the data in the fit range, and the catalogue (data from rank 0)."""
+        """The model, the data in the fit range, and the catalogue (data from rank 0):
+        ``masks`` all at once, or as blocks (first row, masks) made one at a time."""
         if self.file is None:
             return
         f = self.file
@@ -575,9 +604,12 @@ class RunFile:
                 ds_r[:] = r
                 ds_g[:] = g
             perm[:] = permutable
-            cat["mask"][: len(masks)] = masks.astype(np.uint8)
-            cat["size"][: len(masks)] = masks.sum(axis=1)
-            cat["round"][: len(masks)] = 0
+            blocks = [(0, masks)] if isinstance(masks, np.ndarray) else masks
+            for start, block in blocks:
+                stop = start + len(block)
+                cat["mask"][start:stop] = block.astype(np.uint8)
+                cat["size"][start:stop] = block.sum(axis=1)
+                cat["round"][start:stop] = 0
 
     def collective_publish(self) -> None:
         """Flush the new file and give it its final name (after the inputs are written)."""
@@ -721,7 +753,7 @@ class RunFile:
         copy, before anything reads or appends rows)."""
         if self.file is None or not self.resizable():
             return
-        n = self.n_motifs
+        n = self.n_table
         cat, fits = self.file["catalogue"], self.file["fits"]
         if cat["mask"].shape[0] <= n:
             return
@@ -805,6 +837,56 @@ class RunFile:
         grp.attrs["budget"] = int(polish["budget"])
         grp.attrs["definition"] = POLISH_DEFINITION
 
+    def collective_write_exact(self, *, shapley: np.ndarray, main_effect: np.ndarray,
+                               best_rows: np.ndarray, best_rw: np.ndarray,
+                               best_masks: np.ndarray, info: Mapping[str, Any]) -> None:
+        """An exhaustive run's exact attributions (F × N) and its K best motifs (F × K,
+        masks F × K × N), the same data on every rank."""
+        if self.file is None:
+            return
+        atoms = self.file.require_group("atoms")
+        _replace(atoms, "shapley", shapley).attrs["definition"] = EXACT_DEFINITION
+        _replace(atoms, "main_effect", main_effect).attrs["definition"] = EXACT_DEFINITION
+        if "best" in self.file:
+            del self.file["best"]
+        grp = self.file.create_group("best")
+        grp.create_dataset("row", data=best_rows.astype(np.int64))
+        grp.create_dataset("rw", data=best_rw.astype(np.float64))
+        grp.create_dataset("mask", data=best_masks.astype(np.uint8))
+        grp.attrs["definition"] = BEST_DEFINITION
+        grp.attrs["info"] = json.dumps(dict(info), default=str)
+
+    def write_convergence(self, table: np.ndarray, fields: Sequence[str], frame: int) -> None:
+        """``/convergence``: one row per trial catalogue (columns ``fields``)."""
+        if "convergence" in self.file:
+            del self.file["convergence"]
+        ds = self.file.create_dataset("convergence", data=np.asarray(table, dtype=float))
+        ds.attrs["columns"] = ",".join(fields)
+        ds.attrs["frame"] = int(frame)
+        ds.attrs["definition"] = CONVERGENCE_DEFINITION
+
+    def has_convergence(self) -> bool:
+        return "convergence" in self.file
+
+    @_reader
+    def convergence(self) -> dict[str, np.ndarray]:
+        """``/convergence`` as columns by name (plus ``frame``)."""
+        ds = self.file["convergence"]
+        table = ds[:]
+        out = {name: table[:, k] for k, name in enumerate(_text(ds.attrs["columns"]).split(","))}
+        out["frame"] = int(ds.attrs["frame"])
+        return out
+
+    def has_exact(self) -> bool:
+        return "atoms/shapley" in self.file
+
+    @_reader
+    def best(self) -> dict[str, Any]:
+        """``/best``: row, rw (F × K), mask (F × K × N bool), info (dict)."""
+        grp = self.file["best"]
+        return {"row": grp["row"][:], "rw": grp["rw"][:], "mask": grp["mask"][:].astype(bool),
+                "info": json.loads(_text(grp.attrs["info"]))}
+
     def collective_set_config(self, text: str) -> None:
         """Record ``text`` as the run's config (its learning settings changed)."""
         if self.file is None:
@@ -860,7 +942,58 @@ class RunFile:
     @property
     def n_motifs(self) -> int:
         """Motifs of the catalogue: the rows the model learns from and explains."""
+        view = self.view
+        if view is not None:
+            return int(view.size)
+        return self.n_table
+
+    @property
+    def n_table(self) -> int:
+        """Rows of the catalogue proper (every motif of an exhaustive run)."""
         return int(self.file["catalogue"].attrs.get("n_catalogue", self.n_rows))
+
+    @property
+    def exhaustive(self) -> bool:
+        """Whether the run fitted every motif (row r: the motif of binary code r + 1)."""
+        return bool(self.file["catalogue"].attrs.get("exhaustive", 0))
+
+    @property
+    def view(self) -> np.ndarray | None:
+        """The rows steps 3-4 learn from (``/catalogue/learn_rows``, sorted), or None: the
+        whole catalogue. Readers of "the catalogue" (masks, sizes, fits, SHAP) read these."""
+        if self._view is False:
+            ds = self.file.get("catalogue/learn_rows") if self.file is not None else None
+            self._view = None if ds is None else ds[:]
+        return self._view
+
+    def table_rows(self, positions) -> np.ndarray:
+        """Rows of the file of catalogue positions (the same without a view)."""
+        view = self.view
+        positions = np.asarray(positions, dtype=np.int64)
+        return positions if view is None else view[positions]
+
+    def _columns(self):
+        """The catalogue's columns of the fit and catalogue datasets."""
+        view = self.view
+        return slice(0, self.n_table) if view is None else view
+
+    def collective_set_view(self, rows: np.ndarray | None) -> None:
+        """Learn from these rows (sorted, distinct) of an exhaustive table, or (None) from
+        the whole catalogue."""
+        self._view = None if rows is None else np.asarray(rows, dtype=np.int64)
+        if self.file is None:
+            return
+        cat = self.file["catalogue"]
+        if "learn_rows" in cat:
+            del cat["learn_rows"]
+        if rows is None:
+            return
+        ds = cat.create_dataset("learn_rows", (len(rows),), dtype="i8")
+        if not self.parallel or self.comm.rank == 0:
+            ds[:] = rows
+        ds.attrs["definition"] = ("rows of the exhaustive table that steps 3-4 learn from "
+                                  "and explain: an ML-MotEx random catalogue of "
+                                  "learn.sample motifs (seed learn.seed)")
 
     @property
     def n_rows(self) -> int:
@@ -899,13 +1032,21 @@ class RunFile:
 
     @_reader
     def masks(self, rows=None) -> np.ndarray:
-        """Catalogue masks (bool, M × N), or the rows asked for (any fitted row)."""
-        rows = slice(0, self.n_motifs) if rows is None else rows
+        """Catalogue masks (bool, M × N), or the rows of the file asked for (any fitted
+        row)."""
+        rows = self._columns() if rows is None else rows
         return self.file["catalogue/mask"][rows, :].astype(bool)
 
     @_reader
     def sizes(self) -> np.ndarray:
-        return self.file["catalogue/size"][: self.n_motifs]
+        return self.file["catalogue/size"][self._columns()]
+
+    @_reader
+    def catalogue_origin(self) -> np.ndarray:
+        """:meth:`origin` of the catalogue's rows."""
+        if "catalogue/origin" not in self.file:
+            return np.zeros(self.n_motifs, dtype=np.uint8)
+        return self.file["catalogue/origin"][self._columns()]
 
     @_reader
     def origin(self) -> np.ndarray:
@@ -923,8 +1064,13 @@ class RunFile:
         """A fit result (F × M, or one frame's M) of the catalogue's motifs; ``every``:
         of every fitted row, the extract stage's too."""
         ds = self.file[f"fits/{name}"]
-        cols = slice(None) if every else slice(0, self.n_motifs)
+        cols = slice(None) if every else self._columns()
         return ds[:, cols] if frame is None else ds[frame, cols]
+
+    @_reader
+    def fit_rows(self, name: str, rows) -> np.ndarray:
+        """A fit result (F × rows) of rows of the file (a slice, or sorted indices)."""
+        return self.file[f"fits/{name}"][:, rows]
 
     @_reader
     def batch_done(self) -> np.ndarray:
@@ -984,14 +1130,18 @@ class RunFile:
 
     @_reader
     def explained(self, frame: int) -> np.ndarray:
-        """Indices of a frame's motifs that have SHAP values (all, in older files)."""
+        """Rows of a frame's motifs that have SHAP values (all, in older files)."""
         if "shap/explained" not in self.file:
-            return np.arange(self.n_motifs)
-        return np.flatnonzero(self.file["shap/explained"][frame])
+            return self.table_rows(np.arange(self.n_motifs))
+        return self.table_rows(np.flatnonzero(self.file["shap/explained"][frame]))
 
     @_reader
     def shap(self, frame: int, rows) -> tuple[np.ndarray, np.ndarray]:
-        """SHAP values (rows × features) and base values of a frame's motifs ``rows``."""
+        """SHAP values (rows × features) and base values of a frame's motifs ``rows``
+        (rows of the file, as :meth:`explained` gives them)."""
+        view = self.view
+        if view is not None:
+            rows = np.searchsorted(view, np.asarray(rows, dtype=np.int64))
         return (self.file["shap/values"][frame, rows, :],
                 self.file["shap/base_value"][frame, rows])
 

@@ -147,3 +147,30 @@ def propose(masks: np.ndarray, rw: np.ndarray, view: RoundView, booster: xgb.Boo
     is_uniform = np.concatenate([np.ones(len(explored), bool), np.zeros(len(exploit), bool),
                                  np.ones(len(fill), bool)])
     return new, is_uniform
+
+
+def next_round(masks: np.ndarray, rw: np.ndarray, uniform: np.ndarray,
+               labels: list[list[int]], round_: int, size: int, *, seed: int, explore: float,
+               stable_rounds: int, z: float, n_jobs: int = 1) -> dict:
+    """Learn from every motif fitted so far (``masks``, ``rw``; ``uniform``: drawn
+    uniformly) and decide round ``round_``: a dict with the atom ``labels``, the log
+    ``line``, and either ``stop`` (why; the labels held ``stable_rounds`` rounds) or the
+    next ``size`` motifs (``masks``, ``uniform``). Seeded by ``seed`` and the round."""
+    ok = np.isfinite(rw)
+    booster = round_model(masks[ok], rw[ok], seed=seed + round_, n_jobs=n_jobs)
+    view = round_view(booster, masks[ok], uniform[ok], seed + round_, z, n_jobs)
+    now = [int(v) for v in view.labels]
+    counts = {name: sum(v == code for v in now) for name, code in LABEL_CODES.items()}
+    line = (f"  round {round_ - 1} learned: {counts['in']} in, {counts['out']} out, "
+            f"{counts['uncertain']} uncertain; best Rw fitted {np.nanmin(rw):.4f}, "
+            f"predicted {view.predicted_best:.4f}")
+    history = labels + [now]
+    k = stable_rounds
+    if k and len(history) > k and all(h == now for h in history[-k - 1:]):
+        return {"labels": now, "line": line, "stop": (
+            f"the labels have not changed for {k} round(s); stopped early with "
+            f"{len(rw):,} of the budget's fits")}
+    rng = np.random.default_rng([seed, round_])
+    new, is_uniform = propose(masks, np.where(ok, rw, np.inf), view, booster, size,
+                              explore, rng)
+    return {"labels": now, "line": line, "stop": "", "masks": new, "uniform": is_uniform}

@@ -349,3 +349,44 @@ def rw_vs_size(run: RunFile, path: Path, frame: int = 0,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def convergence_figure(path: Path, table: np.ndarray, fields: tuple[str, ...]) -> Path:
+    """``convergence.png``: against the catalogue size, how often the ACV signs agree
+    with the exact Shapley values (random catalogues also with the signs of their plain
+    main effects), and how far the catalogue's best Rw lies above the global optimum;
+    each seed a dot, the mean a line; random and adaptive catalogues apart."""
+    plt = _pyplot()
+    col = {name: table[:, k] for k, name in enumerate(fields)}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11.0, 4.4), constrained_layout=True)
+    curves = [(0, "sign_agreement", "C0", "-", "random: ACV (XGBoost + SHAP)"),
+              (0, "mean_sign_agreement", "C1", ":", "random: main effect of the sample"),
+              (1, "sign_agreement", "C3", "-", "adaptive: ACV of its uniform motifs")]
+    gap = col["best_rw"] - col["global_rw"]
+    for strategy, name, colour, style, label in curves:
+        at = col["strategy"] == strategy
+        if not at.any():
+            continue
+        sizes = np.unique(col["size"][at])
+        ax.plot(col["size"][at], 100 * col[name][at], "o", ms=4, alpha=0.5, color=colour)
+        ax.plot(sizes, [100 * np.mean(col[name][at & (col["size"] == s)]) for s in sizes],
+                style, color=colour, label=label)
+        if name == "sign_agreement":
+            bx.plot(col["size"][at], gap[at], "o", ms=4, alpha=0.5, color=colour)
+            bx.plot(sizes, [np.mean(gap[at & (col["size"] == s)]) for s in sizes], style,
+                    color=colour, label=label.split(":")[0])
+    ax.set_xscale("log")
+    ax.set_xlabel("motifs in the catalogue (fits)")
+    ax.set_ylabel("atoms with the exact Shapley value's sign (%)")
+    ax.set_title("Atom labels against the exact Shapley values", fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    bx.set_xscale("log")
+    bx.set_xlabel("motifs in the catalogue (fits)")
+    bx.set_ylabel("best Rw in the catalogue − global best Rw")
+    bx.set_title(f"Best motif found (global best Rw {col['global_rw'][0]:.4f})", fontsize=10)
+    bx.legend(fontsize=8, loc="upper right")
+    bx.grid(alpha=0.3)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

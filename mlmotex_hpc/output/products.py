@@ -137,12 +137,14 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
                                       colours[motif_atoms], title=f"extracted motif{label}"))
 
     log(f"refitting the best and the extracted motif{label}")
-    rw = run.fits("rw", frame)
     motifs = []
-    if np.isfinite(rw).any():
-        best = int(np.nanargmin(rw))
-        motifs.append((f"best catalogue motif ({best})",
-                       run.masks(best)))
+    if run.has_exact():  # an exhaustive run: the best of every motif
+        best = int(run.best()["row"][frame, 0])
+        if best >= 0:
+            motifs.append((f"global best motif ({best})", run.masks(best)))
+    elif np.isfinite(rw := run.fits("rw", frame)).any():
+        best = int(run.table_rows(int(np.nanargmin(rw))))
+        motifs.append((f"best catalogue motif ({best})", run.masks(best)))
     if acv_negative.any() and not np.array_equal(acv_negative, in_motif):
         motifs.append(("ACV < 0 set", acv_negative))
     if in_motif.any():

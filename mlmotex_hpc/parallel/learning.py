@@ -261,9 +261,9 @@ def _learn_and_explain(run: RunFile, settings: LearnSettings, until: str, log: C
         rw_all = bcast_array(run.fits("rw") if root else None, comm)
     n_frames, n_motifs = rw_all.shape
     if parallel:
-        origin = run.origin()[:n_motifs]
+        origin = run.catalogue_origin()
     else:
-        origin = bcast_array(run.origin()[:n_motifs] if root else None, comm)
+        origin = bcast_array(run.catalogue_origin() if root else None, comm)
     uniform = None if np.all(origin == 0) else origin == 0
     if uniform is not None:
         log(f"  contributions from the {int(uniform.sum()):,} uniformly drawn motifs of "

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import numpy as np
 
 from ..config import Config
-from ..extract import LABEL_CODES
 from ..fit.batch import FitPlan, Inputs
 from ..io.runfile import RunFile
 from ..parallel.comm import bcast_array, cores_per_rank, wait_idle
@@ -88,31 +87,12 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
 
 def _next_round(config: Config, run: RunFile, n_drawn: int, inputs: Inputs,
                 labels: list[list[int]], round_: int, size: int, n_jobs: int) -> dict:
-    """Rank 0: the round's model, the labels, and the next motifs or the reason to stop.
-    The masks travel separately (as arrays); the rest is small."""
-    from ..learn.adaptive import propose, round_model, round_view
+    """Rank 0: the round's model, the labels, and the next motifs or the reason to stop
+    (:func:`~mlmotex_hpc.learn.adaptive.next_round` on the fits in the file)."""
+    from ..learn.adaptive import next_round
 
     cat = config.catalogue
-    masks = inputs.masks()
-    rw = run.fits("rw", 0)[:n_drawn]
-    uniform = run.origin()[:n_drawn] == 0
-    ok = np.isfinite(rw)
-    seed = [cat.seed, round_]
-    booster = round_model(masks[ok], rw[ok], seed=cat.seed + round_, n_jobs=n_jobs)
-    view = round_view(booster, masks[ok], uniform[ok], cat.seed + round_,
-                      config.extract.label_z, n_jobs)
-    now = [int(v) for v in view.labels]
-    counts = {name: sum(v == code for v in now) for name, code in LABEL_CODES.items()}
-    line = (f"  round {round_ - 1} learned: {counts['in']} in, {counts['out']} out, "
-            f"{counts['uncertain']} uncertain; best Rw fitted {np.nanmin(rw):.4f}, "
-            f"predicted {view.predicted_best:.4f}")
-    history = labels + [now]
-    k = cat.stable_rounds
-    if k and len(history) > k and all(h == now for h in history[-k - 1:]):
-        return {"labels": now, "line": line, "stop": (
-            f"the labels have not changed for {k} round(s); stopped early with "
-            f"{n_drawn:,} of the budget's fits")}
-    rng = np.random.default_rng(seed)
-    new, is_uniform = propose(masks, np.where(ok, rw, np.inf), view, booster, size,
-                              cat.explore, rng)
-    return {"labels": now, "line": line, "stop": "", "masks": new, "uniform": is_uniform}
+    return next_round(inputs.masks(), run.fits("rw", 0)[:n_drawn],
+                      run.origin()[:n_drawn] == 0, labels, round_, size, seed=cat.seed,
+                      explore=cat.explore, stable_rounds=cat.stable_rounds,
+                      z=config.extract.label_z, n_jobs=n_jobs)

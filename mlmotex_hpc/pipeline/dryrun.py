@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..fit.batch import fit_plan, make_fit_groups
 from ..fit.fitter import fit_motif
 from ..io import runfile
-from .inputs import catalogue_rows, load_inputs, memory_estimate, node_memory
+from .inputs import catalogue_rows, file_estimate, load_inputs, memory_estimate, node_memory
 
 SAMPLE = 200
 #: Trees assumed per early-stopped model when estimating steps 3-4 (the shipped cases
@@ -67,8 +67,13 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
     rate, pairs = _sample_rate(inputs, config, sample)
     fits = n_motifs * n_frames
     wall = fits / (rate * ranks)
+    every = inputs.exhaustive
+    learned = min(n_motifs, config.learn.sample) if every else None
+    n_points = max(len(f.r) for f in inputs.frames)
     mem = memory_estimate(n_motifs, inputs.space.size, len(inputs.structure.elements),
-                          n_frames, max(len(f.r) for f in inputs.frames))
+                          n_frames, n_points, learned=learned, streamed=every)
+    size = file_estimate(n_motifs, inputs.space.size, n_frames, n_points, learned=learned)
+    batch = fit_plan(config, inputs.structure).batch_size
     gib = 2**30
     reserve = extract_reserve(config, inputs.space.size)
     adaptive = config.catalogue.strategy == "adaptive"
@@ -80,31 +85,47 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
         n_motifs = capacity  # the estimates below: the whole budget
         fits = n_motifs * n_frames
         wall = fits / (rate * ranks)
+    elif every:
+        head = (f"catalogue       every motif: all {n_motifs:,} = 2^{inputs.space.size} - 1 "
+                f"over N = {inputs.space.size} permutable atoms, streamed "
+                f"({len(inputs.structure.elements)} atoms in the model); steps 3-4 on a "
+                f"random catalogue of {learned:,} of them (learn.sample), exact Shapley "
+                "values from all")
     else:
         head = (f"catalogue       {n_motifs} distinct motifs over N = {inputs.space.size} "
                 f"permutable atoms ({len(inputs.structure.elements)} atoms in the model)")
     lines = [
         head,
         f"extract stage   up to {reserve:,} fits of catalogue.size kept for connected pieces "
-        "and polishing" if reserve else "extract stage   no fits (nothing to polish)",
+        "and polishing" if reserve else
+        "extract stage   no fits (every motif is fitted: polishing looks them up)" if every
+        else "extract stage   no fits (nothing to polish)",
         f"frames          {n_frames}, so {fits:,} fits",
         f"pairs per motif min {min(pairs):,}, mean {np.mean(pairs):,.0f}, max {max(pairs):,} "
         f"(sample of {len(sample)})",
         f"fit speed       {rate:,.0f} fits per core-second ({config.pdf.calculator}, "
         f"refine {', '.join(config.fit.refine)}; measured on the sample)",
         f"fit walltime    {_duration(wall)} on {ranks} rank(s) "
-        f"(batches of {config.catalogue.batch_size}: "
-        f"{math.ceil(n_motifs / config.catalogue.batch_size):,} batches)",
+        f"(batches of {batch}: {math.ceil(n_motifs / batch):,} batches)",
         f"memory          {mem['fit_rank'] / gib:.2f} GiB per rank while fitting, "
         f"{mem['rank0'] / gib:.2f} GiB on rank 0 while learning "
         f"({node_memory() / gib:.1f} GiB available here)",
-        f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}",
-        _learning_line(config, inputs, ranks),
+        f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}; "
+        f"about {_bytes(size)} when finished (twice that while learning, on its copy)",
+        _learning_line(config, inputs, ranks, learned),
     ]
     return "\n".join(lines)
 
 
-def _learning_line(config: Config, inputs, ranks: int) -> str:
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _learning_line(config: Config, inputs, ranks: int, learned: int | None = None) -> str:
     """Steps 3-4's walltime on ``ranks`` ranks: XGBoost's cost per tree and row and
     TreeSHAP's per tree and motif, measured here on the catalogue's features, times the
     trainings and motifs the settings ask for, at :data:`ASSUMED_TREES` trees a model."""
@@ -114,7 +135,7 @@ def _learning_line(config: Config, inputs, ranks: int) -> str:
     from ..learn.model import BASE_PARAMS, WARM_START, features
 
     lc = config.learn
-    n_motifs, n_frames = inputs.n_motifs, len(inputs.frames)
+    n_motifs, n_frames = learned or inputs.n_motifs, len(inputs.frames)
     rows = min(n_motifs, 4000)
     X = features(inputs.masks(0, rows))
     rng = np.random.default_rng(0)

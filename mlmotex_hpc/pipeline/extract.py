@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..catalogue import mask_rows
 from ..config import Config, extract_reserve
 from ..extract import (
     LABEL_CODES,
@@ -47,8 +48,11 @@ class FitTable:
     budget, appended to the file."""
 
     def __init__(self, packed: np.ndarray, rw: np.ndarray, n_permutable: int, budget: int,
-                 fit: Callable[[np.ndarray], dict], append: Callable[[np.ndarray, dict], None]):
+                 fit: Callable[[np.ndarray], dict], append: Callable[[np.ndarray, dict], None],
+                 n_catalogue: int | None = None):
         self.n = n_permutable
+        #: the catalogue's rows (the others: fitted by this stage before)
+        self.n_catalogue = len(packed) if n_catalogue is None else n_catalogue
         self.rw = [rw]  # F × rows, then one block per call that fitted
         self.width = packed.shape[1]
         keys = self._keys(packed)
@@ -121,9 +125,7 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     acv = bcast_array(run.atoms("contribution") if root else None, comm)
     se = bcast_array(run.atoms("contribution_se") if root else None, comm)
     cf = bcast_array(run.atoms("confidence") if root else None, comm)
-    packed = bcast_array(np.packbits(run.masks(slice(None)), axis=1) if root else None, comm)
-    rw_all = bcast_array(run.fits("rw", every=True) if root else None, comm)
-    n_catalogue, resizable = comm.bcast((run.n_motifs, run.resizable()) if root else None)
+    every = comm.bcast(run.exhaustive if root else None)
     n_frames, n = acv.shape
     labels = confidence_labels(acv, se, cf, ex.label_z, ex.label_min_cf)
     acv_negative = acv < 0
@@ -138,21 +140,12 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
         timings["extract"] = time.perf_counter() - t0
         return
 
-    budget = n_catalogue + extract_reserve(config, n) - packed.shape[0] if resizable else 0
-    budget = max(0, budget)
-    if not resizable:
-        log(f"  {run.path.name} was written before motifs could be added to it: the extract "
-            "stage uses the motifs fitted already")
-    plan = fit_plan(config, inputs.structure)
-    groups: list[FitGroup] = []
-
-    def fit(masks: np.ndarray) -> dict:
-        if not groups:
-            groups.extend(make_fit_groups(inputs, plan.pdf, plan.fit, None, plan.zoom_search))
-        return fit_masks(inputs, plan, groups, masks, comm)
-
-    table = FitTable(packed, rw_all, n, budget, fit,
-                     lambda masks, results: run.collective_append_rows(masks, results))
+    if every:  # every motif is fitted: look them up, fit none
+        table, best = ExhaustiveTable(run, comm), _best_of_table(run, comm, ex.polish_starts)
+        budget = 0
+    else:
+        table, budget = _fit_table(run, config, inputs, comm, log, n)
+        best = _best_of_catalogue(table, ex.polish_starts if ex.polish else 0)
     links = None
     if ex.connected:
         xyz = inputs.structure.xyz[inputs.space.permutable]
@@ -167,11 +160,12 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
         def penalty(masks: np.ndarray) -> np.ndarray:
             return ex.dangling_penalty * dangling(masks, bonded)
 
-    descents = _starts(acv_negative, rw_all[:, :n_catalogue], links, ex.polish_starts
-                       if ex.polish else 0, table, penalty)
+    descents = _starts(acv_negative, best if ex.polish else [[] for _ in range(n_frames)],
+                       links, table, penalty)
     if ex.polish:
+        spent = "every motif fitted already" if every else f"budget {budget:,} fits"
         log(f"  polishing by real fits from {len(descents)} start(s)"
-            f" (budget {budget:,} fits, Rw must fall by > {ex.polish_tolerance:g})")
+            f" ({spent}, Rw must fall by > {ex.polish_tolerance:g})")
         polisher = Polisher(links, ex.polish_tolerance, use_swaps=ex.swaps, penalty=penalty)
         steps = [0]
 
@@ -240,18 +234,86 @@ def answer_of(descents: list[Descent], frame: int, rule: str) -> Descent:
     return best_of(descents, frame)
 
 
-def _starts(acv_negative: np.ndarray, rw_cat: np.ndarray, links: np.ndarray | None,
-            n_best: int, table: FitTable, penalty=None) -> list[Descent]:
-    """Each frame's starts: the ACV < 0 set, then its ``n_best`` best catalogue motifs,
+def _fit_table(run: RunFile, config: Config, inputs: Inputs, comm, log: Callable, n: int
+               ) -> tuple[FitTable, int]:
+    """Every fitted motif of a sampled catalogue on every rank, and the fits left for
+    the stage."""
+    root = comm.rank == 0
+    packed = bcast_array(np.packbits(run.masks(slice(None)), axis=1) if root else None, comm)
+    rw_all = bcast_array(run.fits("rw", every=True) if root else None, comm)
+    n_catalogue, resizable = comm.bcast((run.n_motifs, run.resizable()) if root else None)
+    budget = n_catalogue + extract_reserve(config, n) - packed.shape[0] if resizable else 0
+    budget = max(0, budget)
+    if not resizable:
+        log(f"  {run.path.name} was written before motifs could be added to it: the extract "
+            "stage uses the motifs fitted already")
+    plan = fit_plan(config, inputs.structure)
+    groups: list[FitGroup] = []
+
+    def fit(masks: np.ndarray) -> dict:
+        if not groups:
+            groups.extend(make_fit_groups(inputs, plan.pdf, plan.fit, None, plan.zoom_search))
+        return fit_masks(inputs, plan, groups, masks, comm)
+
+    table = FitTable(packed, rw_all, n, budget, fit,
+                     lambda masks, results: run.collective_append_rows(masks, results),
+                     n_catalogue)
+    return table, budget
+
+
+class ExhaustiveTable:
+    """An exhaustive run's table: every motif fitted, Rw looked up by row (rank 0 reads
+    the rows asked for and broadcasts them); nothing is fitted."""
+
+    fitted = 0
+
+    def __init__(self, run: RunFile, comm):
+        self.run, self.comm = run, comm
+
+    def evaluate(self, masks: np.ndarray) -> np.ndarray:
+        """Rw of each mask for every frame (F × K); NaN for the empty motif."""
+        rows = mask_rows(masks)
+        out = None
+        if self.comm.rank == 0:
+            wanted = np.unique(rows[rows >= 0])
+            values = self.run.fit_rows("rw", wanted) if wanted.size else None
+            out = np.full((self.run.n_frames, len(rows)), np.nan)
+            if wanted.size:
+                at = rows >= 0
+                out[:, at] = values[:, np.searchsorted(wanted, rows[at])]
+        return bcast_array(out, self.comm)
+
+
+def _best_of_catalogue(table: FitTable, n_best: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Each frame's ``n_best`` lowest-Rw catalogue motifs, as (label, mask)."""
+    rw_cat = table.rw[0][:, :table.n_catalogue]
+    out = []
+    for f in range(rw_cat.shape[0]):
+        finite = np.flatnonzero(np.isfinite(rw_cat[f]))
+        rows = finite[np.argsort(rw_cat[f, finite], kind="stable")][:n_best]
+        out.append([(f"catalogue #{k + 1} (motif {row})", table.mask(int(row)))
+                    for k, row in enumerate(rows)])
+    return out
+
+
+def _best_of_table(run: RunFile, comm, n_best: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Each frame's ``n_best`` best motifs of an exhaustive table (``/best``)."""
+    best = comm.bcast(run.best() if comm.rank == 0 else None)
+    return [[(f"global #{k + 1} (motif {row})", best["mask"][f, k])
+             for k, row in enumerate(best["row"][f, :n_best]) if row >= 0]
+            for f in range(best["row"].shape[0])]
+
+
+def _starts(acv_negative: np.ndarray, best: list[list[tuple[str, np.ndarray]]],
+            links: np.ndarray | None, table, penalty=None) -> list[Descent]:
+    """Each frame's starts: the ACV < 0 set, then its ``best`` motifs (label, mask),
     each cut to its best connected piece (with ``links``); duplicates dropped."""
     wanted: list[tuple[int, str, list[np.ndarray]]] = []
     for f in range(acv_negative.shape[0]):
         if acv_negative[f].any():
             wanted.append((f, "extracted", _candidates(acv_negative[f], links)))
-        finite = np.flatnonzero(np.isfinite(rw_cat[f]))
-        for k, row in enumerate(finite[np.argsort(rw_cat[f, finite], kind="stable")][:n_best]):
-            mask = table.mask(int(row))
-            wanted.append((f, f"catalogue #{k + 1} (motif {row})", _candidates(mask, links)))
+        for label, mask in best[f]:
+            wanted.append((f, label, _candidates(mask, links)))
     flat = [m for _, _, ms in wanted for m in ms]
     if not flat:
         return []
@@ -287,7 +349,7 @@ def _candidates(mask: np.ndarray, links: np.ndarray | None) -> list[np.ndarray]:
 
 
 def _polish_record(descents: list[Descent], best: dict[int, Descent], acv_negative,
-                   n_frames: int, n: int, table: FitTable, budget: int) -> dict:
+                   n_frames: int, n: int, table, budget: int) -> dict:
     mask = acv_negative.copy()
     rw = np.full(n_frames, np.nan)
     start_mask = np.zeros((n_frames, n), dtype=bool)

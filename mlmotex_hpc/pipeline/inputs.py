@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..catalogue import MotifSpace, build_catalogue
-from ..config import Config, extract_reserve
+from ..config import ALL_MOTIFS, Config, exhaustive, extract_reserve
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io import runfile
@@ -73,14 +73,27 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
                 f"catalogue.size = {config.catalogue.size} fits for the catalogue; at least 10 "
                 "are needed to learn from (lower it or raise catalogue.size)")
         size -= reserve
+    every = exhaustive(config, space.size)
+    if every and config.catalogue.strategy == "adaptive":
+        raise InputError(
+            f"config key 'catalogue.strategy' = adaptive: catalogue.size = "
+            f"{_size_text(config.catalogue.size)} fits every one of the 2^{space.size} - 1 "
+            "motifs, so there is nothing to choose; use strategy: random (an exhaustive run) "
+            "or a smaller budget")
+    learned = min(size, config.learn.sample) if every else size
     if config.catalogue.masks_file is None:
         check_memory(
-            memory_estimate(size, space.size, len(structure.elements), len(frames), n_points),
+            memory_estimate(size, space.size, len(structure.elements), len(frames), n_points,
+                            learned=learned, streamed=every),
             local_ranks, node_memory(),
         )
     if out_dir is not None:
         prepare_output_dir(out_dir)
-        check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points))
+        check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points,
+                                          learned=learned))
+    if every:
+        return Inputs(structure, space, frames, np.zeros((0, (space.size + 7) // 8), np.uint8),
+                      space.size, input_digests(config), exhaustive=True)
     if config.catalogue.strategy == "adaptive":
         size = round_sizes(config, size)[0]  # round 0; the others are drawn as it goes
     masks = build_catalogue(space, size, config.catalogue.seed, config.catalogue.masks_file)
@@ -115,8 +128,9 @@ def input_digests(config: Config) -> dict[str, str]:
 #: A fit range's largest |G| must lie within these (Å⁻²): beyond them the sums of squares
 #: behind scale and Rw overflow or underflow in float64.
 G_LIMITS = (1e-30, 1e30)
-#: Enumerating every motif is refused above this many permutable atoms (2^24 motifs).
-MAX_ENUMERATED = 24
+#: Fitting every motif is refused above this many permutable atoms (2^32 motifs: a
+#: 240 GB file; the disk and memory checks refuse smaller ones that would not fit).
+MAX_ENUMERATED = 32
 
 
 def check_frame(frame: Frame, path: Path) -> None:
@@ -186,14 +200,18 @@ def round_sizes(config: Config, capacity: int) -> tuple[int, int]:
 def catalogue_size(size: int, n_permutable: int) -> int:
     """Motifs the catalogue will hold: ``size``, or every subset when it asks for as many
     (errors are InputError)."""
-    if n_permutable < 63 and size >= 2**n_permutable - 1:
+    if size >= ALL_MOTIFS or (n_permutable < 63 and size >= 2**n_permutable - 1):
         if n_permutable > MAX_ENUMERATED:
             raise InputError(
-                f"config key 'catalogue.size' = {size} asks for every one of the "
+                f"config key 'catalogue.size' = {_size_text(size)} asks for every one of the "
                 f"2^{n_permutable} - 1 motifs of N = {n_permutable} permutable atoms; "
-                f"enumerating is limited to N ≤ {MAX_ENUMERATED}: sample fewer motifs")
+                f"fitting every motif is limited to N ≤ {MAX_ENUMERATED}: sample fewer motifs")
         return 2**n_permutable - 1
     return size
+
+
+def _size_text(size: int) -> str:
+    return "all" if size >= ALL_MOTIFS else str(size)
 
 
 # -- preflight ---------------------------------------------------------------------------------
@@ -225,19 +243,25 @@ def node_memory() -> int:
 
 
 def memory_estimate(n_motifs: int, n_perm: int, n_atoms: int, n_frames: int,
-                    n_points: int) -> dict[str, int]:
+                    n_points: int, learned: int | None = None,
+                    streamed: bool = False) -> dict[str, int]:
     """Peak bytes of one fitting rank and of rank 0 while it learns.
 
-    Every rank: the runtime, the bit-packed catalogue, the data and the parent's pair
-    tables. Rank 0 also builds the catalogue unpacked and, while learning one frame at a
-    time, holds the features (float32), XGBoost's copies of them, all fits and one
-    frame's SHAP values (float64 from XGBoost, float32 for the file).
+    Every rank: the runtime, the bit-packed catalogue (none when ``streamed``: an
+    exhaustive run makes each batch's masks from its row numbers), the data and the
+    parent's pair tables. Rank 0 also builds the catalogue unpacked and, while learning
+    one frame at a time on ``learned`` motifs (default all), holds the features (float32),
+    XGBoost's copies of them, all fits and one frame's SHAP values (float64 from XGBoost,
+    float32 for the file).
     """
-    packed = n_motifs * math.ceil(n_perm / 8)
+    learned = n_motifs if learned is None else learned
+    packed = 0 if streamed else n_motifs * math.ceil(n_perm / 8)
     fit_rank = (RUNTIME_BYTES + packed + 3 * 8 * n_frames * n_points
                 + 12 * n_atoms**2 + 8 * 1024 * n_points)
-    learn = (n_motifs * n_perm * (1 + 4 * 3) + 8 * 3 * n_frames * n_motifs
-             + n_motifs * (n_perm + 1) * (8 + 4))
+    learn = (learned * n_perm * (1 + 4 * 3) + 8 * 3 * n_frames * learned
+             + learned * (n_perm + 1) * (8 + 4))
+    if streamed:  # the exact attributions: one block of rows and one frame's K best
+        learn = max(learn, 8 * 2**16 * (n_perm + 2) * max(1, n_frames))
     return {"fit_rank": fit_rank, "rank0": fit_rank + learn}
 
 
@@ -255,10 +279,15 @@ def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> 
         )
 
 
-def file_estimate(n_motifs: int, n_perm: int, n_frames: int, n_points: int) -> int:
-    """Bytes of a finished ``motex.h5`` (catalogue, fits, data, SHAP values, atoms)."""
-    return (n_motifs * (n_perm + 4) + n_frames * n_motifs * (3 * 8 + 1 + 4 * (n_perm + 2))
-            + 16 * n_frames * n_points + 6 * 8 * n_frames * n_perm + 2**20)
+def file_estimate(n_motifs: int, n_perm: int, n_frames: int, n_points: int,
+                  learned: int | None = None) -> int:
+    """Bytes of a finished ``motex.h5``: the catalogue (mask, size, origin, round), the
+    fits (rw, scale, zoom, status), the data, the SHAP values of the ``learned`` motifs
+    (default all) and the per-atom results."""
+    learned = n_motifs if learned is None else learned
+    return (n_motifs * (n_perm + 4 + 1 + 2) + n_frames * n_motifs * (3 * 8 + 1)
+            + n_frames * learned * 4 * (n_perm + 3)
+            + 16 * n_frames * n_points + 8 * 8 * n_frames * n_perm + 2**20)
 
 
 def check_disk(out_dir: Path, n_bytes: int) -> None:

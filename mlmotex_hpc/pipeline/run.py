@@ -38,6 +38,7 @@ from ..parallel.fitting import run_fits
 from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
 from .adaptive import adaptive_rounds
+from .exact import choose_learning_rows, exact_stage
 from .extract import extract_stage
 from .inputs import Previous, catalogue_rows, load_inputs, previous_run, round_sizes
 
@@ -157,14 +158,14 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         batch_size=plan.batch_size, frame_block=plan.frame_block or n_frames,
                         refined_extra=plan.extra, frame_range=frame_range,
                         input_digests=inputs.digests,
-                        max_rounds=max_rounds,
+                        max_rounds=max_rounds, exhaustive=inputs.exhaustive,
                     )
                     run_file.collective_write_inputs(
                         elements=inputs.structure.elements, xyz=inputs.structure.xyz,
                         permutable=inputs.space.permutable,
                         frame_names=[f.name for f in inputs.frames],
                         frames=[(f.r, f.g) for f in inputs.frames],
-                        masks=inputs.masks() if comm.rank == 0 else None,
+                        masks=_mask_blocks(inputs) if comm.rank == 0 else None,
                         times=config.frames.time, time_unit=config.frames.time_unit,
                     )
                 except (OSError, RuntimeError, ValueError) as exc:  # a full disk, a quota
@@ -205,6 +206,18 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     return n_fits
 
 
+#: Rows of an exhaustive catalogue written at a time when the file is made.
+MASK_BLOCK = 2**16
+
+
+def _mask_blocks(inputs: Inputs):
+    """The catalogue for the file: all at once, or an exhaustive one block by block."""
+    if not inputs.exhaustive:
+        return inputs.masks()
+    return ((start, inputs.masks(start, start + MASK_BLOCK))
+            for start in range(0, inputs.n_motifs, MASK_BLOCK))
+
+
 def learn_settings(config: Config, comm) -> LearnSettings:
     """The config's learning settings; XGBoost gets this rank's share of its node's cores."""
     lc = config.learn
@@ -225,6 +238,9 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     run_file.collective_set_config(config.source)  # the learn settings used
     if until == "fit":
         return {}
+    if comm.bcast(run_file.exhaustive if comm.rank == 0 else None):
+        exact_stage(run_file, config, comm, log, timings)
+        choose_learning_rows(run_file, config, comm, log)
     inject_fault("learn", comm)
     result = learn_and_explain(run_file, learn_settings(config, comm), until, log, comm)
     timings["learn"] = result["learn"]
