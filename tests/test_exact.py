@@ -19,7 +19,7 @@ from mlmotex_hpc.learn.exact import (
 )
 from mlmotex_hpc.pipeline.exact import learning_rows
 
-from .conftest import KEGGIN_XYZ, keggin_config, run_cli
+from .conftest import EXAMPLES, KEGGIN_XYZ, keggin_config, run_cli
 
 
 def _table(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +46,7 @@ def _exact(masks, values):
     return attributions(sums, bad)
 
 
-@pytest.mark.parametrize("n", [1, 3, 6])
+@pytest.mark.parametrize("n", [1, 3, 6, 8])
 def test_shapley_equals_the_definition_over_every_ordering(n):
     masks, values = _table(n, seed=n)
     v = {frozenset(): 1.0}
@@ -202,7 +202,7 @@ def test_exhaustive_run_killed_while_fitting_resumes_to_the_same_answer(tmp_path
     env = {"MLMOTEX_SERIAL_HDF5": "1"} if hdf5 == "serial" else {}
     names = ("fits/rw", "fits/status", "catalogue/mask", "atoms/shapley", "atoms/main_effect",
              "best/row", "atoms/contribution", "catalogue/learn_rows")
-    structure = str(_model_with_first_w(tmp_path, 13))  # 8,191 motifs: 4 work units
+    structure = str(_model_with_first_w(tmp_path, 14))  # 16,383 motifs: 8 work units
     reference = write_config(keggin_config(
         tmp_path, structure=structure, catalogue={"size": "all"}, learn={"sample": 1000},
         output={"dir": str(tmp_path / "reference")}), name="reference.yaml")
@@ -242,6 +242,10 @@ def test_an_exhaustive_catalogue_is_never_held_and_its_limits_are_one_line(tmp_p
         load_inputs(parse_config(yaml.safe_dump(adaptive), tmp_path), None)
     with pytest.raises(InputError, match="expected an integer"):
         parse_config(yaml.safe_dump({**config, "catalogue": {"size": "every"}}), tmp_path)
+    c60 = {**config, "structure": str(EXAMPLES / "c60" / "C60_111_supercell.xyz"),
+           "permute": ["C"], "pdf": {**config["pdf"], "uiso": {"C": 0.005}}}
+    with pytest.raises(InputError, match=r"2\^132 - 1 motifs .* limited to N ≤ 32"):
+        load_inputs(parse_config(yaml.safe_dump(c60), tmp_path), None)
 
 
 def test_convergence_compares_catalogues_with_the_exact_answer_on_2_ranks(tmp_path,

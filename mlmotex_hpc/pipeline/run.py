@@ -9,7 +9,9 @@
 3-4. Learn and explain, on a copy of the file that replaces it when they are done
    (:func:`mlmotex_hpc.io.runfile.finish_on_copy`), frames side by side on groups of
    ranks (:mod:`mlmotex_hpc.parallel.learning`); then the answer of each frame:
-   labels, connected pieces, polishing by real fits (:mod:`.extract`).
+   labels, connected pieces, polishing by real fits (:mod:`.extract`). An exhaustive
+   run first computes the exact attributions from every fit and learns from a sample
+   of its motifs (:mod:`.exact`).
 5. Outputs (rank 0, the finished file): CSV, motifs, structure files, figures, report
    (:mod:`mlmotex_hpc.output.summary`).
 
