@@ -375,18 +375,16 @@ def convergence_figure(path: Path, table: np.ndarray, fields: tuple[str, ...]) -
             bx.plot(col["size"][at], gap[at], "o", ms=4, alpha=0.5, color=colour)
             bx.plot(sizes, [np.mean(gap[at & (col["size"] == s)]) for s in sizes], style,
                     color=colour, label=label.split(":")[0])
-    ax.set_xscale("log")
-    ax.set_xlabel("motifs in the catalogue (fits)")
-    ax.set_ylabel("atoms with the exact Shapley value's sign (%)")
-    ax.set_title("Atom labels against the exact Shapley values", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.grid(alpha=0.3)
-    bx.set_xscale("log")
-    bx.set_xlabel("motifs in the catalogue (fits)")
-    bx.set_ylabel("best Rw in the catalogue − global best Rw")
-    bx.set_title(f"Best motif found (global best Rw {col['global_rw'][0]:.4f})", fontsize=10)
-    bx.legend(fontsize=8, loc="upper right")
-    bx.grid(alpha=0.3)
+    for axes, ylabel, title, corner in (
+            (ax, "atoms with the exact Shapley value's sign (%)",
+             "Atom labels against the exact Shapley values", "lower right"),
+            (bx, "best Rw in the catalogue − global best Rw",
+             f"Best motif found (global best Rw {col['global_rw'][0]:.4f})", "upper right")):
+        axes.set_xscale("log")
+        axes.set(xlabel="motifs in the catalogue (fits)", ylabel=ylabel)
+        axes.set_title(title, fontsize=10)
+        axes.legend(fontsize=8, loc=corner)
+        axes.grid(alpha=0.3)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -190,7 +190,9 @@ def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
     if summary.get("n_frames", 1) > 1:
         log(f"frames             {summary['n_frames']} (below: frame 0; every frame in "
             "the CSV and the plots)")
-    log(f"fits per second    {summary['fits_per_second']:,.0f}")
+    rate = summary["fits_per_second"]
+    log("fits per second    " + (f"{rate:,.0f}" if rate > 0 else
+                                 "- (no fit in this job: the fits were done before)"))
     if "test_mae" in summary:
         log(f"test MAE (Rw)      {summary['test_mae']:.4f}   (R² {summary['test_r2']:.3f})")
     if "motif" in summary:
