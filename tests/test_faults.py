@@ -139,9 +139,9 @@ REFUSED = [
     ("an atom 1e6 Å away", lambda t: {"structure": _model_with(
         t, lambda ls: [str(int(ls[0]) + 1), ls[1]] + ls[2:] + ["W 1e6 0 0"])},
      ["line 107", "nearest neighbour"]),
-    ("enumerate 2^25", lambda t: {"permute": ["W", "O"], "structure": _model_with(
-        t, lambda ls: ["25", ""] + [ls[2 + i] for i in range(25)]),
-        "pdf": {"uiso": {"W": 0.005}}, "catalogue": {"size": 33554431}}, ["2^25"]),
+    ("enumerate 2^33", lambda t: {"permute": ["W", "O"], "structure": _model_with(
+        t, lambda ls: ["33", ""] + [ls[2 + i] for i in range(33)]),
+        "catalogue": {"size": "all"}}, ["2^33", "N ≤ 32"]),
 ]
 
 
