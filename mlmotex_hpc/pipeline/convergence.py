@@ -45,7 +45,7 @@ def _read(path: Path, frame: int) -> tuple:
             raise InputError(f"--frame {frame}: {path} holds frames 0 to {run.n_frames - 1}")
         config = run.config()
         return (config, run.n_table, run.atoms("shapley", frame),
-                float(run.best()["rw"][frame, 0]), run.fit_rows("rw", slice(None))[frame])
+                float(run.best()["rw"][frame, 0]), run.fits("rw", frame, every=True))
 
 
 def convergence(path: Path, sizes: tuple[int, ...] = SIZES, seeds: int = 3, frame: int = 0,
