@@ -54,6 +54,142 @@ MAX_SEED = 2**32 - 1
 ALL_MOTIFS = 2**62
 
 
+#: Crystal files: sites closer than this (fractional) merge (see io.structure).
+CIF_TOLERANCE = 1e-3
+#: DiffPy's conversion: Uiso = Biso / (8 π²).
+BISO_PER_UISO = 8 * math.pi**2
+
+
+@dataclass(frozen=True)
+class Cut:
+    """How a finite cluster is cut from a crystal (or from a larger cluster).
+
+    Attributes
+    ----------
+    shape : {"sphere", "box", "cells"}
+        ``sphere``: atoms within ``size[0]`` Å of the centre. ``box``: a parallelepiped
+        of the cell's shape, edges ``size`` Å along a, b and c, centred on the centre.
+        ``cells``: ``size`` whole cells from the origin, atoms on the far faces included
+        (a classic supercell).
+    size : tuple of float
+    centre : (float, float, float), optional
+        Fractional for a crystal, Å for a cluster; default the cell's centre (a cluster's
+        centroid).
+    centre_atom : str or int, optional
+        Centre on this atom instead: a site label as diffpy.structure names the atoms of
+        the cell (``W1``, ``W1_2``, ...), or its 0-based index among them.
+    elements : tuple of str
+        Keep only these elements (empty: all).
+    """
+
+    shape: str
+    size: tuple[float, ...]
+    centre: tuple[float, float, float] | None = None
+    centre_atom: str | int | None = None
+    elements: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.shape == "sphere":
+            text = f"a sphere of {self.size[0]:g} Å"
+        elif self.shape == "box":
+            text = "a box of " + " × ".join(f"{v:g}" for v in self.size) + " Å"
+        else:
+            text = " × ".join(f"{v:g}" for v in self.size) + " cells"
+        if self.centre_atom is not None:
+            text += f" around atom {self.centre_atom}"
+        elif self.centre is not None and self.shape != "cells":
+            text += " around (" + ", ".join(f"{v:g}" for v in self.centre) + ")"
+        if self.elements:
+            text += ", only " + ",".join(self.elements)
+        return text
+
+
+@dataclass(frozen=True)
+class StructureSpec:
+    """What ``structure:`` asks of its file besides its path: a cut, what to do with
+    partially occupied sites, the crystal's site-merging tolerance."""
+
+    cut: Cut | None = None
+    partial: str = "refuse"
+    tolerance: float = CIF_TOLERANCE
+
+
+def make_cut(key: str, raw: Any) -> Cut:
+    """A :class:`Cut` from its config mapping (or the ``cut`` command's options):
+    exactly one of ``sphere: R``, ``box: [A, B, C]``, ``cells: [NA, NB, NC]``; at most one
+    of ``centre: [x, y, z]`` and ``centre_atom: LABEL|INDEX``; ``elements: [El, ...]``."""
+    allowed = ("sphere", "box", "cells", "centre", "centre_atom", "elements")
+    if not isinstance(raw, dict):
+        raise _fail(key, raw, "expected a mapping, e.g. {sphere: 6.0, centre: [0, 0, 0.5]}")
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise InputError(f"unknown config key '{key}.{unknown[0]}': allowed keys are "
+                         f"{', '.join(allowed)}")
+    shapes = [k for k in ("sphere", "box", "cells") if raw.get(k) is not None]
+    if len(shapes) != 1:
+        raise _fail(key, raw, "give exactly one of sphere: R (Å), box: [A, B, C] (Å) or "
+                    "cells: [NA, NB, NC]")
+    shape = shapes[0]
+    value = raw[shape]
+    if shape == "sphere":
+        size = (_number(f"{key}.sphere", value, {"doc": "sphere radius (Å)",
+                                                  "exclusive_min": 0.0}, False),)
+    else:
+        if not isinstance(value, list | tuple) or len(value) != 3:
+            raise _fail(f"{key}.{shape}", value, "expected three numbers, e.g. [2, 2, 2]")
+        doc = ({"doc": "box edge (Å)", "exclusive_min": 0.0} if shape == "box"
+               else {"doc": "cells along a, b, c", "minimum": 1})
+        size = tuple(_number(f"{key}.{shape}", v, doc, shape == "cells") for v in value)
+    centre, atom = raw.get("centre"), raw.get("centre_atom")
+    if centre is not None and atom is not None:
+        raise _fail(key, raw, "give centre or centre_atom, not both")
+    if (centre is not None or atom is not None) and shape == "cells":
+        raise _fail(key, raw, "cells start at the origin: a centre belongs to a sphere or "
+                    "a box")
+    if centre is not None:
+        if not isinstance(centre, list | tuple) or len(centre) != 3:
+            raise _fail(f"{key}.centre", centre, "expected [x, y, z] (fractional)")
+        centre = tuple(float(_number(f"{key}.centre", v, {"doc": "a coordinate"}, False))
+                       for v in centre)
+    if atom is not None and (isinstance(atom, bool) or not isinstance(atom, int | str)):
+        raise _fail(f"{key}.centre_atom", atom, "expected a site label (W1) or a 0-based "
+                    "atom index")
+    if isinstance(atom, int) and atom < 0:
+        raise _fail(f"{key}.centre_atom", atom, "an atom index is 0-based, ≥ 0")
+    elements = raw.get("elements") or ()
+    if isinstance(elements, str):
+        elements = [e for e in elements.split(",") if e.strip()]
+    if not isinstance(elements, list | tuple) or not all(isinstance(e, str) for e in elements):
+        raise _fail(f"{key}.elements", elements, "expected a list of element symbols")
+    return Cut(shape, size, centre, atom,
+               tuple(dict.fromkeys(e.strip().capitalize() for e in elements)))
+
+
+def _structure_spec(key: str, value: Any, base: Path) -> tuple[Path, StructureSpec]:
+    """``structure: FILE`` or ``structure: {file: FILE, cut: {...}, partial: keep,
+    tolerance: 1e-3}``."""
+    if not isinstance(value, dict):
+        return _readable_file(key, value, base), StructureSpec()
+    allowed = ("file", "cut", "partial", "tolerance")
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise InputError(f"unknown config key '{key}.{unknown[0]}': allowed keys are "
+                         f"{', '.join(allowed)}")
+    if "file" not in value:
+        raise InputError(f"config key '{key}.file' is missing: the structure file (.xyz, "
+                         ".cif, .stru, .pdb)")
+    path = _readable_file(f"{key}.file", value["file"], base)
+    cut = None if value.get("cut") is None else make_cut(f"{key}.cut", value["cut"])
+    partial = value.get("partial", "refuse")
+    if partial not in ("refuse", "keep"):
+        raise _fail(f"{key}.partial", partial, "expected refuse or keep (partially occupied "
+                    "sites kept as atoms the catalogue switches on and off)")
+    tolerance = _number(f"{key}.tolerance", value.get("tolerance", CIF_TOLERANCE),
+                        {"doc": "fractional distance under which a crystal's sites merge",
+                         "exclusive_min": 0.0, "maximum": 0.05}, False)
+    return path, StructureSpec(cut, partial, tolerance)
+
+
 def _spec(kind: str, doc: str, **limits: Any) -> dict[str, Any]:
     """Field metadata: the value's kind, a one-line description and its limits."""
     return {"kind": kind, "doc": doc, **limits}
@@ -112,7 +248,12 @@ class PDFConfig:
     qdamp: float = field(default=0.04, metadata=_spec("float", "qdamp (Å⁻¹)", minimum=0.0))
     qbroad: float = field(default=0.0, metadata=_spec("float", "qbroad (Å⁻¹)", minimum=0.0))
     uiso: tuple[tuple[str, float], ...] = field(
-        default=(), metadata=_spec("uiso", "isotropic displacement per element (Å²)")
+        default=(), metadata=_spec("uiso", "isotropic displacement per element (Å²); "
+                                   "elements not given take the structure file's, if any")
+    )
+    biso: tuple[tuple[str, float], ...] = field(
+        default=(), metadata=_spec("uiso", "instead of uiso: Biso per element (Å², "
+                                   "Uiso = Biso / 8π² as DiffPy converts)")
     )
     default_uiso: float = field(
         default=0.005, metadata=_spec("float", "Uiso of elements not in uiso (Å²)", minimum=0.0)
@@ -287,9 +428,17 @@ class OutputConfig:
 class Config:
     """A complete, validated run configuration."""
 
-    structure: Path = field(metadata=_spec("file", "starting model (.xyz, Å)"))
-    data: tuple[Path, ...] = field(metadata=_spec("files", "measured PDF file(s) or a glob"))
+    structure: Path = field(metadata=_spec(
+        "structure", "starting model: a file (.xyz, .cif, .stru, .pdb), or {file: F, cut: "
+        "{sphere: R | box: [A, B, C] | cells: [NA, NB, NC], centre: [x, y, z] | "
+        "centre_atom: LABEL, elements: [El, ...]}, partial: refuse|keep, tolerance: 1e-3}"))
     permute: tuple[str, ...] = field(metadata=_spec("elements", "permutable elements"))
+    data: tuple[Path, ...] = field(
+        default=(), metadata=_spec("files", "measured PDF file(s) or a glob (or give fits)"))
+    fits: Path | None = field(
+        default=None,
+        metadata=_spec("file", "instead of data: a table of fits made elsewhere (ML-MotEx's "
+                       "'index Rw mask bits' rows, or a CSV with a header); steps 3-4 only"))
     bond_threshold: float = field(
         default=2.6, metadata=_spec("float", "bond length (Å) keeping non-permuted atoms",
                                     exclusive_min=0.0, maximum=10.0)
@@ -305,6 +454,15 @@ class Config:
     source: str = field(default="", compare=False, metadata={"internal": True})
     #: The folder that relative paths of ``source`` resolve against (the config file's).
     base: Path | None = field(default=None, compare=False, metadata={"internal": True})
+    #: ``structure:`` beyond its file: the cut, partial occupancy, tolerance.
+    model: StructureSpec = field(default=StructureSpec(), metadata={"internal": True})
+    #: The keys the YAML gave (dotted: ``pdf.qmax``); the others are defaults, or come
+    #: from the files (:func:`mlmotex_hpc.io.defaults.with_file_defaults`).
+    given: frozenset = field(default=frozenset(), compare=False, metadata={"internal": True})
+    #: Where the values that did not come from the YAML came from: (key, source) pairs;
+    #: and the warnings that resolving them raised (a config that contradicts a header).
+    origins: tuple = field(default=(), compare=False, metadata={"internal": True})
+    notes: tuple = field(default=(), compare=False, metadata={"internal": True})
 
     @property
     def uiso(self) -> dict[str, float]:
@@ -386,7 +544,7 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
             raise _fail(key, value, f"expected one of {', '.join(meta['choices'])}")
         return value
     if kind == "file":
-        return None if value is None and key != "structure" else _readable_file(key, value, base)
+        return None if value is None else _readable_file(key, value, base)
     if kind == "files":
         items = value if isinstance(value, list) else [value]
         paths: list[Path] = []
@@ -524,6 +682,8 @@ def _build(cls: type, raw: Any, prefix: str, base: Path) -> Any:
         key = prefix + name
         if name in _SECTIONS and prefix == "":
             values[name] = _build(_SECTIONS[name], raw.get(name), f"{name}.", base)
+        elif name == "structure" and prefix == "" and name in raw:
+            values["structure"], values["model"] = _structure_spec(key, raw[name], base)
         elif name in raw:
             values[name] = _convert(key, raw[name], f.metadata, base)
         elif f.default is dataclasses.MISSING:
@@ -533,6 +693,19 @@ def _build(cls: type, raw: Any, prefix: str, base: Path) -> Any:
 
 def _check_consistency(config: Config) -> None:
     """Relations between keys that single-key checks cannot see."""
+    if bool(config.data) == (config.fits is not None):
+        raise InputError("config: give either 'data' (PDF files to fit) or 'fits' (a table "
+                         "of fits made elsewhere)" + (", not both" if config.data else ""))
+    if config.fits is not None:
+        if config.catalogue.strategy == "adaptive":
+            raise _fail("catalogue.strategy", "adaptive", "needs data to fit; a fits table "
+                        "is learned from as it is (use strategy: random)")
+        if config.catalogue.masks_file is not None:
+            raise _fail("catalogue.masks_file", str(config.catalogue.masks_file),
+                        "a fits table lists its own motifs: remove masks_file")
+    if config.pdf.uiso and config.pdf.biso:
+        raise _fail("pdf.biso", dict(config.pdf.biso), "give Uiso (pdf.uiso) or Biso "
+                    "(pdf.biso), not both")
     if config.pdf.qmax <= config.pdf.qmin:
         raise _fail("pdf.qmax", config.pdf.qmax, f"must exceed pdf.qmin = {config.pdf.qmin}")
     if config.fit.rmax <= config.fit.rmin:
@@ -548,7 +721,8 @@ def _check_consistency(config: Config) -> None:
         if len(config.data) > 1:
             raise _fail("catalogue.strategy", "adaptive", f"is for one data set; this config "
                         f"has {len(config.data)} frames (use strategy: random for a series)")
-    if config.catalogue.masks_file is None and config.catalogue.size < 10:
+    if (config.catalogue.masks_file is None and config.fits is None
+            and config.catalogue.size < 10):
         raise _fail("catalogue.size", config.catalogue.size,
                     "need at least 10 motifs to learn from")
 
@@ -567,8 +741,15 @@ def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise InputError(f"config {name}: expected a mapping of keys at the top level")
     config = _build(Config, raw, "", base)
-    config = dataclasses.replace(config, source=text, base=Path(base).resolve())
+    given = frozenset(
+        [k for k in raw if k not in _SECTIONS]
+        + [f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]])
+    config = dataclasses.replace(config, source=text, base=Path(base).resolve(), given=given)
     _check_consistency(config)
+    if config.pdf.biso:  # one representation downstream: Uiso
+        pdf = dataclasses.replace(config.pdf, uiso=tuple(
+            (el, b / BISO_PER_UISO) for el, b in config.pdf.biso))
+        config = dataclasses.replace(config, pdf=pdf)
     return config
 
 

@@ -46,6 +46,8 @@ class Inputs:
     #: Every non-empty motif, row r the one of binary code r + 1 (``packed_masks`` is
     #: then empty: the masks are made from their row numbers, a batch at a time).
     exhaustive: bool = False
+    #: A fits table's Rw, one per motif (``config.fits``): nothing is fitted.
+    table_rw: np.ndarray | None = None
 
     @property
     def n_motifs(self) -> int:

@@ -392,3 +392,9 @@ def _check_grid(path: Path, r: np.ndarray, lines: np.ndarray) -> None:
             f"{r[k + 1]:g} Å) differs from the grid step {grid:g} Å; the fit uses the data's "
             "r grid, which must be uniform (resample the data)"
         )
+
+
+def read_header(path: str | Path) -> dict[str, str]:
+    """The ``key = value`` pairs of a PDF file's header (the file read and checked as
+    :func:`read_pdf_data` reads it)."""
+    return read_pdf_data(path).metadata

@@ -74,6 +74,7 @@ import yaml
 from .. import __version__
 from ..config import Config, parse_config, select_frames
 from ..errors import AgreedError, InputError, JobFailed
+from .defaults import with_file_defaults
 from .structure import Structure
 
 #: The layout this version writes, and the newest it reads.
@@ -481,6 +482,7 @@ class RunFile:
         n_drawn: int | None = None,
         max_rounds: int = 1,
         exhaustive: bool = False,
+        fits_table: str = "",
     ) -> RunFile:
         """Create the file under a temporary name and preallocate every fit dataset.
 
@@ -509,6 +511,8 @@ class RunFile:
             file.attrs["frame_range"] = np.array(frame_range)
         if input_digests:
             file.attrs["input_digests"] = json.dumps(dict(input_digests), sort_keys=True)
+        if fits_table:  # the Rw came from this table: there are no data to fit
+            file.attrs["fits_table"] = fits_table
         shape = (n_frames, n_motifs)
         # Chunks of whole batches along motifs: a rank's write touches few chunks, and the
         # learning stage reads a frame's row in large contiguous pieces.
@@ -638,6 +642,16 @@ class RunFile:
         fits["batch_done"][batch, fblock] = 1
         if not self.parallel:
             self.file.flush()
+
+    def write_table_fits(self, rw: np.ndarray) -> None:
+        """A fits table's Rw as frame 0's fits, every work unit marked done (the rank
+        that holds the file; independent I/O). Not-a-number Rw stays "not fitted"."""
+        fits = self.file["fits"]
+        fits["rw"][0, :] = rw
+        fits["status"][0, :] = np.where(np.isfinite(rw), 0, -1)
+        self.file.flush()
+        fits["batch_done"][...] = 1
+        self.file.flush()
 
     # -- the learning stage ------------------------------------------------------------------
     def collective_create_shap(self, n_frames: int, n_motifs: int, n_features: int) -> None:
@@ -953,6 +967,16 @@ class RunFile:
         return int(self.file["catalogue"].attrs.get("n_catalogue", self.n_rows))
 
     @property
+    def fits_table(self) -> str:
+        """The name of the fits table the Rw came from ("" when this run fitted them)."""
+        return _text(self._attr("fits_table", ""))
+
+    @property
+    def measured(self) -> bool:
+        """Whether the file holds measured data to fit (a fits table's run does not)."""
+        return not self.fits_table
+
+    @property
     def exhaustive(self) -> bool:
         """Whether the run fitted every motif (row r: the motif of binary code r + 1)."""
         return bool(self.file["catalogue"].attrs.get("exhaustive", 0))
@@ -1164,7 +1188,7 @@ class RunFile:
                 )
             base = Path.cwd()  # every path is absolute: the base is never used
         try:
-            config = parse_config(text, base, f"stored in {self.path}")
+            config = with_file_defaults(parse_config(text, base, f"stored in {self.path}"))
             if self.frame_range is not None:  # one task of a job array: its frames only
                 config, _ = select_frames(config, "{}:{}".format(*self.frame_range))
             return config

@@ -1,13 +1,23 @@
-"""Structure models: Cartesian ``.xyz`` files in Å."""
+"""Structure models: ``.xyz`` clusters, and crystals (``.cif``, ``.stru``, ...) cut to clusters.
+
+An ``.xyz`` file is read here (Cartesian Å, with messages that name the line). Every other
+format is read by diffpy.structure, the reader PDFgui and DiffPy-CMI users already have,
+with a tolerance that merges the near-duplicate sites a CIF's rounded coordinates make
+(:data:`CIF_TOLERANCE`). A crystal becomes a finite cluster by a :class:`Cut`: a sphere or
+a box around a centre, or a supercell of whole cells, the cell expanded as far as the cut
+needs for any cell shape (:func:`cut_crystal`).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import periodictable
 
+from ..config import CIF_TOLERANCE, Cut, StructureSpec
 from ..errors import InputError
 
 
@@ -29,6 +39,11 @@ class Structure:
     elements: tuple[str, ...]
     xyz: np.ndarray
     comment: str = ""
+    #: Per atom, from a crystal file: its site's label, Uiso (Å², NaN: none given) and
+    #: occupancy. None for an ``.xyz`` file.
+    sites: tuple[str, ...] | None = None
+    uiso: np.ndarray | None = None
+    occupancy: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.elements)
@@ -37,7 +52,37 @@ class Structure:
         """The atoms where the boolean ``keep`` is true, in their original order."""
         keep = np.asarray(keep, dtype=bool)
         elements = tuple(e for e, k in zip(self.elements, keep, strict=True) if k)
-        return Structure(elements, self.xyz[keep].copy(), self.comment)
+        sites = (None if self.sites is None
+                 else tuple(s for s, k in zip(self.sites, keep, strict=True) if k))
+        return Structure(elements, self.xyz[keep].copy(), self.comment, sites,
+                         None if self.uiso is None else self.uiso[keep].copy(),
+                         None if self.occupancy is None else self.occupancy[keep].copy())
+
+    def element_uiso(self) -> dict[str, float]:
+        """Each element's mean Uiso over its atoms that the file gives one (Å²); elements
+        without a value (or with 0, which CIFs write for "not refined") are left out."""
+        if self.uiso is None:
+            return {}
+        out = {}
+        for el in dict.fromkeys(self.elements):
+            u = self.uiso[np.array(self.elements) == el]
+            u = u[np.isfinite(u) & (u > 0)]
+            if u.size:
+                out[el] = float(u.mean())
+        return out
+
+    def partial_sites(self) -> list[tuple[str, float]]:
+        """``(site label, occupancy, atoms, element)`` of every partially occupied site of the file
+        (the copies diffpy.structure labels ``W1_2``, ``W1_3``, ... count as site ``W1``)."""
+        if self.occupancy is None:
+            return []
+        found: dict[str, list] = {}
+        for k in np.flatnonzero(self.occupancy < 1 - OCCUPANCY_TOLERANCE):
+            label = (re.sub(r"_\d+$", "", self.sites[k]) if self.sites
+                     else f"{self.elements[k]}{k}")
+            found.setdefault(label, [label, float(self.occupancy[k]), 0,
+                                     self.elements[k]])[2] += 1
+        return [tuple(v) for v in found.values()]
 
 
 def _element_symbol(token: str) -> str | None:
@@ -141,3 +186,230 @@ def write_xyz(path: str | Path, structure: Structure, comment: str | None = None
         for el, (x, y, z) in zip(structure.elements, structure.xyz, strict=True)
     ]
     Path(path).write_text("\n".join(text) + "\n")
+
+
+# -- crystals and other structure files, through diffpy.structure ------------------------
+
+# CIF_TOLERANCE (config.py): sites of a crystal file closer than this (fractional) are one
+# site: CIFs round their coordinates, and diffpy.structure's own default (1e-5) keeps the
+# rounded copies a symmetry operation makes of one site as separate atoms; 1e-2 merges
+# real sites (Fe3O4's).
+#: Atoms of a crystal's cut closer than this (Å) are refused: a site written twice, or the
+#: alternative positions of a disordered atom (an O-H bond is 0.96 Å).
+CIF_MIN_DISTANCE = 0.5
+#: Occupancies within this of 1 are full.
+OCCUPANCY_TOLERANCE = 1e-6
+#: Most candidate atom images a cut may look at (the cell expanded as far as it needs).
+MAX_IMAGES = 20_000_000
+#: The formats read through diffpy.structure, by suffix.
+FORMATS = {".cif": "cif", ".mcif": "cif", ".stru": "pdffit", ".pdb": "pdb", ".xyz": "xyz",
+           ".xcfg": "xcfg", ".cfg": "xcfg", ".res": "discus", ".rawxyz": "rawxyz"}
+
+
+def load_model(path: Path, spec: StructureSpec) -> Structure:
+    """The starting model a config's ``structure:`` names (its file, cut as it asks)."""
+    return read_structure(path, spec.cut, partial=spec.partial, tolerance=spec.tolerance)
+
+
+def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "refuse",
+                   tolerance: float = CIF_TOLERANCE) -> Structure:
+    """Read any structure file as a finite cluster, cut from it when ``cut`` is given.
+
+    Parameters
+    ----------
+    path : path
+        ``.xyz`` (read here), or ``.cif``, ``.stru``, ``.pdb``, ... (diffpy.structure).
+    cut : Cut, optional
+        Without one, the file's atoms are the cluster (a CIF: the atoms of one cell).
+    partial : {"refuse", "keep"}
+        Partially occupied sites: refused with a message that says how to keep them, or
+        kept, each as an atom (the catalogue then decides which are filled).
+    tolerance : float
+        Fractional distance under which a crystal's sites merge (:data:`CIF_TOLERANCE`).
+
+    Raises
+    ------
+    InputError
+        One line naming the file: unreadable, unknown element, atoms on one another,
+        partial occupancy refused, a cut that holds fewer than 2 atoms.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".xyz":
+        structure = read_xyz(path)
+        if cut is None:
+            return structure
+        return _cut(path, structure, None, cut, partial)
+    if suffix not in FORMATS:
+        raise InputError(f"structure file {path}: unknown format {path.suffix or '(none)'!r} "
+                         f"(known: {', '.join(sorted(FORMATS))})")
+    crystal = _load_diffpy(path, FORMATS[suffix], tolerance)
+    elements = []
+    for k, atom in enumerate(crystal):
+        symbol = _element_symbol(str(atom.element))
+        if symbol is None:
+            raise InputError(f"{path}: atom {k} ({atom.label or '?'}): unknown element "
+                             f"{atom.element!r}")
+        elements.append(symbol)
+    base = np.array(crystal.lattice.base, dtype=float)
+    periodic = not np.allclose(base, np.eye(3))
+    labels = tuple(str(a.label) or f"{el}{k}" for k, (a, el) in enumerate(
+        zip(crystal, elements, strict=True)))
+    uiso = np.array([float(a.Uisoequiv) for a in crystal])
+    occupancy = np.array([float(a.occupancy) for a in crystal])
+    frac = np.array(crystal.xyz, dtype=float).reshape(-1, 3)
+    cell = Structure(tuple(elements), frac @ base, f"{path.name}", labels, uiso, occupancy)
+    if cut is None:
+        return _finish(path, cell, partial, f"{path.name}: the atoms of the file")
+    return _cut(path, cell, base if periodic else None, cut, partial)
+
+
+def _load_diffpy(path: Path, fmt: str, tolerance: float):
+    import warnings
+
+    from diffpy.structure import loadStructure
+    from diffpy.structure.structureerrors import StructureFormatError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PyCifRW's deprecation chatter
+            return loadStructure(str(path), fmt=fmt, eps=tolerance)
+    except StructureFormatError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not readable"
+        raise InputError(f"structure file {path}: {first}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read structure file {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise InputError(f"structure file {path}: not a readable {fmt} file ({exc})") from None
+
+
+def _centre(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut) -> np.ndarray:
+    """The cut's centre in Cartesian Å."""
+    if cut.centre_atom is not None:
+        key = cut.centre_atom
+        if isinstance(key, int):
+            if not 0 <= key < len(structure):
+                raise InputError(f"{path}: centre atom {key} does not exist (the file has "
+                                 f"{len(structure)} atoms, 0-based)")
+            return structure.xyz[key]
+        names = structure.sites or ()
+        if key in names:
+            return structure.xyz[names.index(key)]
+        shown = ", ".join(dict.fromkeys(n for n in names if "_" not in n)) or "none"
+        raise InputError(f"{path}: no atom labelled {key!r} to centre on (site labels: "
+                         f"{shown}; their copies are LABEL_2, LABEL_3, ...)")
+    if base is None:
+        return (np.asarray(cut.centre, float) if cut.centre is not None
+                else structure.xyz.mean(axis=0))
+    if cut.shape == "cells":
+        return 0.5 * np.asarray(cut.size, float) @ base
+    centre = (0.5, 0.5, 0.5) if cut.centre is None else cut.centre
+    return np.asarray(centre, float) @ base
+
+
+def _cut(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut,
+         partial: str) -> Structure:
+    """The atoms of the cut: the cell expanded as far as it needs (a crystal), or a
+    selection (a cluster)."""
+    if base is None and cut.shape == "cells":
+        raise InputError(f"{path}: has no unit cell, so it cannot be expanded into cells "
+                         "(use a sphere or a box in Å)")
+    centre = _centre(path, structure, base, cut)
+    if base is None:
+        xyz, index, lattice = structure.xyz, np.arange(len(structure)), np.eye(3)
+    else:
+        inverse = np.linalg.inv(base)
+        frac = structure.xyz @ inverse
+        frac -= np.floor(frac)
+        c = centre @ inverse
+        if cut.shape == "sphere":
+            half = cut.size[0] * np.linalg.norm(inverse, axis=0)
+        else:
+            half = _box_half(cut, base)
+        lo = np.floor(c - half).astype(int) - 1
+        hi = np.ceil(c + half).astype(int) + 1
+        n_images = int(np.prod(hi - lo + 1)) * len(structure)
+        if n_images > MAX_IMAGES:
+            raise InputError(f"{path}: the cut ({cut.describe()}) needs {n_images:,} atom "
+                             f"images, more than {MAX_IMAGES:,}: cut a smaller cluster")
+        grid = np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi, strict=True)],
+                                    indexing="ij"), axis=-1).reshape(-1, 3)
+        images = (grid[:, None, :] + frac[None, :, :]).reshape(-1, 3)
+        index = np.tile(np.arange(len(structure)), len(grid))
+        xyz, lattice = images @ base, base
+    keep = _inside(xyz, centre, cut, lattice)
+    if cut.elements:
+        unknown = [el for el in cut.elements if el not in structure.elements]
+        if unknown:
+            raise InputError(f"{path}: cut to elements {','.join(cut.elements)}, but "
+                             f"{unknown[0]} is not in the file "
+                             f"(it has {', '.join(dict.fromkeys(structure.elements))})")
+        wanted = np.array([el in cut.elements for el in structure.elements])
+        keep &= wanted[index]
+    chosen, points = index[keep], xyz[keep]
+    if chosen.size < 2:
+        raise InputError(f"{path}: the cut ({cut.describe()}) holds {chosen.size} atom(s); "
+                         "a structure needs at least 2")
+    order_of = {el: i for i, el in enumerate(dict.fromkeys(structure.elements))}
+    distance = np.round(np.linalg.norm(points - centre, axis=1), 6)
+    group = np.array([order_of[structure.elements[k]] for k in chosen])
+    order = np.lexsort((distance, group))
+    chosen, points = chosen[order], points[order]
+    sub = structure.subset(np.ones(len(structure), bool))
+    cluster = Structure(
+        tuple(sub.elements[k] for k in chosen), points,
+        f"{path.name}: {cut.describe()}",
+        None if sub.sites is None else tuple(sub.sites[k] for k in chosen),
+        None if sub.uiso is None else sub.uiso[chosen],
+        None if sub.occupancy is None else sub.occupancy[chosen])
+    return _finish(path, cluster, partial, cluster.comment)
+
+
+def _box_half(cut: Cut, base: np.ndarray) -> np.ndarray:
+    """A box's (or a supercell's) half widths in fractional units along a, b, c."""
+    if cut.shape == "cells":
+        return 0.5 * np.asarray(cut.size, float)
+    return 0.5 * np.asarray(cut.size, float) / np.linalg.norm(base, axis=1)
+
+
+#: A face of a box (or a sphere's surface) holds the atoms within this of it (Å).
+EDGE_TOLERANCE = 1e-4
+
+
+def _inside(xyz: np.ndarray, centre: np.ndarray, cut: Cut, lattice: np.ndarray) -> np.ndarray:
+    if cut.shape == "sphere":
+        return np.linalg.norm(xyz - centre, axis=1) <= cut.size[0] + EDGE_TOLERANCE
+    offset = (xyz - centre) @ np.linalg.inv(lattice)
+    half = _box_half(cut, lattice)
+    slack = EDGE_TOLERANCE / np.linalg.norm(lattice, axis=1)
+    return np.all(np.abs(offset) <= half + slack, axis=1)
+
+
+def _finish(path: Path, structure: Structure, partial: str, comment: str) -> Structure:
+    """Refuse what a cluster cannot be (atoms on one another, unasked-for partial
+    occupancy), naming the sites."""
+    from scipy.spatial import cKDTree
+
+    if len(structure) < 2:
+        raise InputError(f"{path}: a structure needs at least 2 atoms, it has "
+                         f"{len(structure)}")
+    close = sorted(cKDTree(structure.xyz).query_pairs(CIF_MIN_DISTANCE))
+    if close:
+        i, j = close[0]
+        names = structure.sites or tuple(str(k) for k in range(len(structure)))
+        raise InputError(
+            f"{path}: atoms {names[i]} and {names[j]} are "
+            f"{np.linalg.norm(structure.xyz[i] - structure.xyz[j]):.3g} Å apart (closer "
+            f"than {CIF_MIN_DISTANCE} Å; {len(close)} such pair(s)): a site written twice "
+            "(raise structure.tolerance to merge them) or the alternative positions of a "
+            "disordered atom (keep one in the file)")
+    sites = structure.partial_sites()
+    if sites and partial != "keep":
+        label, occ, count, _ = sites[0]
+        raise InputError(
+            f"{path}: site {label} is partially occupied (occupancy {occ:.3g}, {count} "
+            f"atom(s) here; {len(sites)} such site(s)); to let the catalogue decide which "
+            "are filled, keep each as an atom with structure: {file: ..., partial: keep} "
+            "(or cut --partial keep), its element among the permutable ones")
+    return Structure(structure.elements, structure.xyz, comment, structure.sites,
+                     structure.uiso, structure.occupancy)

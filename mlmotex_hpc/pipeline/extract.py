@@ -133,7 +133,11 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     log(f"step 5: labels ({ex.label_z:g} standard errors): {counts['in']} in, "
         f"{counts['out']} out, {counts['uncertain']} uncertain"
         + (f" (over {n_frames} frames)" if n_frames > 1 else ""))
-    if not (ex.polish or ex.connected):
+    table = comm.bcast(run.fits_table if root else None)
+    if table and (ex.polish or ex.connected):
+        log(f"  the fits came from {table}: no data to fit, so no connected pieces and no "
+            "polishing; the answer is the ACV < 0 set")
+    if table or not (ex.polish or ex.connected):
         run.collective_write_extract(labels=labels, acv_negative=acv_negative,
                                      in_motif=acv_negative, polish=None,
                                      settings=_settings(config, "the ACV < 0 set"))

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io import runfile
 from ..io.pdfdata import read_pdf_data
-from ..io.structure import read_xyz
+from ..io.structure import load_model
 
 #: Python, numpy, numba, SciPy, h5py and MPI loaded, before any data (bytes).
 RUNTIME_BYTES = 300 * 2**20
@@ -35,7 +35,15 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
     ``out_dir`` None skips creating (and checking) the output folder, for a dry run.
     ``local_ranks``: the ranks that share rank 0's node and its memory.
     """
-    structure = read_xyz(config.structure)
+    structure = load_model(config.structure, config.model)
+    partial = [(site, el) for site, _, _, el in structure.partial_sites()
+               if el not in config.permute]
+    if partial:
+        site, el = partial[0]
+        raise InputError(
+            f"config key 'permute' = {list(config.permute)}: the partially occupied site "
+            f"{site} of {config.structure.name} is {el}, which is not permuted; a partial "
+            f"site is a candidate the catalogue switches on and off: add {el} to permute")
     missing = [el for el in config.permute if el not in structure.elements]
     if missing:
         present = ", ".join(dict.fromkeys(structure.elements))
@@ -49,6 +57,8 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
             f"config key 'pdf.uiso' names {unknown_uiso[0]}, which is not in "
             f"{config.structure.name}"
         )
+    if config.fits is not None:
+        return _table_inputs(config, structure, out_dir)
     frames = []
     for path in config.data:
         data = read_pdf_data(path)
@@ -106,6 +116,29 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
                   input_digests(config))
 
 
+def _table_inputs(config: Config, structure, out_dir: Path | None) -> Inputs:
+    """The inputs of a run on a fits table (``config.fits``): its motifs and Rw, one
+    frame named after the table and holding no data."""
+    from ..io.fitstable import read_fits_table
+
+    space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+    table = read_fits_table(config.fits, space.size)
+    if len(table) < 10:
+        raise InputError(f"fits table {config.fits} holds {len(table)} motifs: at least 10 "
+                         "are needed to learn from")
+    if np.isfinite(table.rw).sum() < 10:
+        raise InputError(f"fits table {config.fits}: only {int(np.isfinite(table.rw).sum())}"
+                         " finite Rw values; at least 10 are needed to learn from")
+    check_learning(config)
+    if out_dir is not None:
+        prepare_output_dir(out_dir)
+        check_disk(out_dir, file_estimate(len(table), space.size, 1, 0, learned=len(table)))
+    empty = np.zeros(0)
+    frame = Frame(config.fits.name, empty, empty, None)
+    return Inputs(structure, space, [frame], np.packbits(table.masks, axis=1), space.size,
+                  input_digests(config), table_rw=table.rw)
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -116,6 +149,8 @@ def input_digests(config: Config) -> dict[str, str]:
     digests = {"structure": _sha256(config.structure.read_bytes())}
     for path in config.data:
         digests[f"data {path.name}"] = _sha256(path.read_bytes())
+    if config.fits is not None:
+        digests["fits"] = _sha256(config.fits.read_bytes())
     if config.catalogue.masks_file is not None:
         digests["catalogue.masks_file"] = _sha256(config.catalogue.masks_file.read_bytes())
     if config.frames.time is not None:

@@ -161,6 +161,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         refined_extra=plan.extra, frame_range=frame_range,
                         input_digests=inputs.digests,
                         max_rounds=max_rounds, exhaustive=inputs.exhaustive,
+                        fits_table="" if config.fits is None else config.fits.name,
                     )
                     run_file.collective_write_inputs(
                         elements=inputs.structure.elements, xyz=inputs.structure.xyz,
@@ -189,10 +190,19 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     if adaptive:
         log(f"step 2: an adaptive catalogue of up to {capacity:,} motifs "
             f"({config.pdf.calculator}), round 0 uniform")
-    elif pending.size:
+    elif pending.size and inputs.table_rw is None:
         log(f"step 2: fitting {inputs.n_motifs * n_frames} motif PDFs "
             f"({config.pdf.calculator})")
     t_fit = time.perf_counter()
+    if inputs.table_rw is not None:
+        if run_file.file is not None and (comm.rank == 0 or not run_file.parallel):
+            run_file.write_table_fits(inputs.table_rw)
+        run_file.close()
+        comm.Barrier()
+        log(f"step 2: {inputs.n_motifs} fits read from {config.fits.name} (none made)")
+        timings["fit"] = time.perf_counter() - t_fit
+        timings["fits_per_second"] = float("nan")
+        return 0
     try:
         if adaptive:
             n_fits, _ = adaptive_rounds(config, inputs, plan, run_file, comm, log,
