@@ -1,5 +1,6 @@
 """The ``mlmotex-hpc`` command line. It only parses; each command lives in ``commands/``.
 
+    mlmotex-hpc init [--structure MODEL.xyz] [--data DATA.gr] [-o CONFIG.yaml] [--force]
     mlmotex-hpc run CONFIG.yaml [--out DIR] [--until fit|learn|explain] [--frames A:B|I/N]
                                 [--resume | --overwrite] [--dry-run [--ranks N]]
     mlmotex-hpc pdf MODEL.xyz -o OUT.gr [options]

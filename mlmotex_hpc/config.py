@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from .errors import InputError
+from .pdf.settings import uiso_from_biso
 
 REFINABLE = ("scale", "zoom", "uiso", "delta2")
 #: ``fit.zoom_search: auto`` shares anchor zooms among the frames from this many frames.
@@ -56,8 +57,6 @@ ALL_MOTIFS = 2**62
 
 #: Crystal files: sites closer than this (fractional) merge (see io.structure).
 CIF_TOLERANCE = 1e-3
-#: DiffPy's conversion: Uiso = Biso / (8 π²).
-BISO_PER_UISO = 8 * math.pi**2
 
 
 @dataclass(frozen=True)
@@ -421,7 +420,8 @@ class FramesConfig:
 class OutputConfig:
     """Where results go."""
 
-    dir: Path = field(default=Path("out"), metadata=_spec("dir", "output folder"))
+    dir: Path = field(default=Path("out"),
+                      metadata=_spec("dir", "output folder (relative to the config's folder)"))
 
 
 @dataclass(frozen=True)
@@ -746,9 +746,12 @@ def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
         + [f"{k}.{sub}" for k in _SECTIONS if isinstance(raw.get(k), dict) for sub in raw[k]])
     config = dataclasses.replace(config, source=text, base=Path(base).resolve(), given=given)
     _check_consistency(config)
+    if "output.dir" not in given:  # the default too is relative to the config's folder
+        config = dataclasses.replace(config, output=dataclasses.replace(
+            config.output, dir=(config.base / config.output.dir).resolve()))
     if config.pdf.biso:  # one representation downstream: Uiso
         pdf = dataclasses.replace(config.pdf, uiso=tuple(
-            (el, b / BISO_PER_UISO) for el, b in config.pdf.biso))
+            (el, uiso_from_biso(b)) for el, b in config.pdf.biso))
         config = dataclasses.replace(config, pdf=pdf)
     return config
 

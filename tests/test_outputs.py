@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
+from mlmotex_hpc.io.pdfdata import read_pdf_data
 from mlmotex_hpc.io.structure import read_xyz
-from mlmotex_hpc.output.products import FIGURES
+from mlmotex_hpc.output.products import FIGURES, FIT_FILES
 from mlmotex_hpc.output.structure_files import read_cmtx, read_vesta
 
 from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
@@ -50,7 +51,7 @@ def test_every_file_is_written_and_listed(keggin_run):
     out, proc = keggin_run
     listed = proc.stdout.split("files written:")[1].split()
     for name in ("motex.h5", "atom_contributions.csv", "motif.xyz", *STRUCTURE_FILES,
-                 *FIGURES, "report.html"):
+                 *FIGURES, *FIT_FILES, "report.html"):
         assert (out / name).is_file(), name
         assert str(out / name) in listed, name
     for name in FIGURES:  # real images, big enough to read at 100 %
@@ -141,13 +142,13 @@ def test_report_is_self_contained_and_complete(keggin_run):
     assert "bond_threshold" in text and config.splitlines()[0].strip() in text  # settings
     for stage in ("fit", "learn", "explain", "total"):
         assert re.search(rf"\b{stage}\b\s+[\d.]+ s", text), stage  # timings
-    motif_atoms = " ".join(f"W{i}" for i in KEGGIN_MOTIF_W)
+    motif_atoms = " ".join(f"W{i + 1}" for i in KEGGIN_MOTIF_W)  # the .vesta's labels
     assert f"12 permutable atoms: {motif_atoms}" in text
     assert "Polishing by real fits" in text and "confidence labels" in text
     labels = re.search(r"confidence labels (\d+) in, (\d+) out, (\d+) uncertain", text)
     assert labels and sum(map(int, labels.groups())) == 24
     for i in range(24):  # the table of atom contributions
-        assert f"W{i}" in text
+        assert f"W{i + 1}" in text
     assert (out / "motif.xyz").read_text().splitlines()[0].strip() in text
 
 
@@ -191,6 +192,49 @@ def test_report_renders_in_a_headless_browser(keggin_run, tmp_path):
     # the check can fail: a damaged image is reported broken
     damaged = html.replace("data:image/png;base64,iVBOR", "data:image/png;base64,AAAA", 1)
     assert _browser_check(tmp_path, damaged)["broken"] == [FIGURES[0]]
+
+
+def _fgr(path):
+    """(header lines, metadata dict, column line, data rows) of a PDFgui fit file."""
+    lines = path.read_text().splitlines()
+    start = lines.index("##### start data")
+    header = lines[:start]
+    meta = dict(line.split("=", 1) for line in header[header.index("# metadata") + 1:])
+    return header, meta, lines[start + 1], np.loadtxt(lines[start + 2:], ndmin=2)
+
+
+def test_fit_files_follow_pdfguis_format(keggin_run):
+    out, proc = keggin_run
+    with h5py.File(out / "motex.h5") as h5:
+        r, g = h5["data/00000/r"][:], h5["data/00000/g"][:]
+        config = yaml.safe_load(h5.attrs["config"])
+    found = {}
+    for name in FIT_FILES:
+        header, meta, columns, rows = _fgr(out / name)
+        assert header[2] == "##### PDFgui fit" and header[0].startswith("History written: ")
+        assert "stype=X  x-ray scattering" in header
+        assert f"qmax={config['pdf']['qmax']:.2f}" in header
+        assert f"qdamp={config['pdf']['qdamp']:g}" in header
+        assert f"fitrmin={r[0]:g}" in header and f"fitrmax={r[-1]:g}" in header
+        scale = float(next(line for line in header if line.startswith("dscale="))[7:])
+        assert columns == "#L r(A) G(r) d_r d_Gr Gdiff"
+        assert rows.shape == (r.size, 5)
+        assert np.allclose(rows[:, 0], r, rtol=1e-7)
+        assert np.allclose(rows[:, 1] + rows[:, 4], g, rtol=1e-6, atol=1e-6)  # Gdiff = Gobs - Gcalc
+        assert np.all(rows[:, 2] == 0) and np.all(rows[:, 3] == 0)
+        rw = np.sqrt(np.sum(rows[:, 4] ** 2) / np.sum(g**2))  # unit weights
+        assert float(meta["rw"]) == pytest.approx(rw, rel=1e-5)
+        assert scale > 0 and 0.8 < float(meta["zoom"]) < 1.2
+        data = read_pdf_data(out / name)  # our reader (and PDFgui's) takes it as r, Gcalc
+        assert np.allclose(data.g, rows[:, 1]) and data.metadata["stype"].startswith("X")
+        found[name] = meta
+    answer = found["motif_fit.fgr"]
+    assert answer["motif"] in ("extracted motif", "polished motif")
+    assert int(answer["permuted_atoms_kept"]) == len(KEGGIN_MOTIF_W)
+    kept = {int(label[1:]) - 1 for label in answer["atoms"].split() if label[0] == "W"}
+    assert kept == set(KEGGIN_MOTIF_W)  # labels as in the .vesta: element, 1-based index
+    assert float(found["best_fit.fgr"]["rw"]) <= float(answer["rw"])
+    assert f"Rw {float(answer['rw']):.4f}" in proc.stdout
 
 
 def test_plot_command_writes_them_again(keggin_run, tmp_path):

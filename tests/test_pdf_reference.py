@@ -410,7 +410,7 @@ def test_command_reproduces_diffpy(tmp_path, reference, options):
     assert _run_pdf([str(MOTIF_XYZ), "-o", str(out), *options]) == 0
     head, _ = _header(out)
     for key in ("calculator", "radiation", "qmin", "qmax", "qdamp", "qbroad", "delta2",
-                "qstep", "extendedrmax", "rmin", "rmax", "rstep", "uiso (A^2)"):
+                "qstep", "extendedrmax", "rmin", "rmax", "rstep", "uiso", "biso", "uiso_from"):
         assert key in head, key
     got = np.loadtxt(out)
     ref = np.loadtxt(REF / reference)
@@ -427,3 +427,79 @@ def test_command_reproduces_diffpy(tmp_path, reference, options):
 def test_command_errors(tmp_path, options, message):
     with pytest.raises(InputError, match=message):
         _run_pdf([str(MOTIF_XYZ), "-o", str(tmp_path / "x.gr"), *options])
+
+
+def test_command_output_is_a_pdfgetx3_style_file(tmp_path):
+    from mlmotex_hpc.io.defaults import header_settings
+    from mlmotex_hpc.io.pdfdata import read_header, read_pdf_data
+
+    out = tmp_path / "model.gr"
+    assert _run_pdf([str(MOTIF_XYZ), "-o", str(out), "--qmax", "22", "--qmin", "0.8",
+                     "--radiation", "neutron"]) == 0
+    lines = out.read_text().splitlines()
+    start = lines.index("#### start data")
+    assert lines[start + 1:start + 3] == ["#S 1", "#L r($\\AA$)  G($\\AA^{-2}$)"]
+    columns = np.loadtxt(lines[start + 3:])
+    data = read_pdf_data(out)  # what run reads as data, and its header
+    assert np.array_equal(data.r, columns[:, 0]) and np.array_equal(data.g, columns[:, 1])
+    assert header_settings(read_header(out)) == {"qmin": 0.8, "qmax": 22.0,
+                                                 "radiation": "neutron"}
+
+
+def test_biso_is_uiso_times_8_pi_squared(tmp_path):
+    from mlmotex_hpc.pdf.settings import BISO_PER_UISO
+
+    by_u, by_b = tmp_path / "u.gr", tmp_path / "b.gr"
+    assert _run_pdf([str(MOTIF_XYZ), "-o", str(by_u), "--uiso", "W=0.003", "O=0.008"]) == 0
+    assert _run_pdf([str(MOTIF_XYZ), "-o", str(by_b), "--biso",
+                     f"W={0.003 * BISO_PER_UISO!r}", f"O={0.008 * BISO_PER_UISO!r}"]) == 0
+    assert abs(8 * math.pi**2 - BISO_PER_UISO) < 1e-12
+    assert np.allclose(np.loadtxt(by_b), np.loadtxt(by_u), rtol=1e-9, atol=0)
+    default = tmp_path / "d.gr"
+    assert _run_pdf([str(MOTIF_XYZ), "-o", str(default)]) == 0
+    assert not np.allclose(np.loadtxt(default)[:, 1], np.loadtxt(by_u)[:, 1], rtol=1e-3)
+    head, _ = _header(by_b)
+    assert head["uiso_from"] == "W: --biso, O: --biso"
+
+
+def test_uiso_and_biso_together_are_refused(tmp_path):
+    from .conftest import run_cli
+
+    proc = run_cli("pdf", str(MOTIF_XYZ), "-o", str(tmp_path / "x.gr"), "--uiso", "0.01",
+                   "--biso", "0.5")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x.gr").exists()
+
+
+def test_command_reads_a_crystal_file_and_its_uiso(tmp_path):
+    """The W12O40 motif written as a P1 CIF in a big cell, with Uiso per site: its PDF
+    is the .xyz motif's with those Uiso given on the command line."""
+    from diffpy.structure import Atom, Lattice
+    from diffpy.structure import Structure as Crystal
+
+    motif = read_xyz(MOTIF_XYZ)
+    edge = 40.0
+    centre = motif.xyz.mean(axis=0)
+    crystal = Crystal(lattice=Lattice(edge, edge, edge, 90, 90, 90))
+    for k, (el, xyz) in enumerate(zip(motif.elements, motif.xyz, strict=True)):
+        atom = Atom(el, (xyz - centre) / edge + 0.5, label=f"{el}{k + 1}")
+        atom.Uisoequiv = 0.003 if el == "W" else 0.008
+        crystal.addNewAtom(atom)
+    cif = tmp_path / "motif.cif"
+    crystal.write(str(cif), "cif")
+    from_cif, from_xyz = tmp_path / "cif.gr", tmp_path / "xyz.gr"
+    assert _run_pdf([str(cif), "-o", str(from_cif)]) == 0
+    assert _run_pdf([str(MOTIF_XYZ), "-o", str(from_xyz), "--uiso", "W=0.003",
+                     "O=0.008"]) == 0
+    head, _ = _header(from_cif)
+    assert head["natoms"] == "52"
+    assert head["uiso_from"] == "W: structure file, O: structure file"
+    ref = np.loadtxt(from_xyz)
+    # diffpy.structure writes 6 decimals of fractional coordinates: 2e-5 Å in a 40 Å cell
+    from mlmotex_hpc.io.structure import read_structure
+
+    assert np.abs(read_structure(cif).xyz - (motif.xyz - centre + edge / 2)).max() < 2.1e-5
+    assert _rel_dev(np.loadtxt(from_cif)[:, 1], ref[:, 1]) < 1e-3
+    override = tmp_path / "override.gr"
+    assert _run_pdf([str(cif), "-o", str(override), "--uiso", "O=0.02"]) == 0
+    assert _header(override)[0]["uiso_from"] == "W: structure file, O: --uiso"

@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from mlmotex_hpc.catalogue import MotifSpace
+from mlmotex_hpc.io.pdfdata import read_pdf_data
+from mlmotex_hpc.io.pdfout import FGR_COLUMNS
 from mlmotex_hpc.io.structure import Structure, read_xyz
 
 from .conftest import KEGGIN_GR, KEGGIN_XYZ, keggin_config, run_cli
@@ -74,6 +76,19 @@ def test_refine_best_motif(run_dir, tmp_path):
     check_xyz(out / "refine_motif.xyz", h5_path, motif_atoms(h5_path, mask))
     assert printed_rw((out / "refine_results.txt").read_text()) == printed_rw(proc.stdout)
     assert KEGGIN_XYZ.read_bytes() == model_before
+    # the same fit in PDFgui's format: Gcalc + Gdiff is the data, Rw recomputes
+    lines = (out / "refine_fit.fgr").read_text().splitlines()
+    start = lines.index("##### start data")
+    assert "##### PDFgui fit" in lines[:start] and lines[start + 1] == FGR_COLUMNS
+    meta = dict(line.split("=", 1) for line in lines[lines.index("# metadata") + 1:start])
+    rows = np.loadtxt(lines[start + 2:])
+    data = read_pdf_data(KEGGIN_GR)
+    inside = (data.r >= rows[0, 0] - 1e-9) & (data.r <= rows[-1, 0] + 1e-9)
+    assert np.allclose(rows[:, 1] + rows[:, 4], data.g[inside], atol=1e-6)
+    rw = np.sqrt(np.sum(rows[:, 4] ** 2) / np.sum(data.g[inside] ** 2))
+    assert float(meta["rw"]) == pytest.approx(rw, rel=1e-5)
+    assert float(meta["rw"]) == pytest.approx(printed_rw(proc.stdout), abs=1e-6)
+    assert meta["refined_by"] == "diffpy.srfit" and "delta2" in meta
 
 
 def test_refine_extracted_and_index(run_dir):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlmotex_hpc.io.structure import read_xyz
+from mlmotex_hpc.output.structure_files import read_vesta
 
 from .conftest import EXAMPLES, KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
 
@@ -68,9 +69,11 @@ def test_keggin_answer(keggin_run):
 def test_csv_and_motif_files(keggin_run):
     out, proc = keggin_run
     rows = list(csv.DictReader(open(out / "atom_contributions.csv")))
-    assert list(rows[0]) == ["frame", "frame_name", "time", "index", "element", "x", "y", "z",
-                             "contribution", "uncertainty", "confidence", "in_motif",
-                             "contribution_se", "label", "acv_negative"]
+    assert list(rows[0]) == ["frame", "frame_name", "time", "index", "label", "site",
+                             "element", "x", "y", "z", "contribution", "uncertainty",
+                             "confidence", "in_motif", "contribution_se", "verdict",
+                             "acv_negative"]
+    vesta = read_vesta(out / "model_contributions.vesta")["sites"]
     for row in rows:  # a standard error of means over ~200 motifs each: far below σ
         se, sigma = float(row["contribution_se"]), float(row["uncertainty"])
         assert 0 < se < 0.25 * sigma
@@ -84,7 +87,9 @@ def test_csv_and_motif_files(keggin_run):
         assert np.allclose([float(row[c]) for c in "xyz"], model.xyz[i], atol=1e-6)
         assert row["acv_negative"] == str(int(float(row["contribution"]) < 0))
         assert row["in_motif"] == str(int(i in KEGGIN_MOTIF_W))  # the answer
-        assert row["label"] == ("in" if i in KEGGIN_MOTIF_W else "out")
+        assert row["verdict"] == ("in" if i in KEGGIN_MOTIF_W else "out")
+        assert row["label"] == vesta[i][1] == f"W{i + 1}"  # the .vesta's name of the atom
+        assert row["site"] == ""  # an .xyz model has no crystal sites
     motif = read_xyz(out / "motif.xyz")
     assert motif.elements.count("W") == 12 and motif.elements.count("O") == 40
     expected_w = model.xyz[list(KEGGIN_MOTIF_W)]
@@ -92,7 +97,7 @@ def test_csv_and_motif_files(keggin_run):
     assert np.allclose(np.array(motif_w), expected_w, atol=1e-6)
     # The printed summary names the motif's atoms.
     assert "extracted motif" in proc.stdout
-    assert " ".join(f"W{i}" for i in KEGGIN_MOTIF_W) in proc.stdout
+    assert " ".join(f"W{i + 1}" for i in KEGGIN_MOTIF_W) in proc.stdout  # 1-based labels
 
 
 def test_results_do_not_depend_on_rank_count(tmp_path, write_config):

@@ -7,7 +7,9 @@ start MPI; the others
 are serial programs, and under ``mpirun`` the ranks other than 0 do nothing.
 
 ===========  ==============================================================
+init         a commented starting config: every key, its default and meaning
 run          the four ML-MotEx steps from a YAML config (``--dry-run``: cost)
+cut          a finite cluster cut from a crystal (cookie-cutter)
 learn        steps 3-4 again on the finished fits of a run
 convergence  from an exhaustive run: how many motifs ML-MotEx needs
 merge        join the files of a job array's tasks
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("run", "pdf", "refine", "learn", "convergence", "merge", "plot", "info")
+COMMANDS = ("init", "run", "cut", "pdf", "refine", "learn", "convergence", "merge", "plot", "info")
 
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
 

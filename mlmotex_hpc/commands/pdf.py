@@ -1,13 +1,20 @@
-"""``mlmotex-hpc pdf``: write the model PDF of a structure file.
+r"""``mlmotex-hpc pdf``: write the model PDF of a structure file.
 
 The defaults reproduce DiffPy-CMI's DebyePDFCalculator for a cluster with the settings
 of the reference files in ``tests/data/reference``: X-ray, Qmin 0.7 Å⁻¹, Qmax 20 Å⁻¹,
 qdamp 0.04 Å⁻¹, Uiso 0.005 Å² for every element, r from 1 to 20 Å in steps of 0.01 Å
 (both ends included), DiffPy's Q grid.
 
+The model may be any structure file ``run`` reads (.xyz, .cif, .stru, .pdb): a crystal's
+atoms are those of its unit cell, as a cluster (cut a larger one with ``mlmotex-hpc
+cut``), and the Uiso it gives are the defaults. The output is a PDFgetX3-style file: the
+settings as ``# key = value`` header lines, then ``#### start data``, ``#S 1`` and
+``#L r($\AA$) G($\AA^{-2}$)`` before the two columns (``run`` and PDFgui read it).
+
 Example::
 
     mlmotex-hpc pdf 109725.xyz -o model.gr --calculator realspace --uiso W=0.003 O=0.008
+    mlmotex-hpc pdf 109725.xyz -o model.gr --biso W=0.24 O=0.63
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError
-from ..pdf.settings import CALCULATORS, RADIATIONS, PDFSettings
+from ..pdf.settings import BISO_PER_UISO, CALCULATORS, RADIATIONS, PDFSettings, uiso_from_biso
 
 HELP = "compute a structure model's G(r)"
 
@@ -29,9 +36,10 @@ MAX_POINTS = 10**6
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``pdf`` subcommand's arguments to ``parser``."""
-    parser.add_argument("structure", metavar="MODEL.xyz", help="structure model (.xyz, Å)")
+    parser.add_argument("structure", metavar="MODEL",
+                        help="structure model (.xyz in Å, or .cif, .stru, .pdb)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.gr",
-                        help="output file: two columns r (Å) and G(r) (Å⁻²)")
+                        help="output file: a header, then two columns r (Å) and G(r) (Å⁻²)")
     parser.add_argument("--calculator", choices=CALCULATORS, default=_DEFAULTS.calculator,
                         help="debye: Debye sum in Q (default); realspace: DiffPy's "
                              "PDFCalculator, as the original ML-MotEx")
@@ -45,9 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Q resolution damping in Å⁻¹ (default {_DEFAULTS.qdamp})")
     parser.add_argument("--qbroad", type=float, default=_DEFAULTS.qbroad,
                         help=f"Q broadening in Å⁻¹ (default {_DEFAULTS.qbroad})")
-    parser.add_argument("--uiso", nargs="+", action="extend", default=[], metavar="El=U",
-                        help="Uiso in Å² per element (W=0.003 O=0.008); a bare number sets "
-                             f"every other element (default {_DEFAULTS.default_uiso})")
+    thermal = parser.add_mutually_exclusive_group()
+    thermal.add_argument("--uiso", nargs="+", action="extend", default=[], metavar="El=U",
+                         help="Uiso in Å² per element (W=0.003 O=0.008); a bare number sets "
+                              "every other element (default: the crystal file's, else "
+                              f"{_DEFAULTS.default_uiso})")
+    thermal.add_argument("--biso", nargs="+", action="extend", default=[], metavar="El=B",
+                         help="the same as Biso = 8π² Uiso (Å²), as DiffPy converts")
     parser.add_argument("--delta2", type=float, default=_DEFAULTS.delta2,
                         help=f"correlated-motion sharpening in Å² (default {_DEFAULTS.delta2})")
     parser.add_argument("--rmin", type=float, default=1.0, help="first r in Å (default 1)")
@@ -59,27 +71,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(DebyeCalculator's rectangle rule) instead of DiffPy's grid")
 
 
-def _parse_uiso(tokens: list[str], elements: tuple[str, ...]) -> tuple[dict[str, float], float]:
-    """Per-element Uiso and the default from ``El=U`` and bare-number tokens."""
+def _parse_uiso(tokens: list[str], elements: tuple[str, ...], option: str = "--uiso",
+                per: float = 1.0) -> tuple[dict[str, float], float | None]:
+    """Per-element Uiso and the default (None: not given) from ``El=U`` and bare-number
+    tokens; ``per``: what one unit of the option is in Uiso (1 / 8π² for ``--biso``)."""
     per_element: dict[str, float] = {}
-    default = _DEFAULTS.default_uiso
+    default = None
+    unit = "B" if option == "--biso" else "U"
     for token in tokens:
         name, sep, value = token.partition("=")
         try:
             number = float(value if sep else name)
         except ValueError:
             raise InputError(
-                f"--uiso expects El=U (Å²) or a number, got {token!r}"
+                f"{option} expects El={unit} (Å²) or a number, got {token!r}"
             ) from None
+        if not (math.isfinite(number) and number >= 0):
+            raise InputError(f"{option} {token}: expected a finite value >= 0 (Å²)")
         if not sep:
-            default = number
+            default = number * per
         elif name not in elements:
             raise InputError(
-                f"--uiso {token}: element {name!r} is not in the structure "
+                f"{option} {token}: element {name!r} is not in the structure "
                 f"({', '.join(elements)})"
             )
         else:
-            per_element[name] = number
+            per_element[name] = number * per
     return per_element, default
 
 
@@ -102,12 +119,26 @@ def r_grid(rmin: float, rmax: float, rstep: float):
 
 def main(args: argparse.Namespace) -> int:
     """Compute the structure's G(r) and write it with a header of every parameter."""
-    from ..io.structure import read_xyz
+    from ..io.pdfout import write_gr
+    from ..io.structure import read_structure
     from ..pdf import make_calculator
 
-    structure = read_xyz(args.structure)
+    structure = read_structure(args.structure)
     species = tuple(dict.fromkeys(structure.elements))
-    uiso, default_uiso = _parse_uiso(list(args.uiso or []), species)
+    if args.biso:
+        uiso, default_uiso = _parse_uiso(list(args.biso), species, "--biso",
+                                         uiso_from_biso(1.0))
+    else:
+        uiso, default_uiso = _parse_uiso(list(args.uiso or []), species)
+    option = "--biso" if args.biso else "--uiso"
+    source = dict.fromkeys(uiso, option)
+    if default_uiso is None:  # the file's Uiso for the elements the options leave out
+        from_file = {el: u for el, u in structure.element_uiso().items() if el not in uiso}
+        uiso.update(from_file)
+        source.update(dict.fromkeys(from_file, "structure file"))
+        default_uiso, rest = _DEFAULTS.default_uiso, "default"
+    else:
+        rest = f"{option}, every other element"
     settings = PDFSettings(
         calculator=args.calculator, radiation=args.radiation, qmin=args.qmin, qmax=args.qmax,
         qdamp=args.qdamp, qbroad=args.qbroad, uiso=tuple(sorted(uiso.items())),
@@ -129,29 +160,20 @@ def main(args: argparse.Namespace) -> int:
             if settings.calculator == "debye" and settings.qstep is None else
             "qmin + k*qstep < qmax" if settings.calculator == "debye" else
             "DiffPy PDFCalculator's FFT grid, F zeroed outside [qmin, qmax)")
-    lines = [
-        f"# mlmotex-hpc {__version__} pdf: model G(r) of a non-periodic cluster",
-        f"# structure = {args.structure}  (natoms = {len(structure)}, composition = "
-        f"{composition})",
-        f"# calculator = {settings.calculator}",
-        f"# radiation = {settings.radiation}",
-        f"# qmin = {settings.qmin}",
-        f"# qmax = {settings.qmax}",
-        f"# qdamp = {settings.qdamp}",
-        f"# qbroad = {settings.qbroad}",
-        f"# delta2 = {settings.delta2}",
-        "# uiso (A^2) = " + ", ".join(f"{el}={settings.uiso_of(el)}" for el in species),
-        f"# qstep = {calc.qstep!r}  ({grid})",
-        f"# extendedrmax = {calc.extended_rmax!r}",
-        f"# rmin = {args.rmin}",
-        f"# rmax = {args.rmax}",
-        f"# rstep = {args.rstep}",
-        f"# r grid: {r[0]:g} .. {r[-1]:g} step {args.rstep:g} ({r.size} points)",
-        "# columns: r (A)  G(r) (A^-2)",
+    sources = ", ".join(f"{el}: {source.get(el, rest)}" for el in species)
+    header = [
+        ("structure", args.structure), ("natoms", len(structure)),
+        ("composition", composition), ("calculator", settings.calculator),
+        ("radiation", settings.radiation), ("qmin", settings.qmin), ("qmax", settings.qmax),
+        ("qdamp", settings.qdamp), ("qbroad", settings.qbroad), ("delta2", settings.delta2),
+        ("uiso", ", ".join(f"{el}={settings.uiso_of(el):.6g}" for el in species)),
+        ("biso", ", ".join(f"{el}={settings.uiso_of(el) * BISO_PER_UISO:.6g}"
+                           for el in species)),
+        ("uiso_from", sources),
+        ("qstep", f"{calc.qstep!r} ({grid})"), ("extendedrmax", repr(calc.extended_rmax)),
+        ("rmin", args.rmin), ("rmax", args.rmax), ("rstep", args.rstep),
+        ("npoints", r.size),
     ]
-    body = [f"{ri:.6f} {gi:.10e}" for ri, gi in zip(r, g, strict=True)]
-    try:
-        output.write_text("\n".join(lines + body) + "\n")
-    except OSError as exc:
-        raise InputError(f"cannot write {output}: {exc.strerror}") from None
+    write_gr(output, r, g, header,
+             f"mlmotex-hpc {__version__} pdf: model G(r) of a non-periodic cluster")
     return 0

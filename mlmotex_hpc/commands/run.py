@@ -7,6 +7,7 @@ without starting MPI.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from . import launcher_rank
@@ -22,6 +23,14 @@ def _positive_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "example:\n"
+        "  mlmotex-hpc init --structure model.xyz --data data.gr   # write config.yaml\n"
+        "  mlmotex-hpc run config.yaml --dry-run --ranks 64        # check it, estimate the cost\n"
+        "  mpirun -n 64 mlmotex-hpc run config.yaml                # the run, into out/\n"
+        "  mlmotex-hpc plot out/motex.h5                           # the figures and report again\n"
+    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("--out", help="output folder (default: the config's output.dir)")
     parser.add_argument("--until", choices=("fit", "learn", "explain"), default="explain",
@@ -48,6 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config, select_frames
+    from ..io.defaults import with_file_defaults
+
+    def load():
+        config = with_file_defaults(load_config(args.config))
+        for note in config.notes:
+            print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
+        return config
 
     out = Path(args.out).resolve() if args.out else None
     if args.dry_run:  # serial: no MPI
@@ -55,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             return 0
         from ..pipeline.dryrun import dry_run
 
-        print(dry_run(load_config(args.config), args.ranks, out), flush=True)
+        print(dry_run(load(), args.ranks, out), flush=True)
         return 0
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
@@ -64,7 +80,7 @@ def main(args: argparse.Namespace) -> int:
     comm = get_comm()
 
     def prepare():
-        config = load_config(args.config)
+        config = load()
         if args.frames is None:
             return config, None, out
         config, frames = select_frames(config, args.frames)

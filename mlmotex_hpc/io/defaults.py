@@ -40,7 +40,8 @@ def header_settings(metadata: dict[str, str]) -> dict[str, object]:
         if raw is None:
             continue
         if name == "radiation":
-            value = _RADIATION.get(raw.strip().strip("'\"").lower())
+            words = raw.strip().strip("'\"").split()  # PDFgui: "X  x-ray scattering"
+            value = _RADIATION.get(words[0].lower()) if words else None
         else:
             try:
                 value = float(raw)
@@ -102,3 +103,28 @@ def with_file_defaults(config: Config) -> Config:
             origins += [(f"pdf.uiso.{el}", f"structure file {config.structure.name}")
                         for el in from_file]
     return dataclasses.replace(config, pdf=pdf, origins=tuple(origins), notes=tuple(notes))
+
+
+def setting_sources(config: Config, elements: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    """``(key, value, where it came from)`` of each setting a file may give: qmin, qmax,
+    the radiation, and the Uiso of each of ``elements`` (for the report). ``config`` is
+    one :func:`with_file_defaults` has filled."""
+    origins = dict(config.origins)
+    given = config.given
+    rows = []
+    for name in HEADER_KEYS:
+        key = f"pdf.{name}"
+        source = "config" if key in given else origins.get(key, "default")
+        rows.append((key, str(getattr(config.pdf, name)), source))
+    uiso = dict(config.pdf.uiso)
+    thermal = "pdf.biso" if "pdf.biso" in given else "pdf.uiso"
+    for el in dict.fromkeys(elements):
+        key = f"pdf.uiso.{el}"
+        if key in origins:
+            rows.append((key, f"{uiso[el]:.6g}", origins[key]))
+        elif el in uiso:
+            rows.append((key, f"{uiso[el]:.6g}", f"config ({thermal})"))
+        else:
+            source = "config" if "pdf.default_uiso" in given else "default"
+            rows.append((key, f"{config.pdf.default_uiso:.6g}", f"{source} (pdf.default_uiso)"))
+    return rows

@@ -37,15 +37,16 @@ MIN_FIT_POINTS = 10
 #: enough to catch a missing point or a grid that is not uniform.
 STEP_RTOL = 1e-2
 
-#: The line that xPDFsuite and PDFgetX3 write between the header and the data.
-_START_DATA = "#### start data"
+#: The line that xPDFsuite and PDFgetX3 (``#### start data``) and PDFgui (``#####``)
+#: write between the header and the data.
+_START_DATA = re.compile(r"#{3,}\s*start data\s*$")
 
 #: Recognised ``#L`` column names (lower case, units stripped) for each role.
 _ALIASES = {
     "r": {"r"},
     "g": {"g", "gr", "g(r)", "gobs", "gcalc"},
-    "dr": {"dr", "sigr", "rerr"},
-    "dg": {"dg", "dgr", "dg(r)", "sigg", "sigmag", "gerr", "gerror", "dgobs"},
+    "dr": {"dr", "d_r", "sigr", "rerr"},
+    "dg": {"dg", "dgr", "d_gr", "dg(r)", "sigg", "sigmag", "gerr", "gerror", "dgobs"},
 }
 
 _KEY = re.compile(r"[A-Za-z_][\w.\-]*")
@@ -282,7 +283,7 @@ def read_pdf_data(path: str | Path) -> PDFData:
     lines = _read_lines(path)
     # Where the data begins: after "#### start data" when present, else at the first line
     # made of numbers only.
-    marker = next((i for i, ln in enumerate(lines) if ln.strip() == _START_DATA), None)
+    marker = next((i for i, ln in enumerate(lines) if _START_DATA.match(ln.strip())), None)
     metadata: dict[str, str] = {}
     names: list[str] | None = None
     in_data = False
@@ -344,7 +345,8 @@ def read_pdf_data(path: str | Path) -> PDFData:
     if not any(ln.strip() for ln in lines):
         raise InputError(f"PDF data file {path} is empty")
     if not rows:
-        where = f" after '{_START_DATA}' (line {marker + 1})" if marker is not None else ""
+        where = (f" after '{lines[marker].strip()}' (line {marker + 1})"
+                 if marker is not None else "")
         raise InputError(
             f"PDF data file {path} holds no numeric data{where}: expected lines of r G(r)"
         )

@@ -8,7 +8,8 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
                             without learn: what the fits depend on), config_dir, version,
                             layout_version, created, hdf5_mode, complete, frame_range,
                             input_digests (JSON: SHA-256 of each input file's content)
-    /model/elements (n)     /model/xyz (n, 3) Å
+    /model/elements (n)     /model/xyz (n, 3) Å    /model/sites (n; crystal site labels,
+                            a model read from a crystal file only)
     /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
     /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
     /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
@@ -570,8 +571,10 @@ class RunFile:
         masks: np.ndarray | Iterable[tuple[int, np.ndarray]] | None,
         times: tuple[float, ...] | None = None,
         time_unit: str = "s",
+        sites: tuple[str, ...] | None = None,
     ) -> None:
-        """The model, the data in the fit range, and the catalogue (data from rank 0):
+        """The model (with its crystal ``sites`` when read from one), the data in the fit
+        range, and the catalogue (data from rank 0):
         ``masks`` all at once, or as blocks (first row, masks) made one at a time."""
         if self.file is None:
             return
@@ -584,6 +587,10 @@ class RunFile:
         ds_el = model.create_dataset("elements", el_bytes.shape, dtype=el_bytes.dtype)
         ds_xyz = model.create_dataset("xyz", xyz.shape, dtype="f8")
         ds_xyz.attrs["units"] = "Å"
+        ds_sites = site_bytes = None
+        if sites:
+            site_bytes = np.array([s.encode("ascii", "replace") for s in sites])
+            ds_sites = model.create_dataset("sites", site_bytes.shape, dtype=site_bytes.dtype)
         frames_grp = f.create_group("frames")
         names = frames_grp.create_dataset("names", name_bytes.shape, dtype=name_bytes.dtype)
         times_ds = None
@@ -601,6 +608,8 @@ class RunFile:
         if root:
             ds_el[:] = el_bytes
             ds_xyz[:] = xyz
+            if ds_sites is not None:
+                ds_sites[:] = site_bytes
             names[:] = name_bytes
             if times_ds is not None:
                 times_ds[:] = np.asarray(times, dtype=float)
@@ -643,14 +652,20 @@ class RunFile:
         if not self.parallel:
             self.file.flush()
 
-    def write_table_fits(self, rw: np.ndarray) -> None:
-        """A fits table's Rw as frame 0's fits, every work unit marked done (the rank
-        that holds the file; independent I/O). Not-a-number Rw stays "not fitted"."""
+    def collective_write_table_fits(self, rw: np.ndarray) -> None:
+        """A fits table's Rw as frame 0's fits, every work unit marked done (every rank
+        calls it; rank 0, or the rank holding a serial file, writes; the flushes are
+        collective under parallel HDF5). Not-a-number Rw stays "not fitted"."""
+        if self.file is None:
+            return
+        writer = not self.parallel or self.comm is None or self.comm.rank == 0
         fits = self.file["fits"]
-        fits["rw"][0, :] = rw
-        fits["status"][0, :] = np.where(np.isfinite(rw), 0, -1)
+        if writer:
+            fits["rw"][0, :] = rw
+            fits["status"][0, :] = np.where(np.isfinite(rw), 0, -1)
         self.file.flush()
-        fits["batch_done"][...] = 1
+        if writer:
+            fits["batch_done"][...] = 1
         self.file.flush()
 
     # -- the learning stage ------------------------------------------------------------------
@@ -855,7 +870,8 @@ class RunFile:
                                best_rows: np.ndarray, best_rw: np.ndarray,
                                best_masks: np.ndarray, info: Mapping[str, Any]) -> None:
         """An exhaustive run's exact attributions (F × N) and its K best motifs (F × K,
-        masks F × K × N), the same data on every rank."""
+        masks F × K × N), the same data on every rank: ``info`` too (a collective
+        attribute written with different strings on different ranks is corrupt)."""
         if self.file is None:
             return
         atoms = self.file.require_group("atoms")
@@ -1048,7 +1064,10 @@ class RunFile:
         return tuple(_text(e) for e in self.file["model/elements"][:])
 
     def structure(self) -> Structure:
-        return Structure(self.elements(), self.file["model/xyz"][:], f"model of {self.path}")
+        sites = (tuple(_text(s) for s in self.file["model/sites"][:])
+                 if "model/sites" in self.file else None)
+        return Structure(self.elements(), self.file["model/xyz"][:], f"model of {self.path}",
+                         sites)
 
     @_reader
     def permutable(self) -> np.ndarray:

@@ -85,6 +85,13 @@ class Structure:
         return [tuple(v) for v in found.values()]
 
 
+def site_labels(elements: tuple[str, ...] | list[str]) -> list[str]:
+    """Every atom's unique label: element and 1-based index in the model (``W1``, ``O2``,
+    ``W3``, ...), as the .vesta and .cmtx files, the CSV's ``label`` column, the figures
+    and the report name atoms."""
+    return [f"{el}{i}" for i, el in enumerate(elements, start=1)]
+
+
 def _element_symbol(token: str) -> str | None:
     """``periodictable`` symbol for a token such as ``W``, ``w``, ``Fe1`` or ``O2-``."""
     letters = "".join(ch for ch in token if ch.isalpha())
@@ -273,7 +280,7 @@ def _load_diffpy(path: Path, fmt: str, tolerance: float):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PyCifRW's deprecation chatter
-            return loadStructure(str(path), fmt=fmt, eps=tolerance)
+            crystal = loadStructure(str(path), fmt=fmt, eps=tolerance)
     except StructureFormatError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not readable"
         raise InputError(f"structure file {path}: {first}") from None
@@ -281,6 +288,9 @@ def _load_diffpy(path: Path, fmt: str, tolerance: float):
         raise InputError(f"cannot read structure file {path}: {exc.strerror}") from None
     except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise InputError(f"structure file {path}: not a readable {fmt} file ({exc})") from None
+    if crystal is None or len(crystal) == 0:  # a CIF block without atom sites
+        raise InputError(f"structure file {path}: no atoms in it")
+    return crystal
 
 
 def _centre(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut) -> np.ndarray:
@@ -295,7 +305,9 @@ def _centre(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut)
         names = structure.sites or ()
         if key in names:
             return structure.xyz[names.index(key)]
-        shown = ", ".join(dict.fromkeys(n for n in names if "_" not in n)) or "none"
+        sites = list(dict.fromkeys(re.sub(r"_\d+$", "", n) for n in names))
+        shown = ", ".join(sites[:12]) + (f", ... ({len(sites)} sites)" if len(sites) > 12
+                                         else "") if sites else "none"
         raise InputError(f"{path}: no atom labelled {key!r} to centre on (site labels: "
                          f"{shown}; their copies are LABEL_2, LABEL_3, ...)")
     if base is None:

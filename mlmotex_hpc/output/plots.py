@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.runfile import RunFile
+from ..io.structure import site_labels
 
 #: Fraction of the motifs of a frame whose sizes describe "the best fits".
 BEST_FRACTION = 0.01
@@ -157,10 +158,10 @@ def frame_metric(ml, name: str, frame: int) -> float:
 
 
 def atom_labels(run: RunFile) -> list[str]:
-    """``W0``, ``O17``...: element and 0-based index in the starting model, per
-    permutable atom (the CSV's ``index``)."""
-    elements = run.elements()
-    return [f"{elements[i]}{i}" for i in run.permutable()]
+    """Each permutable atom's label (``W1``, ``O18``...: element and 1-based index in the
+    starting model), as the CSV's ``label`` and the .vesta and .cmtx files name it."""
+    labels = site_labels(run.elements())
+    return [labels[i] for i in run.permutable()]
 
 
 def _frame_title(run: RunFile, frame: int) -> str:

@@ -8,7 +8,9 @@ open for reading):
   permuted), for VESTA 3 and CrystalMaker;
 * ``motif.vesta``: the extracted motif (``motif.xyz`` is written with the CSV);
 * ``shap_summary.png``, ``atom_contributions.png``, ``parity.png``, ``best_fit.png``,
-  ``rw_vs_size.png`` (see :mod:`mlmotex_hpc.output.plots`).
+  ``rw_vs_size.png`` (see :mod:`mlmotex_hpc.output.plots`);
+* ``best_fit.fgr`` (the refitted curve of lowest Rw) and ``motif_fit.fgr`` (the answer
+  motif's) in PDFgui's fit format, for PDFgui or any plotting program.
 
 ``best_fit.png`` refits the catalogue's best motif and the extracted motif with the run's
 own fitter and settings (the extracted motif is usually not in the catalogue, so it has
@@ -25,13 +27,15 @@ import numpy as np
 
 from ..extract import LABEL_CODES, confidence_labels
 from ..io.runfile import RunFile
-from ..io.structure import Structure
+from ..io.structure import Structure, site_labels
 from . import plots
 from .structure_files import contribution_colours, write_cmtx, write_vesta
 
 #: Files of one frame, in the order they are written and shown in the report.
 FIGURES = ("atom_contributions.png", "shap_summary.png", "parity.png", "best_fit.png",
            "rw_vs_size.png")
+#: Fitted curves as text, in PDFgui's fit format.
+FIT_FILES = ("best_fit.fgr", "motif_fit.fgr")
 
 
 @dataclass
@@ -45,6 +49,8 @@ class MotifFit:
     zoom: float
     g_calc: np.ndarray
     size: int  # permutable atoms kept
+    uiso: dict[str, float] = field(default_factory=dict)  # refined Uiso (fit.refine)
+    delta2: float | None = None  # refined delta2
 
 
 @dataclass
@@ -94,7 +100,7 @@ def refit(run: RunFile, config, structure: Structure, space, frame: int,
         g_calc = res.scale * calc.gr(motif, zoom=res.zoom, uiso=res.uiso or None,
                                      delta2=res.delta2)
         out.append(MotifFit(label, atom_mask, res.rw, res.scale, res.zoom, g_calc,
-                            int(mask.sum())))
+                            int(mask.sum()), dict(res.uiso or {}), res.delta2))
     return out
 
 
@@ -136,6 +142,14 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
         done.files.append(write_vesta(folder / "motif.vesta", structure.subset(motif_atoms),
                                       colours[motif_atoms], title=f"extracted motif{label}"))
 
+    if not run.measured:  # a fits table's run: no data to refit or draw
+        done.files.append(plots.atom_contributions(run, folder / "atom_contributions.png",
+                                                   frame))
+        done.files.append(plots.shap_summary(run, folder / "shap_summary.png", frame))
+        done.files.append(plots.parity(run, folder / "parity.png", frame))
+        done.files.append(plots.rw_vs_size(run, folder / "rw_vs_size.png", frame))
+        return done
+
     log(f"refitting the best and the extracted motif{label}")
     motifs = []
     if run.has_exact():  # an exhaustive run: the best of every motif
@@ -167,4 +181,42 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
     done.files.append(plots.rw_vs_size(
         run, folder / "rw_vs_size.png", frame,
         marks=[(f"{f.label}: Rw {f.rw:.4f}", f.size, f.rw) for f in done.fits]))
+    answer = done.fits[-1] if in_motif.any() else None
+    done.files += write_fit_files(folder, run, config, structure, frame, r, g, done.fits,
+                                  answer)
     return done
+
+
+def write_fit_files(folder: Path, run: RunFile, config, structure: Structure, frame: int,
+                    r: np.ndarray, g: np.ndarray, fits: list[MotifFit],
+                    answer: MotifFit | None) -> list[Path]:
+    """``best_fit.fgr`` (the fit of lowest Rw) and ``motif_fit.fgr`` (``answer``, the
+    polished or extracted motif)."""
+    from ..io.pdfout import write_fgr
+
+    finite = [f for f in fits if np.isfinite(f.rw)]
+    chosen = []
+    if finite:
+        chosen.append((FIT_FILES[0], min(finite, key=lambda f: f.rw)))
+    if answer is not None:
+        chosen.append((FIT_FILES[1], answer))
+    names = run.frame_names()
+    data = names[frame] if frame < len(names) else ""
+    labels = site_labels(structure.elements)
+    written = []
+    for name, fit in chosen:
+        kept = np.flatnonzero(fit.atom_mask)
+        meta = [("motif", fit.label), ("rw", f"{fit.rw:.6f}"), ("zoom", f"{fit.zoom:.6f}"),
+                ("natoms", int(kept.size)), ("permuted_atoms_kept", fit.size),
+                ("atoms", " ".join(labels[i] for i in kept)),
+                ("model", config.structure.name), ("data", data), ("frame", frame),
+                ("refined", ",".join(config.fit.refine)),
+                ("calculator", config.pdf.calculator), ("qmin", config.pdf.qmin)]
+        meta += [(f"uiso_{el}", f"{u:.6g}") for el, u in sorted(fit.uiso.items())]
+        if fit.delta2 is not None:
+            meta.append(("delta2", f"{fit.delta2:.6g}"))
+        written.append(write_fgr(
+            folder / name, r, g, fit.g_calc, radiation=config.pdf.radiation,
+            qmax=config.pdf.qmax, qdamp=config.pdf.qdamp, qbroad=config.pdf.qbroad,
+            scale=fit.scale, metadata=meta))
+    return written

@@ -6,6 +6,8 @@ PDF the config names, and refines the chosen motif with a diffpy.srfit ``FitReci
 srfit's FitResults and writes, into ``DIR`` (default: the folder of ``motex.h5``):
 
 * ``refine_fit.png``: data, fit and difference curve (offset below), with Rw;
+* ``refine_fit.fgr``: the same curves in PDFgui's fit format, the refined values in its
+  ``# metadata`` block;
 * ``refine_motif.xyz``: the motif's atoms, coordinates multiplied by the refined zoom;
 * ``refine_results.txt``: srfit's FitResults as printed.
 
@@ -29,12 +31,13 @@ from ..catalogue import MotifSpace
 from ..config import pdf_settings
 from ..errors import InputError
 from ..io.runfile import RunFile
-from ..io.structure import Structure
+from ..io.structure import Structure, site_labels
 
 #: Everything ``refine`` frees.
 REFINED = ("scale", "zoom", "uiso", "delta2")
 #: Output file names, inside the output folder.
 PLOT_NAME = "refine_fit.png"
+FGR_NAME = "refine_fit.fgr"
 XYZ_NAME = "refine_motif.xyz"
 RESULTS_NAME = "refine_results.txt"
 
@@ -146,6 +149,7 @@ def refine(
 def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
     from ..fit.srfit import CONTRIBUTION_NAME, motif_recipe, refine_recipe
     from ..io.pdfdata import read_pdf_data
+    from ..io.pdfout import write_fgr
     from ..io.structure import write_xyz
     from ..pdf import make_calculator
 
@@ -201,7 +205,8 @@ def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
         raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
 
     n_perm = int(mask.sum())
-    atoms = " ".join(f"{structure.elements[i]}{i}" for i in run.permutable()[mask])
+    names = site_labels(structure.elements)
+    atoms = " ".join(names[i] for i in run.permutable()[mask])
     print(f"refining {label} of {run.path} against {data_path.name} "
           f"(r {calc.r[0]:g}-{calc.r[-1]:g} Å, {config.pdf.calculator} calculator, "
           f"{config.fit.weights} weights)", file=stream)
@@ -232,9 +237,21 @@ def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
         txt_path.write_text(report + "\n")
     except OSError as exc:
         raise InputError(f"cannot write into {out}: {exc.strerror or exc}") from None
-    for path in (png_path, xyz_path, txt_path):
+    meta = [("motif", label), ("rw", f"{result.rw:.6f}"), ("data", data_path.name),
+            ("frame", frame), ("natoms", prepared.n_atoms), ("permuted_atoms_kept", n_perm),
+            ("atoms", " ".join(site_labels(structure.elements)[i]
+                               for i in np.flatnonzero(atom_mask))),
+            ("refined_by", "diffpy.srfit"), ("calculator", config.pdf.calculator),
+            ("qmin", config.pdf.qmin)]
+    meta += [(name, f"{value:.6g}") for name, value in result.values.items()
+             if name != "scale"]
+    fgr_path = write_fgr(out / FGR_NAME, profile.x, profile.y, profile.ycalc,
+                         radiation=config.pdf.radiation, qmax=config.pdf.qmax,
+                         qdamp=config.pdf.qdamp, qbroad=config.pdf.qbroad,
+                         scale=result.values["scale"], metadata=meta)
+    for path in (png_path, fgr_path, xyz_path, txt_path):
         print(f"wrote {path}", file=stream)
     return {
         "rw": result.rw, "fitted_rw": fitted_rw, "values": result.values,
-        "n_atoms": prepared.n_atoms, "files": [png_path, xyz_path, txt_path],
+        "n_atoms": prepared.n_atoms, "files": [png_path, fgr_path, xyz_path, txt_path],
     }

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..errors import InputError
 from ..extract import LABEL_CODES, LABEL_NAMES
 from ..io.runfile import RunFile
-from ..io.structure import Structure
+from ..io.structure import Structure, site_labels
 from .plots import frame_metric
 from .products import FIGURES, FrameProducts, answer_labels
 from .structure_files import contribution_colours
@@ -105,7 +106,7 @@ def _exact_section(run: RunFile, structure: Structure, permutable: np.ndarray,
     main = run.atoms("main_effect", frame)
 
     def listed(mask):
-        return " ".join(f"{structure.elements[i]}{i}" for i in permutable[mask])
+        return " ".join(site_labels(structure.elements)[i] for i in permutable[mask])
 
     rows = [[str(k + 1), str(int(best["row"][frame, k])), _num(best["rw"][frame, k]),
              str(int(best["mask"][frame, k].sum())), _esc(listed(best["mask"][frame, k]))]
@@ -118,7 +119,7 @@ def _exact_section(run: RunFile, structure: Structure, permutable: np.ndarray,
         acv = run.atoms("contribution", frame)
         order = np.argsort(shapley, kind="stable")
         agree = np.sign(acv) == np.sign(shapley)
-        rows = [[_esc(f"{structure.elements[permutable[i]]}{permutable[i]}"),
+        rows = [[_esc(site_labels(structure.elements)[permutable[i]]),
                  _num(shapley[i], ".5f"), _num(main[i], ".5f"), _num(acv[i], ".5f"),
                  "yes" if agree[i] else "<b>no</b>"] for i in order]
         out.append(f"<p>Exact Shapley values of the game v(S) = Rw (v(∅) = 1) and main "
@@ -155,6 +156,21 @@ def _convergence_section(run: RunFile) -> str:
                 "global best found"], rows)])
 
 
+def _sources_section(run: RunFile, structure: Structure) -> str:
+    """Where qmin, qmax, the radiation and each element's Uiso came from: the config, the
+    data header, the structure file or the defaults."""
+    from ..io.defaults import setting_sources
+
+    try:
+        config = run.config()
+    except InputError as exc:  # the inputs moved since: the settings are in the config
+        return f"<p class=\"sub\">Where the settings came from: not known ({_esc(exc)})</p>"
+    rows = [[_esc(key), _esc(value), _esc(source)]
+            for key, value, source in setting_sources(config, structure.elements)]
+    return ("<h2>Where the settings came from</h2>"
+            + _table(["setting", "value", "from"], rows, left=3))
+
+
 def write_report(path: Path, run: RunFile, structure: Structure, files: list[Path],
                  products: FrameProducts | None = None,
                  series_figures: list[Path] = ()) -> Path:
@@ -178,12 +194,13 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
     parts.append("<h2>Summary</h2>")
     rows = [["starting model", _esc(f"{len(structure)} atoms, {len(permutable)} permutable "
                                     f"({', '.join(sorted(set(structure.elements)))})")],
-            ["data", _esc(names[0] if n_frames == 1 else f"{n_frames} frames: {names[0]} … "
-                          f"{names[-1]}")],
+            ["data", _esc(f"fits table {run.fits_table} (no data fitted: steps 3-4 on its Rw)"
+                          if run.fits_table else names[0] if n_frames == 1 else
+                          f"{n_frames} frames: {names[0]} … {names[-1]}")],
             ["motifs fitted", _fitted(run, n_motifs, n_frames)]]
 
     def listed(mask):
-        return " ".join(f"{structure.elements[i]}{i}" for i in permutable[mask])
+        return " ".join(site_labels(structure.elements)[i] for i in permutable[mask])
 
     polish = run.polish() if run.has_polish() else None
     if run.has_atoms():
@@ -209,6 +226,7 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                                           f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
                                           "atoms)"])
     parts.append(_table(None, rows, left=2))
+    parts.append(_sources_section(run, structure))
 
     # -- polishing
     if polish is not None:
@@ -221,10 +239,9 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         rows = []
         for start in polish["path"][frame]:
             for step in start["steps"]:
-                moved = " ".join([f"+{structure.elements[permutable[i]]}{permutable[i]}"
-                                  for i in step["added"]]
-                                 + [f"−{structure.elements[permutable[i]]}{permutable[i]}"
-                                    for i in step["removed"]])
+                names = site_labels(structure.elements)
+                moved = " ".join([f"+{names[permutable[i]]}" for i in step["added"]]
+                                 + [f"−{names[permutable[i]]}" for i in step["removed"]])
                 rows.append([_esc(start["origin"]), str(step["step"]), _esc(moved or "start"),
                              str(step["n_atoms"]), _num(step["rw"], ".4f"),
                              _num(step.get("score", np.nan), ".4f"),
@@ -271,7 +288,7 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         keys = [k for k in ("catalogue", "fit", "learn", "explain", "extract", "outputs",
                             "total") if k in timings]
         rows = [[k, f"{float(timings[k]):.1f} s"] for k in keys]
-        if "fits_per_second" in timings:
+        if "fits_per_second" in timings and float(timings["fits_per_second"]) > 0:
             rows.append(["fits per second", f"{float(timings['fits_per_second']):,.0f}"])
         if "ranks" in timings:
             rows.append(["MPI ranks", str(int(timings["ranks"]))])
@@ -304,12 +321,13 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                                        pale=labels == LABEL_CODES["uncertain"])
         order = np.argsort(acv, kind="stable")
         rows = []
+        names = site_labels(structure.elements)
         for k in order:
             i = int(permutable[k])
             rgb = "#" + "".join(f"{int(round(255 * c)):02x}" for c in colours[i])
             x, y, z = structure.xyz[i]
             rows.append([f'<span class="swatch" style="background:{rgb}"></span> '
-                         f"{_esc(structure.elements[i])}{i}", f"{x:.3f}", f"{y:.3f}",
+                         f"{_esc(names[i])}", f"{x:.3f}", f"{y:.3f}",
                          f"{z:.3f}", _num(acv[k], ".5f"), _num(se[k], ".5f"),
                          _num(sigma[k], ".5f"),
                          _num(conf[k], ".2f"), LABEL_NAMES[int(labels[k])],

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import periodictable
 
-from ..io.structure import Structure
+from ..io.structure import Structure, site_labels
 
 __all__ = [
     "BOND_FACTOR",
@@ -283,11 +283,6 @@ def _to_255(rgb: np.ndarray) -> list[int]:
     return [int(v) for v in np.clip(np.rint(np.asarray(rgb) * 255), 0, 255)]
 
 
-def _labels(structure: Structure) -> list[str]:
-    """Unique site labels: element + 1-based atom index (W1, O2, W3, …)."""
-    return [f"{el}{i}" for i, el in enumerate(structure.elements, start=1)]
-
-
 def _one_line(text: str, default: str) -> str:
     text = " ".join(str(text).split())
     return text or default
@@ -375,7 +370,7 @@ def write_vesta(
     _check_structure(structure)
     path = Path(path)
     rgb = _atom_colours(structure, colours)
-    labels = _labels(structure)
+    labels = site_labels(structure.elements)
     xyz = np.asarray(structure.xyz, dtype=float)
     species = list(dict.fromkeys(structure.elements))
 
@@ -698,7 +693,7 @@ def write_cmtx(
     _check_structure(structure)
     path = Path(path)
     rgb = _atom_colours(structure, colours)
-    labels = _labels(structure)
+    labels = site_labels(structure.elements)
     xyz = np.asarray(structure.xyz, dtype=float)
 
     out = [

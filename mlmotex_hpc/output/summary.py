@@ -20,7 +20,7 @@ from ..config import Config
 from ..errors import InputError
 from ..extract import LABEL_NAMES
 from ..io.runfile import ATOM_DATASETS, RunFile, make_folder
-from ..io.structure import Structure, write_xyz
+from ..io.structure import Structure, site_labels, write_xyz
 
 
 def motif_structure(structure: Structure, atom_mask: np.ndarray, name: str) -> Structure:
@@ -33,22 +33,28 @@ def write_contributions_csv(
     frame_names: list[str] | None = None, times: np.ndarray | None = None,
 ) -> None:
     """``atom_contributions.csv`` in long format: one row per frame and permutable atom
-    (``time`` is empty without ``frames.time``). ``in_motif`` is the answer (polished,
-    connected), ``acv_negative`` the plain ACV < 0 set, ``label`` in/out/uncertain."""
+    (``time`` is empty without ``frames.time``). ``index`` is the atom's 0-based index in
+    the model and ``label`` its name in the .vesta and .cmtx files and the figures (``W1``:
+    element, 1-based index); ``site`` its crystal site (CIF label; empty for an .xyz
+    model). ``in_motif`` is the answer (polished, connected), ``acv_negative`` the plain
+    ACV < 0 set, ``verdict`` in/out/uncertain."""
     n_frames = atoms["contribution"].shape[0]
     frame_names = frame_names or [str(f) for f in range(n_frames)]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["frame", "frame_name", "time", "index", "element", "x", "y", "z",
-                         "contribution", "uncertainty", "confidence", "in_motif",
-                         "contribution_se", "label", "acv_negative"])
+        writer.writerow(["frame", "frame_name", "time", "index", "label", "site", "element",
+                         "x", "y", "z", "contribution", "uncertainty", "confidence",
+                         "in_motif", "contribution_se", "verdict", "acv_negative"])
+        labels = site_labels(structure.elements)
+        sites = structure.sites or ("",) * len(structure)
         for f in range(n_frames):
             time_text = "" if times is None else f"{times[f]:.10g}"
             for i, idx in enumerate(permutable):
                 x, y, z = structure.xyz[idx]
                 acv = atoms["contribution"][f, i]
                 writer.writerow([
-                    f, frame_names[f], time_text, int(idx), structure.elements[idx],
+                    f, frame_names[f], time_text, int(idx), labels[idx], sites[idx],
+                    structure.elements[idx],
                     f"{x:.6f}", f"{y:.6f}", f"{z:.6f}",
                     f"{acv:.8g}", f"{atoms['uncertainty'][f, i]:.8g}",
                     f"{atoms['confidence'][f, i]:.8g}", int(atoms["in_motif"][f, i]),
@@ -78,7 +84,7 @@ def write_outputs(
     summary: dict = dict(metrics or {})
     files = [out_dir / "motex.h5"]
     summary.update(fits=int(np.isfinite(run.fits("rw", every=True)).sum()),
-                   fits_per_second=timings["fits_per_second"])
+                   fits_per_second=timings["fits_per_second"], fits_table=run.fits_table)
     names = run.frame_names()
     times = run.times()
     times = None if times is None else times[0]
@@ -186,17 +192,25 @@ def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> li
 
 def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
     log("")
-    log(f"fits done          {summary['fits']}")
+    if summary.get("fits_table"):
+        log(f"fits read          {summary['fits']} (from {summary['fits_table']})")
+    else:
+        log(f"fits done          {summary['fits']}")
     if summary.get("n_frames", 1) > 1:
         log(f"frames             {summary['n_frames']} (below: frame 0; every frame in "
             "the CSV and the plots)")
     rate = summary["fits_per_second"]
-    log("fits per second    " + (f"{rate:,.0f}" if rate > 0 else
-                                 "- (no fit in this job: the fits were done before)"))
+    if summary.get("fits_table"):
+        log(f"fits per second    - (steps 3-4 on the fits table {summary['fits_table']}: "
+            "no fits made)")
+    else:
+        log("fits per second    " + (f"{rate:,.0f}" if rate > 0 else
+                                     "- (no fit in this job: the fits were done before)"))
     if "test_mae" in summary:
         log(f"test MAE (Rw)      {summary['test_mae']:.4f}   (R² {summary['test_r2']:.3f})")
     if "motif" in summary:
-        atoms = " ".join(f"{structure.elements[i]}{i}" for i in summary["motif"])
+        names = site_labels(structure.elements)
+        atoms = " ".join(names[i] for i in summary["motif"])
         how = (f", polished Rw {summary['polished_rw']:.4f}" if "polished_rw" in summary
                else "")
         log(f"extracted motif    {len(summary['motif'])} permutable atoms "
@@ -205,8 +219,8 @@ def print_summary(summary: dict, structure: Structure, log: Callable) -> None:
             extra = sorted(set(summary["motif"]) - set(summary["acv_motif"]))
             dropped = sorted(set(summary["acv_motif"]) - set(summary["motif"]))
             log(f"  against ACV < 0  ({len(summary['acv_motif'])} atoms): added "
-                f"{' '.join(f'{structure.elements[i]}{i}' for i in extra) or 'none'}, "
-                f"removed {' '.join(f'{structure.elements[i]}{i}' for i in dropped) or 'none'}")
+                f"{' '.join(names[i] for i in extra) or 'none'}, "
+                f"removed {' '.join(names[i] for i in dropped) or 'none'}")
     log("files written:")
     for path in summary["files"]:
         log(f"  {path}")

@@ -12,9 +12,13 @@ CALCULATORS = ("debye", "realspace")
 RADIATIONS = ("xray", "neutron")
 
 
+#: Biso = 8π² Uiso, as DiffPy converts.
+BISO_PER_UISO = 8.0 * math.pi**2
+
+
 def uiso_from_biso(biso: float) -> float:
     """Isotropic displacement U (Å²) from a Debye–Waller B (Å²): U = B / (8π²)."""
-    return float(biso) / (8.0 * math.pi**2)
+    return float(biso) / BISO_PER_UISO
 
 
 def _number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:

@@ -62,6 +62,8 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
     out_dir = Path(out_dir or config.output.dir)
     inputs = load_inputs(config, None)
     n_motifs, n_frames = inputs.n_motifs, len(inputs.frames)
+    if inputs.table_rw is not None:
+        return _table_dry_run(config, inputs, ranks, out_dir)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(n_motifs, size=min(SAMPLE, n_motifs), replace=False))
     rate, pairs = _sample_rate(inputs, config, sample)
@@ -115,6 +117,23 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
         _learning_line(config, inputs, ranks, learned),
     ]
     return "\n".join(lines)
+
+
+def _table_dry_run(config: Config, inputs, ranks: int, out_dir: Path) -> str:
+    """The dry run of a config that names ``fits:``: nothing to fit, steps 3-4 to do."""
+    rw = np.asarray(inputs.table_rw, dtype=float)
+    finite = rw[np.isfinite(rw)]
+    rw_range = (f"Rw {finite.min():.4f} to {finite.max():.4f}" if finite.size
+                else "no finite Rw")
+    size = file_estimate(inputs.n_motifs, inputs.space.size, 1, 0)
+    return "\n".join([
+        f"fits table      {config.fits}: {inputs.n_motifs:,} motifs over N = "
+        f"{inputs.space.size} permutable atoms of {len(inputs.structure.elements)} "
+        f"({rw_range}); no fits are made",
+        f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}; "
+        f"about {_bytes(size)} when finished",
+        _learning_line(config, inputs, ranks),
+    ])
 
 
 def _bytes(n: float) -> str:

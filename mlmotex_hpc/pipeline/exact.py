@@ -76,6 +76,9 @@ def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict
             "Shapley values for it (main effects over the others)")
     info = {"rows": n_rows, "blocks": len(parts), "block": BLOCK, "failed": bad.tolist(),
             "seconds": time.perf_counter() - t0}
+    # rank 0's: each rank's own time would write a different string into one collective
+    # attribute, which corrupted it (CI, 3 ranks: unreadable JSON in /best's info)
+    info = comm.bcast(info if root else None) if comm.size > 1 else info
     run.collective_write_exact(shapley=result["shapley"], main_effect=result["main_effect"],
                                best_rows=best_rows, best_rw=best_rw, best_masks=best_masks,
                                info=info)

@@ -170,6 +170,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         frames=[(f.r, f.g) for f in inputs.frames],
                         masks=_mask_blocks(inputs) if comm.rank == 0 else None,
                         times=config.frames.time, time_unit=config.frames.time_unit,
+                        sites=inputs.structure.sites,
                     )
                 except (OSError, RuntimeError, ValueError) as exc:  # a full disk, a quota
                     raise InputError(
@@ -195,8 +196,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
             f"({config.pdf.calculator})")
     t_fit = time.perf_counter()
     if inputs.table_rw is not None:
-        if run_file.file is not None and (comm.rank == 0 or not run_file.parallel):
-            run_file.write_table_fits(inputs.table_rw)
+        run_file.collective_write_table_fits(inputs.table_rw)
         run_file.close()
         comm.Barrier()
         log(f"step 2: {inputs.n_motifs} fits read from {config.fits.name} (none made)")
