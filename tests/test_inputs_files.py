@@ -316,10 +316,7 @@ def _example(name: str, tmp_path: Path, **overrides) -> Path:
 
 
 def test_keggin_cif_example_finds_the_cage(tmp_path):
-    path = _example("keggin_cif.yaml", tmp_path, catalogue={"size": 400},
-                    learn={"search_iterations": 0,
-                           "params": {"learning_rate": 0.1, "max_depth": 3,
-                                      "n_estimators": 200}})
+    path = _example("keggin_cif.yaml", tmp_path)  # as shipped: 1,000 motifs
     proc = run_cli("run", str(path), ranks=2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with h5py.File(tmp_path / "out" / "motex.h5", "r") as f:

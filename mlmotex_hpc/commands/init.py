@@ -217,7 +217,11 @@ def _given_values(args: argparse.Namespace, folder: Path) -> dict[str, tuple[str
         path = Path(args.structure).expanduser()
         if not path.is_file():
             raise InputError(f"init --structure {args.structure}: no such file")
-        structure = (scalar(_relative(args.structure, folder)), "")
+        crystal = path.suffix.lower() != ".xyz"
+        structure = (scalar(_relative(args.structure, folder)),
+                     "a crystal: its unit cell as it is; for a cluster give "
+                     "{file: ..., cut: {sphere: 6.0, centre_atom: LABEL}} (see mlmotex-hpc cut)"
+                     if crystal else "")
         elements = model_elements(path)
         proposed = heaviest(elements)
         if proposed:

@@ -133,7 +133,9 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     log(f"step 5: labels ({ex.label_z:g} standard errors): {counts['in']} in, "
         f"{counts['out']} out, {counts['uncertain']} uncertain"
         + (f" (over {n_frames} frames)" if n_frames > 1 else ""))
-    table = comm.bcast(run.fits_table if root else None)
+    # from the config, which every rank has: an attribute read by rank 0 alone left the
+    # ranks' metadata caches apart, and the next collective attribute write hung (3 ranks)
+    table = config.fits.name if config.fits is not None else ""
     if table and (ex.polish or ex.connected):
         log(f"  the fits came from {table}: no data to fit, so no connected pieces and no "
             "polishing; the answer is the ACV < 0 set")
