@@ -182,6 +182,9 @@ def test_header_warning_is_printed_by_the_dry_run(tmp_path):
     proc = run_cli("run", str(path), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("warning:") == 1 and "19.99" in proc.stderr
+    proc = run_cli("run", str(path), "--until", "fit", ranks=2)  # once, by rank 0
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("warning:") == 1 and "19.99" in proc.stderr
 
 
 def test_uiso_from_the_crystal_file_and_biso(tmp_path):

@@ -105,7 +105,7 @@ def test_series_layout_and_outputs(series):
         assert not np.array_equal(f["fits/rw"][0], f["fits/rw"][3])
     assert "4 frames on 2 groups of ranks" in stdout
     rows = (out / "atom_contributions.csv").read_text().splitlines()
-    assert rows[0].startswith("frame,frame_name,time,index,element")
+    assert rows[0].startswith("frame,frame_name,time,index,label,site,element")
     assert len(rows) == 1 + 4 * n_perm
     assert rows[1].split(",")[1:3] == ["series_1.gr", "12.5"]
     for name in ("contributions_vs_frame.png", "series_summary.png"):

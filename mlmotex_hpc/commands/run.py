@@ -55,15 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "again")
 
 
+def warn(notes) -> None:
+    """The warning lines of the config's notes (a header it contradicts), on stderr."""
+    for note in notes:
+        print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
+
+
 def main(args: argparse.Namespace) -> int:
     from ..config import load_config, select_frames
     from ..io.defaults import with_file_defaults
 
     def load():
-        config = with_file_defaults(load_config(args.config))
-        for note in config.notes:
-            print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
-        return config
+        return with_file_defaults(load_config(args.config))
 
     out = Path(args.out).resolve() if args.out else None
     if args.dry_run:  # serial: no MPI
@@ -71,7 +74,10 @@ def main(args: argparse.Namespace) -> int:
             return 0
         from ..pipeline.dryrun import dry_run
 
-        print(dry_run(load(), args.ranks, out), flush=True)
+        config = load()
+        report = dry_run(config, args.ranks, out)  # bad input: its one error line only
+        warn(config.notes)
+        print(report, flush=True)
         return 0
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast

@@ -239,9 +239,9 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         rows = []
         for start in polish["path"][frame]:
             for step in start["steps"]:
-                names = site_labels(structure.elements)
-                moved = " ".join([f"+{names[permutable[i]]}" for i in step["added"]]
-                                 + [f"−{names[permutable[i]]}" for i in step["removed"]])
+                atom_names = site_labels(structure.elements)
+                moved = " ".join([f"+{atom_names[permutable[i]]}" for i in step["added"]]
+                                 + [f"−{atom_names[permutable[i]]}" for i in step["removed"]])
                 rows.append([_esc(start["origin"]), str(step["step"]), _esc(moved or "start"),
                              str(step["n_atoms"]), _num(step["rw"], ".4f"),
                              _num(step.get("score", np.nan), ".4f"),
@@ -321,13 +321,13 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                                        pale=labels == LABEL_CODES["uncertain"])
         order = np.argsort(acv, kind="stable")
         rows = []
-        names = site_labels(structure.elements)
+        atom_names = site_labels(structure.elements)
         for k in order:
             i = int(permutable[k])
             rgb = "#" + "".join(f"{int(round(255 * c)):02x}" for c in colours[i])
             x, y, z = structure.xyz[i]
             rows.append([f'<span class="swatch" style="background:{rgb}"></span> '
-                         f"{_esc(names[i])}", f"{x:.3f}", f"{y:.3f}",
+                         f"{_esc(atom_names[i])}", f"{x:.3f}", f"{y:.3f}",
                          f"{z:.3f}", _num(acv[k], ".5f"), _num(se[k], ".5f"),
                          _num(sigma[k], ".5f"),
                          _num(conf[k], ".2f"), LABEL_NAMES[int(labels[k])],

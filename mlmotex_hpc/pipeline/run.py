@@ -23,6 +23,7 @@ fit again).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,9 @@ def run(
 
     try:
         inputs, previous = root_then_bcast(check_inputs, comm)
+        if comm.rank == 0:  # after the inputs passed: a bad input prints its error alone
+            for note in config.notes:
+                print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
         timings["catalogue"] = time.perf_counter() - t0
         log(f"mlmotex-hpc: {inputs.n_motifs} motifs over N = {inputs.space.size} "
             f"permutable atoms, {len(inputs.frames)} frame(s), {comm.size} rank(s)")
