@@ -57,18 +57,17 @@ def write_gr(path: str | Path, r: np.ndarray, g: np.ndarray,
 
 def write_fgr(path: str | Path, r: np.ndarray, g_obs: np.ndarray, g_calc: np.ndarray, *,
               radiation: str, qmax: float, qdamp: float, qbroad: float, scale: float,
-              metadata: Sequence[tuple[str, object]] = (),
-              dg_calc: np.ndarray | None = None) -> Path:
+              metadata: Sequence[tuple[str, object]] = ()) -> Path:
     """A fit in PDFgui's ``.fgr`` layout on the fit's r grid. ``scale`` is PDFgui's
     ``dscale`` (the data scale factor); ``metadata`` pairs go under ``# metadata``
-    (PDFgui writes the data file's metadata there)."""
+    (PDFgui writes the data file's metadata there). dGcalc is written as 0: neither
+    fitter propagates an uncertainty to the curve."""
     from .. import __version__
 
     r = np.asarray(r, dtype=float)
     g_obs, g_calc = np.asarray(g_obs, dtype=float), np.asarray(g_calc, dtype=float)
-    dg = np.zeros_like(r) if dg_calc is None else np.asarray(dg_calc, dtype=float)
-    if not (r.shape == g_obs.shape == g_calc.shape == dg.shape) or r.size < 1:
-        raise ValueError("r, Gobs, Gcalc and dGcalc must be one-dimensional and equal in size")
+    if not (r.shape == g_obs.shape == g_calc.shape) or r.ndim != 1 or r.size < 1:
+        raise ValueError("r, Gobs and Gcalc must be one-dimensional and equal in size")
     lines = [f"History written: {time.ctime()}",
              f"produced by mlmotex-hpc {__version__}",
              "##### PDFgui fit"]
@@ -83,6 +82,6 @@ def write_fgr(path: str | Path, r: np.ndarray, g_obs: np.ndarray, g_calc: np.nda
         lines += [f"{key}={_header_value(value)}" for key, value in metadata]
     lines += ["##### start data", FGR_COLUMNS]
     diff = g_obs - g_calc
-    lines += [f"{ri:.8g} {gc:.8g} 0.0 {dgi:.8g} {gd:.8g}"
-              for ri, gc, dgi, gd in zip(r, g_calc, dg, diff, strict=True)]
+    lines += [f"{ri:.8g} {gc:.8g} 0.0 0 {gd:.8g}"
+              for ri, gc, gd in zip(r, g_calc, diff, strict=True)]
     return _write(path, lines)
