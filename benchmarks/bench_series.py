@@ -60,7 +60,7 @@ def main() -> None:
     config = dataclasses.replace(
         config, catalogue=dataclasses.replace(config.catalogue, size=args.motifs),
         fit=dataclasses.replace(config.fit, refine=tuple(args.refine.split(","))))
-    inputs = load_inputs(config, None)
+    inputs = load_inputs(config)
     settings, fsettings = pdf_settings(config), fit_settings(config, inputs.structure)
     batch = config.catalogue.batch_size
     n_frames = len(inputs.frames)

@@ -57,7 +57,7 @@ def run_variant(name: str, n_motifs: int) -> dict:
         fit=dataclasses.replace(config.fit, **fit_changes),
         pdf=dataclasses.replace(config.pdf, **pdf_changes),
     )
-    inputs = load_inputs(config, None)
+    inputs = load_inputs(config)
     plan = fit_plan(config, inputs.structure)
     groups = make_fit_groups(inputs, pdf_settings(config), plan.fit)
     fit_batch(inputs.masks(0, 2), inputs.space, groups, inputs.frames, plan.fit,

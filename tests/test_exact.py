@@ -233,19 +233,19 @@ def test_an_exhaustive_catalogue_is_never_held_and_its_limits_are_one_line(tmp_p
                            catalogue={"size": "all"})
     import yaml
 
-    inputs = load_inputs(parse_config(yaml.safe_dump(config), tmp_path), None)
+    inputs = load_inputs(parse_config(yaml.safe_dump(config), tmp_path))
     assert inputs.exhaustive and inputs.n_motifs == 2**20 - 1
     assert inputs.packed_masks.shape[0] == 0  # nothing materialised
     np.testing.assert_array_equal(inputs.masks(2**20 - 3), code_masks(2**20 - 3, 2**20 - 1, 20))
     adaptive = {**config, "catalogue": {"size": "all", "strategy": "adaptive"}}
     with pytest.raises(InputError, match="nothing to choose"):
-        load_inputs(parse_config(yaml.safe_dump(adaptive), tmp_path), None)
+        load_inputs(parse_config(yaml.safe_dump(adaptive), tmp_path))
     with pytest.raises(InputError, match="expected an integer"):
         parse_config(yaml.safe_dump({**config, "catalogue": {"size": "every"}}), tmp_path)
     c60 = {**config, "structure": str(EXAMPLES / "c60" / "C60_111_supercell.xyz"),
            "permute": ["C"], "pdf": {**config["pdf"], "uiso": {"C": 0.005}}}
     with pytest.raises(InputError, match=r"2\^132 - 1 motifs .* limited to N ≤ 32"):
-        load_inputs(parse_config(yaml.safe_dump(c60), tmp_path), None)
+        load_inputs(parse_config(yaml.safe_dump(c60), tmp_path))
 
 
 def test_convergence_compares_catalogues_with_the_exact_answer_on_2_ranks(tmp_path,

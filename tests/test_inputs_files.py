@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from mlmotex_hpc.config import CIF_TOLERANCE, Cut, parse_config
 from mlmotex_hpc.errors import InputError
 from mlmotex_hpc.io.defaults import with_file_defaults
-from mlmotex_hpc.io.fitstable import read_fits_table, write_fits_table
+from mlmotex_hpc.io.fitstable import write_fits_table
 from mlmotex_hpc.io.structure import read_structure, read_xyz
 
 from .conftest import EXAMPLES, KEGGIN_GR, KEGGIN_XYZ, ROOT, keggin_config, run_cli
@@ -217,45 +217,12 @@ def test_partial_site_of_an_element_not_permuted_is_refused(tmp_path):
     assert proc.stderr.count("\n") == 1
 
 
-# -- fits tables -----------------------------------------------------------------------------
+# -- fits tables (the reader's own tests: test_fitstable.py) --------------------------------
 
 def _table_rows(rng, n_rows: int, n: int):
     masks = rng.random((n_rows, n)) < 0.5
     rw = rng.random(n_rows).tolist()
     return np.arange(n_rows) + 7, rw, masks
-
-
-def test_fits_table_formats_agree(tmp_path):
-    ids, rw, masks = _table_rows(np.random.default_rng(3), 30, 5)
-    plain = write_fits_table(tmp_path / "plain.txt", ids, rw, masks)
-    bits = [" ".join(str(int(b)) for b in m) for m in masks]
-    short = tmp_path / "short.txt"  # ID, Rw, bits (no atom count)
-    short.write_text("\n".join(f"{i} {r!r} {b}" for i, r, b in zip(ids, rw, bits,
-                                                                  strict=True)))
-    csv_atoms = tmp_path / "atoms.csv"
-    csv_atoms.write_text("ID,Rw,W0,W1,W2,W3,W4\n" + "\n".join(
-        f"{i},{r!r}," + ",".join(str(int(b)) for b in m)
-        for i, r, m in zip(ids, rw, masks, strict=True)))
-    csv_mask = tmp_path / "mask.csv"
-    csv_mask.write_text("rw (fit),mask\n" + "\n".join(
-        f"{r!r}," + "".join(str(int(b)) for b in m) for r, m in zip(rw, masks, strict=True)))
-    for path in (plain, short, csv_atoms, csv_mask):
-        table = read_fits_table(path, 5)
-        assert np.array_equal(table.rw, np.array(rw)), path.name
-        assert np.array_equal(table.masks, masks), path.name
-    assert np.array_equal(read_fits_table(plain, 5).ids, ids)
-    assert np.array_equal(read_fits_table(csv_mask, 5).ids, np.arange(30))
-
-
-@pytest.mark.parametrize("row, expected", [("1 0.5 1 0 2 1 0", "0 or 1"),
-                                           ("1 0.5 1 0 1", "N = 5"),
-                                           ("1 -0.5 1 0 1 1 0", "non-negative")])
-def test_fits_table_errors_name_the_line(tmp_path, row, expected):
-    path = tmp_path / "t.txt"
-    path.write_text("0 0.4 1 1 1 1 1\n" + row + "\n")
-    with pytest.raises(InputError) as err:
-        read_fits_table(path, 5)
-    assert "line 2" in str(err.value) and expected in str(err.value)
 
 
 def test_fits_table_reproduces_the_run_that_made_it(keggin_run, tmp_path):

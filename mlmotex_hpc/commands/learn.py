@@ -66,7 +66,7 @@ def _prepare(path: Path, args: argparse.Namespace):
                 key == "shap_target" and not 0 < value <= 1):
             raise InputError(f"--{key.replace('_', '-')} = {value}: out of range")
     config = dataclasses.replace(config, learn=dataclasses.replace(config.learn, **changes))
-    inputs = load_inputs(config, None)  # structure, motif space, data: as the run had
+    inputs = load_inputs(config)  # structure, motif space, data: as the run had
     return config, inputs, fits_per_second
 
 

@@ -61,21 +61,30 @@ def warn(notes) -> None:
         print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
 
 
-def main(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace):
+    """The config (with its data files' header defaults), the frames a ``--frames`` task
+    holds and the output folder: the same for the run and its dry run (rank 0)."""
     from ..config import load_config, select_frames
     from ..io.defaults import with_file_defaults
 
-    def load():
-        return with_file_defaults(load_config(args.config))
-
+    config = with_file_defaults(load_config(args.config))
     out = Path(args.out).resolve() if args.out else None
+    if args.frames is None:
+        return config, None, out
+    config, frames = select_frames(config, args.frames)
+    folder = out or config.output.dir / f"frames_{frames[0]:05d}-{frames[1]:05d}"
+    return config, frames, folder
+
+
+def main(args: argparse.Namespace) -> int:
     if args.dry_run:  # serial: no MPI
         if launcher_rank() != 0:
             return 0
         from ..pipeline.dryrun import dry_run
 
-        config = load()
-        report = dry_run(config, args.ranks, out)  # bad input: its one error line only
+        config, frames, out = settings(args)
+        report = dry_run(config, args.ranks, out, until=args.until, resume=args.resume,
+                         overwrite=args.overwrite, frame_range=frames)  # bad input: one line
         warn(config.notes)
         print(report, flush=True)
         return 0
@@ -84,16 +93,7 @@ def main(args: argparse.Namespace) -> int:
     from ..pipeline.run import run
 
     comm = get_comm()
-
-    def prepare():
-        config = load()
-        if args.frames is None:
-            return config, None, out
-        config, frames = select_frames(config, args.frames)
-        folder = out or config.output.dir / f"frames_{frames[0]:05d}-{frames[1]:05d}"
-        return config, frames, folder
-
-    config, frames, out = root_then_bcast(prepare, comm)
+    config, frames, out = root_then_bcast(lambda: settings(args), comm)
     run(config, comm, out_dir=out, until=args.until, quiet=args.quiet, resume=args.resume,
         overwrite=args.overwrite, frame_range=frames)
     return 0

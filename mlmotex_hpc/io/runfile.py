@@ -6,7 +6,9 @@ Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, 
 
     /                       attrs: config (YAML text), config_hash, fits_hash (the config
                             without learn: what the fits depend on), config_dir, version,
-                            layout_version, created, hdf5_mode, complete, frame_range,
+                            layout_version, created, hdf5_mode, complete,
+                            finished_stage (fit, learn or explain: where --until stopped
+                            a complete file), frame_range,
                             input_digests (JSON: SHA-256 of each input file's content)
     /model/elements (n)     /model/xyz (n, 3) Å    /model/sites (n; crystal site labels,
                             a model read from a crystal file only)
@@ -76,12 +78,15 @@ from .. import __version__
 from ..config import Config, parse_config, select_frames
 from ..errors import AgreedError, InputError, JobFailed
 from .defaults import with_file_defaults
+from .digests import check_unchanged, times_digest
 from .structure import Structure
 
 #: The layout this version writes, and the newest it reads.
 LAYOUT_VERSION = 2
 #: Fit results every run has (plus ``status``, and the freed parameters' datasets).
 FIT_FIELDS = ("rw", "scale", "zoom")
+#: The stages a run goes through, in order (``run --until``).
+STAGES = ("fit", "learn", "explain")
 #: Per-atom results of the explain stage, one (F, N) dataset each.
 ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean",
                  "contribution_se")
@@ -234,11 +239,17 @@ def _per_frame(value, n: int) -> list:
 
 
 def make_folder(folder: Path) -> Path:
-    """Create an output folder (and its parents); errors are :class:`InputError`."""
+    """Create an output folder (and its parents) and check that files can be written in
+    it, before any work whose results go there; errors are :class:`InputError`."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file of that name, no permission
-        raise InputError(f"cannot create the output folder {folder} "
+        probe = folder / f".mlmotex-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:  # a file of that name, no permission, a read-only mount
+        what = "create" if not folder.is_dir() else "write in"
+        raise InputError(f"cannot {what} the output folder {folder} "
                          f"({exc.strerror or exc})") from None
     return folder
 
@@ -294,6 +305,27 @@ class RunLock:
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         self.fd = fd
 
+    def check_free(self) -> None:
+        """Refuse, as :meth:`acquire` would, when another job holds the lock; take
+        nothing and create nothing (a dry run)."""
+        where = lock_path(self.path)
+        try:
+            fd = os.open(where, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: nobody holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "another job"
+            raise InputError(
+                f"{self.path} belongs to a job that is still running ({holder}): one job "
+                "per output folder; wait for it, or use another output.dir (--out)") from None
+        except OSError:
+            pass  # no flock here: acquire runs unlocked and says so
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -314,6 +346,24 @@ class Probe:
     complete: bool
     frame_range: tuple[int, int] | None
     digests: dict[str, str] | None = None  # None: written before inputs were hashed
+    #: The last stage a complete file went through (:data:`STAGES`); None: not complete.
+    stage: str | None = None
+
+    def finished(self, until: str) -> bool:
+        """Whether the file is complete up to stage ``until`` (a run to it has nothing to
+        do)."""
+        return self.complete and self.stage is not None and \
+            STAGES.index(self.stage) >= STAGES.index(until)
+
+
+def _finished_stage(h5: h5py.File) -> str:
+    """The stage a complete file went through: recorded (``finished_stage``), or for a
+    file written before the attribute, read from what it holds."""
+    if "finished_stage" in h5.attrs:
+        return _text(h5.attrs["finished_stage"])
+    if "atoms/contribution" in h5:
+        return "explain"
+    return "learn" if "ml" in h5 and len(h5["ml"].attrs) else "fit"
 
 
 def probe(path: Path) -> Probe:
@@ -325,13 +375,15 @@ def probe(path: Path) -> Probe:
             done = h5["fits/batch_done"][:] if "fits/batch_done" in h5 else None
             frame_range = h5.attrs.get("frame_range")
             digests = h5.attrs.get("input_digests")
+            complete = bool(h5.attrs.get("complete", False))
             return Probe(
                 config_hash=None if stored is None else _text(stored),
                 fits_hash=None if fits is None else _text(fits),
                 batch_done=done,
-                complete=bool(h5.attrs.get("complete", False)),
+                complete=complete,
                 frame_range=None if frame_range is None else tuple(int(v) for v in frame_range),
                 digests=None if digests is None else json.loads(_text(digests)),
+                stage=_finished_stage(h5) if complete else None,
             )
     except BlockingIOError:
         raise InputError(
@@ -929,8 +981,11 @@ class RunFile:
         self.file.require_group("timings").attrs.update(
             {**{k: float(v) for k, v in timings.items()}, "ranks": ranks})
 
-    def mark_complete(self) -> None:
+    def mark_complete(self, stage: str = "explain") -> None:
+        """The file is finished up to ``stage`` (one of :data:`STAGES`): a later run to a
+        further stage goes on from here."""
         self.file.attrs["complete"] = True
+        self.file.attrs["finished_stage"] = stage
 
     # -- reading -------------------------------------------------------------------------------
     def _attr(self, name: str, default=None):
@@ -1192,9 +1247,12 @@ class RunFile:
     def timings(self) -> dict[str, Any]:
         return dict(self.file["timings"].attrs) if "timings" in self.file else {}
 
-    def config(self) -> Config:
+    def config(self, check_inputs: bool = True) -> Config:
         """The run's config, its relative paths resolved against the config's folder
-        (root attribute ``config_dir``); a job-array task's file: its frames only."""
+        (root attribute ``config_dir``); a job-array task's file: its frames only.
+
+        ``check_inputs``: refuse (:class:`InputError`) when an input file named by the
+        config is no longer the one the run used (:func:`check_unchanged`)."""
         base = self.config_dir
         text = self.config_text
         if base is None:
@@ -1210,10 +1268,18 @@ class RunFile:
             config = with_file_defaults(parse_config(text, base, f"stored in {self.path}"))
             if self.frame_range is not None:  # one task of a job array: its frames only
                 config, _ = select_frames(config, "{}:{}".format(*self.frame_range))
-            return config
         except InputError as exc:
             raise InputError(f"the run's config (stored in {self.path}, paths from {base}): "
                              f"{exc}") from None
+        if check_inputs:  # what is read again must be what the run used
+            check_unchanged(self.path, config, self.input_digests())
+        return config
+
+    def input_digests(self) -> dict[str, str] | None:
+        """The content hash of each input file when the run began (None: a file from
+        before inputs were hashed)."""
+        value = self._attr("input_digests")
+        return None if value is None else json.loads(_text(value))
 
     def series_length(self) -> int:
         """Frames in the config's whole series (a job-array task's config lists them all)."""
@@ -1235,7 +1301,8 @@ def _relative_paths(text: str) -> list[str]:
 # -- the learning copy ------------------------------------------------------------------------
 
 
-def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable):
+def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
+                   stage: str = "explain"):
     """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
 
     Every rank calls it. Rank 0 makes the copy; ``learn(run)`` runs on every rank with
@@ -1279,7 +1346,7 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable):
         if comm.rank == 0:
             run = RunFile.open(tmp, "r+")
             summary = outputs(run, learned)
-            run.mark_complete()
+            run.mark_complete(stage)
         done = True
     finally:
         if run is not None:
@@ -1328,24 +1395,32 @@ def read_part(path: Path) -> Part:
         raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
 
 
-def merge_parts(target: Path, parts: Sequence[Part], n_series: int) -> None:
+def merge_parts(target: Path, parts: Sequence[Part], n_series: int,
+                finish: Callable[[Path], None] | None = None) -> None:
     """Write ``target`` holding the frames of ``parts`` (in frame order, consecutive,
     checked by the caller) as one run of those frames would have written it.
 
-    ``n_series`` is the length of the config's whole series: a merge that covers it
-    records no ``frame_range``. Built under a temporary name, renamed when complete.
+    The parts' catalogue, fits and learning are joined; the rows each part's extract
+    stage appended are not (a single run's extract stage shares one budget over every
+    frame and fits each motif to all of them): ``finish(path)`` runs that stage again on
+    the joined file. ``n_series`` is the length of the config's whole series: a merge
+    that covers it records no ``frame_range``. Built under a temporary name, renamed
+    when complete (``finish`` included).
     """
     tmp = target.with_name(target.name + ".merging")
     sources = [h5py.File(p.path, "r") for p in parts]
     try:
-        with h5py.File(tmp, "w") as out:
-            _merge_into(out, sources, parts, n_series)
+        try:
+            with h5py.File(tmp, "w") as out:
+                _merge_into(out, sources, parts, n_series)
+        finally:
+            for src in sources:
+                src.close()
+        if finish is not None:
+            finish(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        for src in sources:
-            src.close()
     tmp.replace(target)
 
 
@@ -1364,6 +1439,10 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
         digests: dict[str, str] = {}
         for src in sources:
             digests.update(json.loads(_text(src.attrs["input_digests"])))
+        if "frames.time" in digests:  # each part hashed its own times: hash the series'
+            series = parse_config(_text(first.attrs["config"]),
+                                  Path(_text(first.attrs.get("config_dir", "."))))
+            digests["frames.time"] = times_digest(series.frames.time[start:stop])
         out.attrs["input_digests"] = json.dumps(digests, sort_keys=True)
     n_cat = int(first["catalogue"].attrs.get("n_catalogue", first["catalogue/mask"].shape[0]))
     for name in SHARED_DATASETS:
@@ -1375,7 +1454,11 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
     cat.attrs.update(first["catalogue"].attrs)
     for key, ds in first["catalogue"].items():
         rows = ds.ndim and key not in ("permutable", "round_labels")
-        copied = cat.create_dataset(key, data=ds[:n_cat] if rows else ds[()])
+        if rows:  # resizable as a run's: the extract stage appends its rows
+            copied = cat.create_dataset(key, data=ds[:n_cat], maxshape=ds.maxshape,
+                                        chunks=ds.chunks, fillvalue=ds.fillvalue)
+        else:
+            copied = cat.create_dataset(key, data=ds[()])
         copied.attrs.update(ds.attrs)
     # frames: names, times, data renumbered
     names = np.concatenate([src["frames/names"][:] for src in sources])
@@ -1390,15 +1473,19 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
             src.copy(src[f"data/{f:05d}"], out, name=f"data/{k:05d}")
             k += 1
     # per-frame datasets, one part's rows at a time
-    for name in FRAME_DATASETS:
+    freed = [f"fits/{k}" for k in first["fits"] if k not in ("batch_done", *FIT_FIELDS,
+                                                              "status")]
+    for name in (*FRAME_DATASETS, *freed):  # freed: uiso_<El>, delta2 (fit.refine)
         if name not in first:
             continue
         ds0 = first[name]
         shape = (n_frames, *ds0.shape[1:])
         cols = slice(None)
+        maxshape = None
         if name.startswith("fits/"):
             shape, cols = (n_frames, n_cat), slice(0, n_cat)
-        ds = out.create_dataset(name, shape, dtype=ds0.dtype,
+            maxshape = (None if ds0.maxshape[0] is None else n_frames, *ds0.maxshape[1:])
+        ds = out.create_dataset(name, shape, dtype=ds0.dtype, maxshape=maxshape,
                                 chunks=ds0.chunks, fillvalue=ds0.fillvalue)
         for key, value in ds0.attrs.items():
             ds.attrs[key] = value
@@ -1410,13 +1497,6 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
     for group in ("fits", "atoms", "shap", "polish"):
         for key, value in (first[group].attrs.items() if group in first else ()):
             out[group].attrs[key] = value
-    if "polish" in first and all("polish" in s for s in sources):
-        paths = []
-        for src in sources:
-            paths += json.loads(_text(src["polish"].attrs["path"]))
-        out["polish"].attrs["path"] = json.dumps(paths)
-        for key in ("fits", "budget"):
-            out["polish"].attrs[key] = int(sum(int(s["polish"].attrs[key]) for s in sources))
     if "shap" in first and "n_explained" in first["shap"].attrs:
         out["shap"].attrs["n_explained"] = np.concatenate(
             [np.atleast_1d(s["shap"].attrs["n_explained"]) for s in sources])

@@ -7,5 +7,6 @@
 ``fitting``   step 2: work units on demand (one-sided counter), the serial-HDF5 fallback
 ``learning``  steps 3-4: frame groups, the spread search, SHAP shares, block-ordered sums
 
-Importing any of these modules initialises MPI; the serial commands never do.
+MPI starts when a communicator is first asked for (``get_comm``), not on import, so a
+serial command (``merge``) can run a stage with ``SoloComm`` and never start MPI.
 """

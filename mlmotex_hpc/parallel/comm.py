@@ -7,16 +7,53 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
 
 from ..errors import InputError
 
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
 
 def get_comm(comm: MPI.Comm | None = None) -> MPI.Comm:
-    """``comm``, or ``MPI.COMM_WORLD`` when None."""
-    return MPI.COMM_WORLD if comm is None else comm
+    """``comm``, or ``MPI.COMM_WORLD`` when None (MPI starts here, not on import)."""
+    if comm is not None:
+        return comm
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+class SoloComm:
+    """One process as a communicator of one rank, with no MPI library behind it: the
+    calls the pipeline makes, done locally. ``merge`` (a serial command, which must not
+    start MPI on a login node) runs the extract stage with it."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, obj, root: int = 0):
+        return obj
+
+    def Bcast(self, buf, root: int = 0) -> None:  # noqa: N802 - mpi4py's name
+        return None
+
+    def allgather(self, obj) -> list:
+        return [obj]
+
+    def gather(self, obj, root: int = 0) -> list:
+        return [obj]
+
+    def allreduce(self, obj, op=None):
+        return obj
+
+    def Barrier(self) -> None:  # noqa: N802 - mpi4py's name
+        return None
+
+    def Abort(self, code: int = 1) -> None:  # noqa: N802 - mpi4py's name
+        raise SystemExit(code)
 
 
 def chunk(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -57,6 +94,10 @@ def bcast_array(array: np.ndarray | None, comm: MPI.Comm, root: int = 0) -> np.n
 
 def ranks_on_node(comm: MPI.Comm) -> int:
     """How many ranks of ``comm`` share this rank's node (and its memory); collective."""
+    if comm.size == 1:
+        return 1
+    from mpi4py import MPI
+
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     size = node.size
     node.Free()

@@ -26,12 +26,13 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
-
-from mpi4py import MPI
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import AgreedError, InputError, JobFailed
 from .comm import get_comm
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 T = TypeVar("T")
 

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from mpi4py import MPI
-from mpi4py.util.sync import Counter
 
 from ..fit.batch import FitGroup, FitPlan, Inputs, fit_batch, frame_blocks, make_fit_groups
 from ..io.runfile import RunFile
 from .comm import inject_fault, pause_for_tests
 from .exits import leave_together
 from .log import Progress
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 _RESULTS_TAG = 17  # serial fallback: a batch's results on their way to rank 0
 
@@ -35,6 +37,9 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
     An error on any rank stops every rank after its unit in hand, and all of them raise
     it together (:func:`~mlmotex_hpc.parallel.exits.leave_together`).
     """
+    from mpi4py import MPI
+    from mpi4py.util.sync import Counter
+
     blocks = frame_blocks(len(inputs.frames), plan.frame_block)
     groups_of: dict[int, list[FitGroup]] = {}  # per frame block, built when first needed
 
@@ -148,6 +153,8 @@ def warm_up(inputs: Inputs, plan: FitPlan, blocks: list[range], groups_for, pend
     the kernels are compiled (first run) or loaded from numba's cache before the clock of
     the progress lines starts, and so that a calculator that fails fails on every rank
     at once, before any work unit is handed out."""
+    from mpi4py import MPI
+
     if not pending.size:
         return
     t0 = time.perf_counter()

@@ -12,17 +12,23 @@ needs depend on the fits, which a dry run does not make).
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..config import Config, extract_reserve
-from ..errors import InputError
 from ..fit.batch import fit_plan, make_fit_groups
 from ..fit.fitter import fit_motif
-from ..io import runfile
-from .inputs import catalogue_rows, file_estimate, load_inputs, memory_estimate, node_memory
+from .inputs import (
+    Previous,
+    catalogue_rows,
+    memory_estimate,
+    node_memory,
+    preflight,
+    run_file_estimate,
+)
 
 SAMPLE = 200
 #: Trees assumed per early-stopped model when estimating steps 3-4 (the shipped cases
@@ -57,13 +63,19 @@ def _sample_rate(inputs, config: Config, sample: np.ndarray) -> tuple[float, lis
     return fits / max(cpu, 1e-9), pairs
 
 
-def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
-    """The dry-run report (rank 0)."""
+def dry_run(config: Config, ranks: int, out_dir: Path | None = None, *,
+            until: str = "explain", resume: bool = False, overwrite: bool = False,
+            frame_range: tuple[int, int] | None = None) -> str:
+    """The dry-run report (rank 0): the run's own preflight (:func:`preflight`, so a run
+    refuses nothing the dry run passed), then the costs measured on a sample."""
     out_dir = Path(out_dir or config.output.dir)
-    inputs = load_inputs(config, None)
+    inputs, previous = preflight(config, out_dir, local_ranks=_ranks_here(ranks),
+                                 until=until, resume=resume, overwrite=overwrite,
+                                 frame_range=frame_range, dry=True)
+    state = _state(out_dir / "motex.h5", previous, overwrite)
     n_motifs, n_frames = inputs.n_motifs, len(inputs.frames)
     if inputs.table_rw is not None:
-        return _table_dry_run(config, inputs, ranks, out_dir)
+        return _table_dry_run(config, inputs, ranks, out_dir, state)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(n_motifs, size=min(SAMPLE, n_motifs), replace=False))
     rate, pairs = _sample_rate(inputs, config, sample)
@@ -74,7 +86,7 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
     n_points = max(len(f.r) for f in inputs.frames)
     mem = memory_estimate(n_motifs, inputs.space.size, len(inputs.structure.elements),
                           n_frames, n_points, learned=learned, streamed=every)
-    size = file_estimate(n_motifs, inputs.space.size, n_frames, n_points, learned=learned)
+    size = run_file_estimate(config, inputs)
     batch = fit_plan(config, inputs.structure).batch_size
     gib = 2**30
     reserve = extract_reserve(config, inputs.space.size)
@@ -112,25 +124,25 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None) -> str:
         f"memory          {mem['fit_rank'] / gib:.2f} GiB per rank while fitting, "
         f"{mem['rank0'] / gib:.2f} GiB on rank 0 while learning "
         f"({node_memory() / gib:.1f} GiB available here)",
-        f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}; "
+        f"output          {out_dir / 'motex.h5'}: {state}; "
         f"about {_bytes(size)} when finished (twice that while learning, on its copy)",
         _learning_line(config, inputs, ranks, learned),
     ]
     return "\n".join(lines)
 
 
-def _table_dry_run(config: Config, inputs, ranks: int, out_dir: Path) -> str:
+def _table_dry_run(config: Config, inputs, ranks: int, out_dir: Path, state: str) -> str:
     """The dry run of a config that names ``fits:``: nothing to fit, steps 3-4 to do."""
     rw = np.asarray(inputs.table_rw, dtype=float)
     finite = rw[np.isfinite(rw)]
     rw_range = (f"Rw {finite.min():.4f} to {finite.max():.4f}" if finite.size
                 else "no finite Rw")
-    size = file_estimate(inputs.n_motifs, inputs.space.size, 1, 0)
+    size = run_file_estimate(config, inputs)
     return "\n".join([
         f"fits table      {config.fits}: {inputs.n_motifs:,} motifs over N = "
         f"{inputs.space.size} permutable atoms of {len(inputs.structure.elements)} "
         f"({rw_range}); no fits are made",
-        f"output          {out_dir / 'motex.h5'}: {_existing(out_dir / 'motex.h5')}; "
+        f"output          {out_dir / 'motex.h5'}: {state}; "
         f"about {_bytes(size)} when finished",
         _learning_line(config, inputs, ranks),
     ])
@@ -194,16 +206,21 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _existing(path: Path) -> str:
-    if not path.exists():
-        return "new run"
-    try:
-        found = runfile.probe(path)
-    except InputError:
-        return "exists but is not a readable motex.h5"
-    if found.complete:
+def _ranks_here(ranks: int) -> int:
+    """The ranks a run on ``ranks`` ranks would put on one node, for the memory check:
+    as many as this machine has cores, at most."""
+    return max(1, min(ranks, os.cpu_count() or 1))
+
+
+def _state(path: Path, previous: Previous | None, overwrite: bool) -> str:
+    """What the run would do with ``path``, as the preflight decided."""
+    if previous is None:
+        return "exists, replaced (--overwrite)" if overwrite and path.exists() else "new run"
+    if previous.complete:
         return "complete (a run would do nothing; --overwrite redoes it)"
-    if found.batch_done is None:
-        return "exists but is not a readable motex.h5"
-    done = found.batch_done
+    if previous.learn_changed:
+        return "its fits are kept; only the learn settings changed, so a run learns again"
+    if previous.stage is not None:
+        return f"finished up to stage {previous.stage}; a run keeps its fits and goes on"
+    done = previous.batch_done
     return f"exists, {int(done.sum())} of {done.size} batches done (a run resumes it)"

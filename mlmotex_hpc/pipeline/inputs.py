@@ -8,7 +8,6 @@ existing ``motex.h5`` is resumed, finished already, or must be refused.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -22,6 +21,7 @@ from ..config import ALL_MOTIFS, Config, exhaustive, extract_reserve
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io import runfile
+from ..io.digests import changed_inputs, input_digests
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import load_model
 
@@ -29,11 +29,11 @@ from ..io.structure import load_model
 RUNTIME_BYTES = 300 * 2**20
 
 
-def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> Inputs:
+def load_inputs(config: Config, local_ranks: int = 1) -> Inputs:
     """Read and check every input (rank 0 only): errors are :class:`InputError`.
 
-    ``out_dir`` None skips creating (and checking) the output folder, for a dry run.
-    ``local_ranks``: the ranks that share rank 0's node and its memory.
+    ``local_ranks``: the ranks that share rank 0's node and its memory. The output folder
+    and an existing run in it are checked by :func:`preflight`.
     """
     structure = load_model(config.structure, config.model)
     partial = [(site, el) for site, _, _, el in structure.partial_sites()
@@ -58,7 +58,7 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
             f"{config.structure.name}"
         )
     if config.fits is not None:
-        return _table_inputs(config, structure, out_dir)
+        return _table_inputs(config, structure)
     frames = []
     for path in config.data:
         data = read_pdf_data(path)
@@ -97,10 +97,6 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
                             learned=learned, streamed=every),
             local_ranks, node_memory(),
         )
-    if out_dir is not None:
-        prepare_output_dir(out_dir)
-        check_disk(out_dir, file_estimate(size, space.size, len(frames), n_points,
-                                          learned=learned))
     if every:
         return Inputs(structure, space, frames, np.zeros((0, (space.size + 7) // 8), np.uint8),
                       space.size, input_digests(config), exhaustive=True)
@@ -116,13 +112,17 @@ def load_inputs(config: Config, out_dir: Path | None, local_ranks: int = 1) -> I
                   input_digests(config))
 
 
-def _table_inputs(config: Config, structure, out_dir: Path | None) -> Inputs:
+def _table_inputs(config: Config, structure) -> Inputs:
     """The inputs of a run on a fits table (``config.fits``): its motifs and Rw, one
     frame named after the table and holding no data."""
     from ..io.fitstable import read_fits_table
+    from ..io.structure import site_labels
 
     space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
-    table = read_fits_table(config.fits, space.size)
+    labels = site_labels(structure.elements)
+    table = read_fits_table(config.fits, [labels[k] for k in space.permutable],
+                            None if structure.sites is None
+                            else [structure.sites[k] for k in space.permutable])
     if len(table) < 10:
         raise InputError(f"fits table {config.fits} holds {len(table)} motifs: at least 10 "
                          "are needed to learn from")
@@ -130,32 +130,10 @@ def _table_inputs(config: Config, structure, out_dir: Path | None) -> Inputs:
         raise InputError(f"fits table {config.fits}: only {int(np.isfinite(table.rw).sum())}"
                          " finite Rw values; at least 10 are needed to learn from")
     check_learning(config)
-    if out_dir is not None:
-        prepare_output_dir(out_dir)
-        check_disk(out_dir, file_estimate(len(table), space.size, 1, 0, learned=len(table)))
     empty = np.zeros(0)
     frame = Frame(config.fits.name, empty, empty, None)
     return Inputs(structure, space, [frame], np.packbits(table.masks, axis=1), space.size,
                   input_digests(config), table_rw=table.rw)
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def input_digests(config: Config) -> dict[str, str]:
-    """The content hash of every input file (and of the frames' times): what a resume
-    must find unchanged."""
-    digests = {"structure": _sha256(config.structure.read_bytes())}
-    for path in config.data:
-        digests[f"data {path.name}"] = _sha256(path.read_bytes())
-    if config.fits is not None:
-        digests["fits"] = _sha256(config.fits.read_bytes())
-    if config.catalogue.masks_file is not None:
-        digests["catalogue.masks_file"] = _sha256(config.catalogue.masks_file.read_bytes())
-    if config.frames.time is not None:
-        digests["frames.time"] = _sha256(repr(tuple(config.frames.time)).encode())
-    return digests
 
 
 # -- checks that need more than the config ---------------------------------------------------
@@ -252,8 +230,63 @@ def _size_text(size: int) -> str:
 # -- preflight ---------------------------------------------------------------------------------
 
 
-def prepare_output_dir(out_dir: Path) -> None:
-    """Create the output folder and check that it is writable."""
+def preflight(config: Config, out_dir: Path, *, local_ranks: int = 1, until: str = "explain",
+              resume: bool = False, overwrite: bool = False,
+              frame_range: tuple[int, int] | None = None, lock: runfile.RunLock | None = None,
+              dry: bool = False) -> tuple[Inputs, Previous | None]:
+    """Every check a run makes before it writes anything (rank 0; errors are
+    :class:`InputError`): the inputs, the output folder and its disk, the run lock and an
+    existing ``motex.h5`` (resume, complete, or refused).
+
+    The run and ``--dry-run`` both call it, so that the dry run's verdict is the run's.
+    A run (``dry`` False) creates the output folder and takes ``lock``; a dry run creates
+    nothing and only checks that no other job holds the lock.
+    """
+    inputs = load_inputs(config, local_ranks)
+    check_output_dir(out_dir, create=not dry)
+    check_disk(out_dir, run_file_estimate(config, inputs))
+    path = out_dir / "motex.h5"
+    if lock is not None:
+        lock.acquire()  # before motex.h5 is even looked at
+    elif dry:
+        runfile.RunLock(path).check_free()
+    previous = previous_run(path, config, resume, overwrite, frame_range, inputs.digests,
+                            until=until, announce=not dry)
+    return inputs, previous
+
+
+def run_file_estimate(config: Config, inputs: Inputs) -> int:
+    """Bytes of the finished ``motex.h5`` of ``config`` (see :func:`file_estimate`)."""
+    n = inputs.space.size
+    if inputs.table_rw is not None:
+        return file_estimate(inputs.n_motifs, n, 1, 0, learned=inputs.n_motifs)
+    size = (inputs.n_motifs if config.catalogue.masks_file is not None
+            else catalogue_size(config.catalogue.size, n))
+    learned = min(size, config.learn.sample) if inputs.exhaustive else size
+    n_points = max(len(f.r) for f in inputs.frames)
+    return file_estimate(size, n, len(inputs.frames), n_points, learned=learned)
+
+
+def _existing_parent(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return folder
+    return Path("/")
+
+
+def check_output_dir(out_dir: Path, create: bool = True) -> None:
+    """The output folder: created and checked writable (``create``), or, for a dry run,
+    checked that it could be (its nearest existing ancestor is a writable folder)."""
+    where = _existing_parent(out_dir)
+    if not where.is_dir():
+        raise InputError(f"config key 'output.dir' = {out_dir}: {where} is a file, not a "
+                         "folder")
+    if not create:
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise InputError(f"config key 'output.dir' = {out_dir}: the folder is not "
+                             f"writable ({where} does not allow it)")
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".mlmotex-write-test-{os.getpid()}"
@@ -261,8 +294,8 @@ def prepare_output_dir(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(
-            f"config key 'output.dir' = {out_dir}: the folder is not writable ({exc.strerror})"
-        ) from None
+            f"config key 'output.dir' = {out_dir}: the folder is not writable "
+            f"({exc.strerror or exc})") from None
 
 
 def node_memory() -> int:
@@ -330,15 +363,23 @@ def check_disk(out_dir: Path, n_bytes: int) -> None:
 
     Learning works on a copy of the fit results, so about twice the file is needed.
     """
-    free = shutil.disk_usage(out_dir).free
+    free = shutil.disk_usage(_existing_parent(out_dir)).free
     need = 2 * n_bytes
     if need > free:
-        gib = 2**30
         raise InputError(
-            f"config key 'output.dir' = {out_dir}: the results need about {need / gib:.1f} GiB "
-            f"(motex.h5 of about {n_bytes / gib:.1f} GiB and its copy while learning) but "
-            f"{free / gib:.1f} GiB are free there"
+            f"config key 'output.dir' = {out_dir}: the results need about {size_text(need)} "
+            f"(motex.h5 of about {size_text(n_bytes)} and its copy while learning) but "
+            f"{size_text(free)} are free there"
         )
+
+
+def size_text(n_bytes: float) -> str:
+    """A size in the unit that shows it (``512 B``, ``3.4 MiB``, ``1.2 GiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n_bytes) < 1024 or unit == "TiB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    raise AssertionError
 
 
 # -- resume -------------------------------------------------------------------------------------
@@ -352,20 +393,28 @@ class Previous:
     complete: bool
     #: The fits were made with other learning settings: they are kept, learning is redone.
     learn_changed: bool = False
+    #: The stage a complete file went through (None: not complete).
+    stage: str | None = None
 
 
 def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
                  frame_range: tuple[int, int] | None = None,
-                 digests: dict[str, str] | None = None) -> Previous | None:
+                 digests: dict[str, str] | None = None, *, until: str = "explain",
+                 announce: bool = True) -> Previous | None:
     """Decide between a new run and resuming one (rank 0; errors are InputError).
 
     An existing file of the same config is resumed (with or without ``--resume``); one of
     another config is never mixed with this one; ``overwrite`` starts afresh regardless.
+    A file complete up to an earlier stage than ``until`` (``run --until fit``) is
+    resumed: its fits are kept and the later stages run.
     """
+    if path.exists() and not path.is_file():
+        raise InputError(f"{path} is a {'folder' if path.is_dir() else 'special file'}, not "
+                         "a results file: remove it, or use another output.dir (--out)")
     if overwrite:
         return None
     if not path.exists():
-        if resume:  # a requeued job's first start: nothing to resume yet
+        if resume and announce:  # a requeued job's first start: nothing to resume yet
             print(f"mlmotex-hpc: --resume: no {path} yet, starting a new run", flush=True)
         return None
     found = runfile.probe(path)
@@ -381,31 +430,11 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
             "mixed; use another output.dir, or --overwrite to discard that run"
         )
     if found.digests is not None and digests is not None and found.digests != digests:
-        raise InputError(_changed_inputs(path, config, found.digests, digests))
+        raise InputError(changed_inputs(path, config, found.digests, digests))
     if found.frame_range != (None if frame_range is None else tuple(frame_range)):
         held = ("all frames" if found.frame_range is None
                 else "frames {}:{}".format(*found.frame_range))
         raise InputError(f"{path} holds {held} of this config's series, not the frames "
                          "asked for; use another output folder (--out) or --overwrite")
-    return Previous(found.batch_done.astype(bool), found.complete and not learn_changed,
-                    learn_changed)
-
-
-def _changed_inputs(path: Path, config: Config, stored: dict[str, str],
-                    now: dict[str, str]) -> str:
-    """The one line that says which input changed since ``path`` was begun."""
-    files = {"structure": str(config.structure), "catalogue.masks_file":
-             str(config.catalogue.masks_file), "frames.time": "the frames' times"}
-    for key in [*stored, *now]:
-        if stored.get(key) == now.get(key):
-            continue
-        name = files.get(key) or key.removeprefix("data ")
-        if key not in now:
-            what = f"data file {name} is no longer among the config's data"
-        elif key not in stored:
-            what = f"data file {name} was not among the data when the run began"
-        else:
-            what = f"{name} has changed since the run began"
-        return (f"{path} was fitted to other inputs: {what}; results of two inputs are never "
-                "mixed: restore it, use another output.dir, or --overwrite to start again")
-    return f"{path} was fitted to other inputs"
+    return Previous(found.batch_done.astype(bool), found.finished(until) and not learn_changed,
+                    learn_changed, stage=found.stage)

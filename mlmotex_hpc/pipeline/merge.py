@@ -86,7 +86,25 @@ def _merge(parts: list[Part], target: Path, out_dir: Path, t0: float, log) -> di
     log(f"mlmotex-hpc merge: {len(parts)} parts, frames {start}:{stop}")
     with RunFile.read(parts[0].path) as first:
         n_series = first.series_length()
-    merge_parts(target, parts, n_series)
+    extracted: dict[str, float] = {}
+
+    def extract_again(path: Path) -> None:
+        """The extract stage on the joined frames, as a single run of them has it (one
+        budget, each motif fitted to every frame), serially: no MPI is started."""
+        if not parts[0].has_shap:  # the parts stopped before the explain stage
+            return
+        from ..parallel.comm import SoloComm
+        from .extract import extract_stage
+        from .inputs import load_inputs
+
+        with RunFile.read(path, "r+") as run:
+            config = run.config()  # its input files checked against the parts'
+            inputs = load_inputs(config)
+            log("the extract stage on the joined frames (as a single run has it)")
+            extract_stage(run, config, inputs, SoloComm(), log, extracted)
+            run.write_timings({"extract": extracted["extract"]}, int(run.timings()["ranks"]))
+
+    merge_parts(target, parts, n_series, extract_again)
     with RunFile.read(target, "r+") as run:
         config = run.config()
         structure = run.structure()

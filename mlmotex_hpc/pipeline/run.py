@@ -43,7 +43,7 @@ from ..parallel.log import Log
 from .adaptive import adaptive_rounds
 from .exact import choose_learning_rows, exact_stage
 from .extract import extract_stage
-from .inputs import Previous, catalogue_rows, load_inputs, previous_run, round_sizes
+from .inputs import Previous, catalogue_rows, preflight, round_sizes
 
 
 def run(
@@ -99,10 +99,9 @@ def run(
 
     def check_inputs() -> tuple[Inputs, Previous | None]:
         inject_fault("inputs")
-        inputs = load_inputs(config, out_dir, local_ranks)
-        lock.acquire()  # before motex.h5 is even looked at
-        return inputs, previous_run(path, config, resume, overwrite, frame_range,
-                                    inputs.digests)
+        return preflight(config, out_dir, local_ranks=local_ranks, until=until,
+                         resume=resume, overwrite=overwrite, frame_range=frame_range,
+                         lock=lock)
 
     try:
         inputs, previous = root_then_bcast(check_inputs, comm)
@@ -116,6 +115,10 @@ def run(
             log(f"{path} is complete for this config: nothing to do (--overwrite runs it "
                 "again; `mlmotex-hpc learn` learns again with other settings)")
             return None
+        if previous is not None and previous.stage is not None and not previous.complete \
+                and not previous.learn_changed:
+            log(f"{path} was finished up to stage {previous.stage}: its fits are kept and "
+                f"the run goes on to {until}")
         if previous is not None and previous.learn_changed:
             log(f"{path}: only the learn settings changed: its fits are kept and learning "
                 "is done again")
@@ -130,6 +133,7 @@ def run(
                 lambda run_file, metrics: output_stage(
                     run_file, config, inputs, out_dir, until, timings, comm.size, t0, log,
                     metrics),
+                stage=until,
             )
             wait_idle(comm)
         return summary
@@ -298,6 +302,7 @@ def learn(path: Path, config: Config, inputs: Inputs, comm=None, *, until: str =
             lambda run_file, metrics: output_stage(
                 run_file, config, inputs, path.parent, until, timings, comm.size, t0, log,
                 metrics),
+            stage=until,
         )
         wait_idle(comm)
     return summary
