@@ -65,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         report_error("interrupted")
         return 130
+    except OSError as exc:  # a serial command's disk filled while it wrote
+        from .parallel.exits import disk_full, disk_full_message
+
+        if not disk_full(exc):
+            raise
+        report_error(disk_full_message(exc))
+        return InputError.exit_code
 
 
 if __name__ == "__main__":

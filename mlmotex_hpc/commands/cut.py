@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_xyz(out, cluster)
     except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror}") from None
+        raise InputError(f"cannot write {out}: {exc.strerror or type(exc).__name__}") from None
     counts = Counter(cluster.elements)
     formula = " ".join(f"{el}{n}" for el, n in counts.items())
     print(f"{out}: {len(cluster)} atoms ({formula}), {cut.describe()} of "

@@ -55,6 +55,7 @@ used through its methods only, so this module loads no MPI library itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -1301,6 +1302,31 @@ def _relative_paths(text: str) -> list[str]:
 # -- the learning copy ------------------------------------------------------------------------
 
 
+#: A write that fails with less than this free beside the file failed for want of space.
+NEARLY_FULL = 2**20
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path):
+    """Name a full disk as such: parallel HDF5 reports a failed write without the
+    system's errno ("Can't write data (file write failed)"), so a write error with the
+    file system of ``path`` (nearly) full becomes an ``ENOSPC`` OSError, which the exit
+    policy reports in one line."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            raise exc from None
+        if free < NEARLY_FULL:
+            raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free "
+                          f"beside {path.name} ({exc})") from exc
+        raise
+
+
 def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
                    stage: str = "explain"):
     """Steps 3-4 on a copy of ``motex.h5`` that replaces it only when they are done.
@@ -1332,7 +1358,8 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
     try:
         run = RunFile.open(tmp, "r+", comm)
         try:
-            learned = learn(run)
+            with _disk_errors(tmp):
+                learned = learn(run)
         except (AgreedError, JobFailed):
             raise  # every rank is here: the file is closed together below
         except BaseException:
@@ -1345,7 +1372,8 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
         summary = None
         if comm.rank == 0:
             run = RunFile.open(tmp, "r+")
-            summary = outputs(run, learned)
+            with _disk_errors(tmp):
+                summary = outputs(run, learned)
             run.mark_complete(stage)
         done = True
     finally:

@@ -10,6 +10,7 @@ needs for any cell shape (:func:`cut_crystal`).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +115,7 @@ def read_xyz(path: str | Path) -> Structure:
         rows, an element is unknown or a coordinate is not a finite number.
     """
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise InputError(f"cannot read structure file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"structure file {path} is not a text .xyz file") from None
-    if not lines:
-        raise InputError(f"structure file {path} is empty")
+    lines = _read_text(path, ".xyz").splitlines()
     try:
         count = int(lines[0].split()[0])
     except (ValueError, IndexError):
@@ -154,6 +148,39 @@ def read_xyz(path: str | Path) -> Structure:
     check_geometry(path, xyz, [lineno for lineno, _ in rows])
     comment = lines[1] if len(lines) > 1 else ""
     return Structure(tuple(elements), xyz, comment)
+
+
+def _check_path(path: Path) -> None:
+    """Refuse a structure file that does not exist, is a directory or cannot be looked at."""
+    try:
+        if path.is_dir():
+            raise InputError(f"structure file {path} is a directory, not a file")
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"structure file {path} does not exist") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot read structure file {path}: {reason}") from None
+
+
+def _read_text(path: Path, kind: str) -> str:
+    """The text of a structure file, or one line saying why there is none: missing, a
+    directory, not readable (permissions), binary, or empty."""
+    _check_path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InputError(f"cannot read structure file {path}: {reason}") from None
+    if b"\0" in data:
+        raise InputError(f"structure file {path} is not a text {kind} file (binary content)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    if not text.strip():
+        raise InputError(f"structure file {path} is empty")
+    return text
 
 
 #: Two atoms closer than this (Å) are one atom written twice.
@@ -208,9 +235,16 @@ CIF_MIN_DISTANCE = 0.5
 OCCUPANCY_TOLERANCE = 1e-6
 #: Most candidate atom images a cut may look at (the cell expanded as far as it needs).
 MAX_IMAGES = 20_000_000
-#: The formats read through diffpy.structure, by suffix.
+#: The formats read through diffpy.structure, by suffix (diffpy.structure's format names).
+#: Only a CIF has a space group to expand, so only its parser takes the tolerance; every
+#: other format lists every atom of the cell (or of the cluster) and is read as written.
 FORMATS = {".cif": "cif", ".mcif": "cif", ".stru": "pdffit", ".pdb": "pdb", ".xyz": "xyz",
            ".xcfg": "xcfg", ".cfg": "xcfg", ".res": "discus", ".rawxyz": "rawxyz"}
+#: Human names of the formats, for messages.
+FORMAT_NAMES = {"cif": "CIF", "pdffit": "PDFfit .stru", "pdb": "PDB", "xyz": "xyz",
+                "xcfg": "AtomEye .xcfg", "discus": "DISCUS", "rawxyz": "raw xyz"}
+#: A cell whose volume is below this fraction of a·b·c is degenerate (flat or a line).
+MIN_UNIT_VOLUME = 1e-6
 
 
 def load_model(path: Path, spec: StructureSpec) -> Structure:
@@ -237,10 +271,21 @@ def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "
     Raises
     ------
     InputError
-        One line naming the file: unreadable, unknown element, atoms on one another,
-        partial occupancy refused, a cut that holds fewer than 2 atoms.
+        One line naming the file: missing, a directory, unreadable, binary or empty, not
+        in its format (the reader's own message), unknown element, a coordinate or
+        occupancy that is not a finite number, a degenerate cell (a length ≤ 0, an angle
+        of 0 or 180°, angles that enclose no volume: named by its parameters), atoms on
+        one another, partial occupancy refused, a cut that holds fewer than 2 atoms.
+
+    Notes
+    -----
+    The site-merging ``tolerance`` applies where diffpy.structure expands a space group:
+    a CIF. A ``.stru`` (PDFfit) lists every atom of its cell and its ``spcgr`` is not
+    applied (as PDFfit2 and PDFgui read it); a ``.pdb`` lists its atoms in Cartesian Å,
+    a cell when it has a CRYST1 record, a cluster when not. See :func:`_load_diffpy`.
     """
     path = Path(path)
+    _check_path(path)
     suffix = path.suffix.lower()
     if suffix == ".xyz":
         structure = read_xyz(path)
@@ -258,39 +303,219 @@ def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "
             raise InputError(f"{path}: atom {k} ({atom.label or '?'}): unknown element "
                              f"{atom.element!r}")
         elements.append(symbol)
-    base = np.array(crystal.lattice.base, dtype=float)
+    lattice = crystal.lattice
+    problem = cell_problem(path, *(float(v) for v in lattice.abcABG()))
+    base = np.array(lattice.base, dtype=float)
+    if problem is None and not (np.all(np.isfinite(base)) and abs(np.linalg.det(base))
+                                > MIN_UNIT_VOLUME * np.prod(np.linalg.norm(base, axis=1))):
+        problem = (f"structure file {path}: its cell is degenerate (its base vectors "
+                   f"span no volume): {_describe_cell(*lattice.abcABG())}")
+    if problem is not None:
+        raise InputError(problem)
     periodic = not np.allclose(base, np.eye(3))
     labels = tuple(str(a.label) or f"{el}{k}" for k, (a, el) in enumerate(
         zip(crystal, elements, strict=True)))
     uiso = np.array([float(a.Uisoequiv) for a in crystal])
     occupancy = np.array([float(a.occupancy) for a in crystal])
     frac = np.array(crystal.xyz, dtype=float).reshape(-1, 3)
+    for what, values in (("coordinates are not finite numbers", frac),
+                         ("occupancy is not a finite number", occupancy)):
+        bad = np.flatnonzero(~np.all(np.isfinite(values.reshape(len(elements), -1)), axis=1))
+        if bad.size:
+            k = int(bad[0])
+            raise InputError(f"{path}: atom {k} ({labels[k]}): its {what} "
+                             f"({np.array2string(values[k], separator=', ')}); {bad.size} "
+                             "such atom(s)")
     cell = Structure(tuple(elements), frac @ base, f"{path.name}", labels, uiso, occupancy)
     if cut is None:
         return _finish(path, cell, partial, f"{path.name}: the atoms of the file")
     return _cut(path, cell, base if periodic else None, cut, partial)
 
 
+def _parser_options(fmt: str, tolerance: float) -> dict:
+    """The keyword arguments diffpy.structure's parser for ``fmt`` is given: the one place
+    that decides them. What this module can say (the site-merging tolerance, as ``eps``)
+    goes only to a parser whose ``getParser`` takes it: diffpy.structure's CIF parser
+    does; its pdffit, pdb, xcfg, discus, xyz and rawxyz parsers take no argument at all."""
+    import importlib
+    import inspect
+
+    from diffpy.structure.parsers import parser_index
+
+    offered = {"eps": tolerance}
+    module = importlib.import_module(
+        f"diffpy.structure.parsers.{parser_index[fmt]['module']}")
+    accepted = inspect.signature(module.getParser).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        return offered
+    return {key: value for key, value in offered.items() if key in accepted}
+
+
 def _load_diffpy(path: Path, fmt: str, tolerance: float):
+    """diffpy.structure's reading of ``path`` (format ``fmt``), or one line naming the
+    file and what is wrong with it.
+
+    A CIF's space group is expanded, sites closer than ``tolerance`` (fractional)
+    merging. A PDFfit ``.stru`` file lists every atom of its cell, as PDFfit2 and PDFgui
+    write and read it: its ``spcgr`` line is a label diffpy.structure keeps but does not
+    apply, so the atoms are read as written (no expansion, no merging; a ``.stru`` holding
+    only an asymmetric unit is read as that unit). Its ``ncell`` supercell is read as
+    diffpy.structure reads it (one cell ``ncell`` times as large). A PDB file's atoms
+    (ATOM and HETATM records) are Cartesian; with a CRYST1 record they are one cell of a
+    crystal, without one a cluster (no cell).
+    """
     import warnings
 
-    from diffpy.structure import loadStructure
-    from diffpy.structure.structureerrors import StructureFormatError
+    from diffpy.structure.parsers import getParser
+    from diffpy.structure.structureerrors import (
+        LatticeError,
+        StructureFormatError,
+        SymmetryError,
+    )
 
+    name = FORMAT_NAMES.get(fmt, fmt)
+    text = _read_text(path, name)  # missing, a directory, unreadable, binary, empty
+    if fmt == "pdb":
+        _check_pdb_columns(path, text)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PyCifRW's deprecation chatter
-            crystal = loadStructure(str(path), fmt=fmt, eps=tolerance)
-    except StructureFormatError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "not readable"
-        raise InputError(f"structure file {path}: {first}") from None
+            parser = getParser(fmt, **_parser_options(fmt, tolerance))
+            crystal = parser.parseFile(str(path))
     except OSError as exc:
-        raise InputError(f"cannot read structure file {path}: {exc.strerror}") from None
-    except (ValueError, KeyError, IndexError, TypeError) as exc:
-        raise InputError(f"structure file {path}: not a readable {fmt} file ({exc})") from None
+        raise InputError(f"cannot read structure file {path}: "
+                         f"{exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"structure file {path}: not a text {name} file (it is not "
+                         "UTF-8)") from None
+    except (StructureFormatError, LatticeError, SymmetryError, ArithmeticError, ValueError,
+            KeyError, IndexError, TypeError, AttributeError, NameError, StopIteration,
+            NotImplementedError) as exc:
+        raise InputError(_parse_failure(path, name, exc)) from None
     if crystal is None or len(crystal) == 0:  # a CIF block without atom sites
         raise InputError(f"structure file {path}: no atoms in it")
     return crystal
+
+
+def _check_pdb_columns(path: Path, text: str) -> None:
+    """Refuse an ATOM or HETATM record whose x, y, z are not three numbers in columns
+    31-38, 39-46 and 47-54, as PDB's fixed columns require: diffpy.structure reads the
+    columns, and a record shifted by a long atom name (diffpy.structure itself writes a
+    CIF's site copies Fe1_2, Fe1_10, ... into the 4-column name) would be read with wrong
+    coordinates and, from columns 77-78, a wrong element."""
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.startswith(("ATOM", "HETATM")):
+            continue
+        line = f"{line.rstrip():<80s}"
+        fields = (line[30:38], line[38:46], line[46:54])
+        try:
+            [float(field) for field in fields]
+        except ValueError:
+            shifted = True
+        else:
+            shifted = line[53] != " " and line[54] not in " ."
+        if shifted:
+            raise InputError(
+                f"structure file {path}, line {lineno}: x, y, z are not three numbers in "
+                f"columns 31-54 (8 each), as PDB requires, but {line[30:60].strip()!r}: "
+                "the record's columns are shifted (an atom name longer than 4 characters?)")
+
+
+def _parse_failure(path: Path, name: str, exc: BaseException) -> str:
+    """The line that says why diffpy.structure could not read ``path``: a degenerate
+    cell named by its parameters, diffpy.structure's own message (its first line, its
+    ``N:`` prefix as the line number) or, for an error of the parser itself, the
+    format and the error."""
+    from diffpy.structure.structureerrors import (
+        LatticeError,
+        StructureFormatError,
+        SymmetryError,
+    )
+
+    cell = _failed_cell(exc)
+    if cell is not None:
+        return cell_problem(path, *cell) or (
+            f"structure file {path}: its cell is degenerate "
+            f"({_describe_cell(*cell)}): {_first_line(exc) or type(exc).__name__}")
+    if isinstance(exc, LatticeError):
+        return f"structure file {path}: its cell is degenerate ({_first_line(exc)})"
+    if isinstance(exc, StopIteration):
+        return f"structure file {path}: ends inside an atom's record (not a whole {name} file)"
+    text = _first_line(exc)
+    if re.search(r"float (NaN|infinity)", text):
+        return (f"structure file {path}: an atom's coordinates or the cell hold a value that "
+                f"is not a finite number (NaN or infinity; diffpy.structure: {text})")
+    if isinstance(exc, (StructureFormatError, SymmetryError)) and text:
+        numbered = re.match(r"(\d+):\s*(.*)", text)
+        if numbered:
+            return f"structure file {path}, line {numbered[1]}: {numbered[2]}"
+        return f"structure file {path}: {text}"
+    detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return f"structure file {path}: not a readable {name} file ({detail})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else ""
+
+
+def _failed_cell(exc: BaseException) -> tuple[float, ...] | None:
+    """The cell parameters (a, b, c, α, β, γ) diffpy.structure was setting when ``exc``
+    (or the error it was raised from) arose, or None when it arose elsewhere."""
+    from diffpy.structure import Lattice
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            lattice = frame.f_locals.get("self")
+            if frame.f_code.co_name == "setLatPar" and isinstance(lattice, Lattice):
+                try:
+                    return tuple(float(v) for v in (lattice.a, lattice.b, lattice.c,
+                                                    lattice.alpha, lattice.beta,
+                                                    lattice.gamma))
+                except (AttributeError, TypeError, ValueError):
+                    return None
+            tb = tb.tb_next
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+_CELL_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
+
+
+def _describe_cell(*cell: float) -> str:
+    return (", ".join(f"{n} = {v:.12g}" for n, v in zip(_CELL_NAMES[:3], cell[:3],
+                                                         strict=True))
+            + " Å, " + ", ".join(f"{n} = {v:.12g}°" for n, v in zip(_CELL_NAMES[3:], cell[3:],
+                                                                     strict=True)))
+
+
+def cell_problem(path: Path, a: float, b: float, c: float, alpha: float, beta: float,
+                 gamma: float) -> str | None:
+    """The line refusing a cell that has no volume, or None for a proper cell: a length
+    that is not a positive number, an angle not strictly between 0 and 180°, or angles that
+    close no cell (one larger than the sum of the others, or the three summing to 360°)."""
+    cell = (a, b, c, alpha, beta, gamma)
+    bad = [f"{n} = {v:.12g} Å" for n, v in zip(_CELL_NAMES[:3], cell[:3], strict=True)
+           if not (math.isfinite(v) and v > 0)]
+    bad += [f"{n} = {v:.12g}°" for n, v in zip(_CELL_NAMES[3:], cell[3:], strict=True)
+            if not (math.isfinite(v) and 0 < v < 180)]
+    if not bad:
+        ca, cb, cg = (math.cos(math.radians(v)) for v in cell[3:])
+        factor = 1 + 2 * ca * cb * cg - ca * ca - cb * cb - cg * cg
+        if not factor > MIN_UNIT_VOLUME ** 2:
+            bad = [f"alpha, beta, gamma = {alpha:.12g}°, {beta:.12g}°, {gamma:.12g}° "
+                   "enclose no volume"]
+        elif not math.isfinite(a * b * c * math.sqrt(factor)):
+            bad = ["its volume is not a finite number"]
+    if not bad:
+        return None
+    return (f"structure file {path}: its cell is degenerate ({'; '.join(bad)}): "
+            f"{_describe_cell(*cell)} (a cell needs lengths > 0 and angles strictly between "
+            "0 and 180° that enclose a volume)")
 
 
 def _centre(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import pdf_settings
 from ..errors import InputError
-from ..io.runfile import RunFile
+from ..io.runfile import RunFile, make_folder
 from ..io.structure import Structure, site_labels
 
 #: Everything ``refine`` frees.
@@ -154,6 +154,10 @@ def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
     from ..pdf import make_calculator
 
     config = run.config()
+    if config.fits is not None:
+        raise InputError(f"{run.path} learned from the fits table {config.fits.name}: the run "
+                         "has no data to refine a motif against (name the data in a config "
+                         "and run it, or refine the motif with your own tools)")
     frame_names = tuple(run.frame_names())
     structure = run.structure()
     n_frames = len(frame_names) or len(config.data)
@@ -179,6 +183,7 @@ def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
         )
     mask, label, fitted_rw = choose_motif(run, motif, frame)
     atom_mask = space.atom_masks(mask[None, :])[0]
+    make_folder(out)  # before the refinement: a folder that cannot be written says so now
 
     data = read_pdf_data(data_path)
     try:
@@ -198,11 +203,6 @@ def _refine(run: RunFile, motif: str, frame: int, out_dir, stream) -> dict:
     recipe = motif_recipe(calc, prepared, data.r, data.g, dg, refine=REFINED,
                           zoom_bounds=config.fit.zoom_bounds)
     result = refine_recipe(recipe)
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
 
     n_perm = int(mask.sum())
     names = site_labels(structure.elements)

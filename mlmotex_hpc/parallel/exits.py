@@ -22,7 +22,9 @@ the program is one of three kinds, and says so by the helper it runs under:
 
 from __future__ import annotations
 
+import errno
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +50,8 @@ def _outcome(exc: BaseException, comm: MPI.Comm) -> tuple[str, str]:
     """How a failure travels to the other ranks: ("input", message) or ("failed", "")."""
     if isinstance(exc, InputError):
         return "input", str(exc)
+    if disk_full(exc):
+        return "input", disk_full_message(exc)
     if not isinstance(exc, JobFailed):
         _print_failure(exc, comm)
     return "failed", ""
@@ -118,6 +122,18 @@ def abort_on_error(comm: MPI.Comm | None = None) -> Iterator[None]:
         yield
     except (AgreedError, JobFailed, SystemExit):
         raise
+    except OSError as exc:
+        if not disk_full(exc):
+            _abort_on(exc, comm)
+            raise
+        message = disk_full_message(exc)
+        if comm.size == 1:
+            raise InputError(message) from None
+        if comm.rank != 0:  # every rank meets the full disk: let rank 0 say it, once
+            time.sleep(DISK_FULL_GRACE)
+        sys.stderr.write(f"mlmotex-hpc: error: {message}\n")
+        sys.stderr.flush()
+        comm.Abort(InputError.exit_code)
     except InputError as exc:
         if comm.size == 1:
             raise
@@ -126,7 +142,42 @@ def abort_on_error(comm: MPI.Comm | None = None) -> Iterator[None]:
         sys.stderr.flush()
         comm.Abort(InputError.exit_code)
     except BaseException as exc:  # noqa: BLE001 - the whole point is to catch everything
-        if comm.size == 1:
-            raise
-        _print_failure(exc, comm)
-        comm.Abort(1)
+        _abort_on(exc, comm)
+        raise
+
+
+def _abort_on(exc: BaseException, comm) -> None:
+    """An unexpected failure on this rank: its traceback and ``Abort(1)`` (one rank: the
+    caller re-raises it)."""
+    if comm.size == 1:
+        return
+    _print_failure(exc, comm)
+    comm.Abort(1)
+
+
+#: Seconds a rank other than 0 waits, on a full disk, for rank 0 to report it and end
+#: the job, before it does so itself.
+DISK_FULL_GRACE = 3.0
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for want of space or quota (h5py reports
+    HDF5's failure as an OSError whose text carries the system's errno)."""
+    if not isinstance(exc, OSError):
+        return False
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "errno = 28", "Disk quota exceeded",
+                                   "errno = 122"))
+
+
+def disk_full_message(exc: BaseException) -> str:
+    return (f"no space left on the disk of the output folder ({_first_line(exc)}); the "
+            "fits already in motex.h5 are kept: free some space and run again to go on "
+            "from them")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

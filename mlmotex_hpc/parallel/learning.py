@@ -109,6 +109,9 @@ def check_fits(rw: np.ndarray, names: list[str] | None = None) -> None:
     n_frames, n_motifs = rw.shape
     for f in range(n_frames):
         n_ok = int(np.isfinite(rw[f]).sum())
+        if n_motifs < MIN_FITS:  # the preflight refuses this; a file made otherwise
+            raise InputError(f"the run holds {n_motifs} motifs: at least {MIN_FITS} are "
+                             "needed to learn from")
         if n_ok < MIN_FITS:
             label = f" in frame {f}" + (f" ({names[f]})" if names else "") if n_frames > 1 else ""
             raise InputError(

@@ -11,6 +11,7 @@ on its size and seed, so the results are the same for any number of ranks.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.runfile import RunFile
+from ..io.runfile import RunFile, make_folder
 from ..learn.convergence import FIELDS, AdaptiveSettings, Trial, adaptive_rows, trial
 from ..parallel.comm import bcast_array, cores_per_rank, get_comm
 from ..parallel.exits import abort_on_error, root_then_bcast
@@ -32,8 +33,11 @@ SIZES = (100, 1_000, 10_000, 100_000)
 ADAPTIVE_MAX = 20_000
 
 
-def _read(path: Path, frame: int) -> tuple:
-    """Rank 0: what every trial needs from the finished exhaustive run."""
+def _read(path: Path, frame: int, out_dir: Path) -> tuple:
+    """Rank 0: what every trial needs from the finished exhaustive run; the places the
+    results go checked writable before any trial."""
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise InputError(f"{path} is not writable: convergence records its table in it")
     with RunFile.read(path) as run:
         if not run.exhaustive:
             raise InputError(f"{path} is not an exhaustive run: convergence needs every motif "
@@ -44,6 +48,7 @@ def _read(path: Path, frame: int) -> tuple:
         if not 0 <= frame < run.n_frames:
             raise InputError(f"--frame {frame}: {path} holds frames 0 to {run.n_frames - 1}")
         config = run.config()
+        make_folder(out_dir)
         return (config, run.n_table, run.atoms("shapley", frame),
                 float(run.best()["rw"][frame, 0]), run.fits("rw", frame, every=True))
 
@@ -58,7 +63,7 @@ def convergence(path: Path, sizes: tuple[int, ...] = SIZES, seeds: int = 3, fram
     held: dict = {}
 
     def read():
-        *small, held["rw"] = _read(path, frame)
+        *small, held["rw"] = _read(path, frame, Path(out_dir or path.parent))
         return small
 
     config, n_rows, shapley, global_rw = root_then_bcast(read, comm)
@@ -126,7 +131,7 @@ def write_results(path: Path, out_dir: Path, trials: list[Trial], frame: int,
     table = np.array([t.row() for t in trials], dtype=float)
     with RunFile.read(path, "r+") as run:
         run.write_convergence(table, FIELDS, frame)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     with open(out_dir / "convergence.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FIELDS)

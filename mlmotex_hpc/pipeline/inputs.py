@@ -74,6 +74,7 @@ def load_inputs(config: Config, local_ranks: int = 1) -> Inputs:
     check_calculators(config, structure, frames)
     check_learning(config)
     n_points = max(len(f.r) for f in frames)
+    check_motif_count(space.size, config)
     size = catalogue_size(config.catalogue.size, space.size)
     reserve = extract_reserve(config, space.size)
     if config.catalogue.masks_file is None and reserve:
@@ -174,6 +175,21 @@ def check_calculators(config: Config, structure, frames: list[Frame]) -> None:
     for r in {f.r.tobytes(): f.r for f in frames}.values():
         calc = make_calculator(structure.elements, structure.xyz, settings, r)
         check_delta2_bounds(calc, fsettings)
+
+
+#: Motifs (with a finite Rw) the model needs to learn from.
+MIN_MOTIFS = 10
+
+
+def check_motif_count(n_permutable: int, config: Config) -> None:
+    """Refuse a model with too few permutable atoms to make :data:`MIN_MOTIFS` distinct
+    motifs (N atoms make 2^N - 1), before any fit is made."""
+    if n_permutable < 63 and 2**n_permutable - 1 < MIN_MOTIFS:
+        raise InputError(
+            f"config key 'permute' = {list(config.permute)}: {config.structure.name} has "
+            f"N = {n_permutable} permutable atom(s), which make only {2**n_permutable - 1} "
+            f"distinct motif(s); at least {MIN_MOTIFS} are needed to learn from (permute "
+            "more elements, or cut a larger cluster: N ≥ 4)")
 
 
 def check_learning(config: Config) -> None:
@@ -429,12 +445,12 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
             f"{path} holds a run of a different config: results of two configs are never "
             "mixed; use another output.dir, or --overwrite to discard that run"
         )
-    if found.digests is not None and digests is not None and found.digests != digests:
-        raise InputError(changed_inputs(path, config, found.digests, digests))
     if found.frame_range != (None if frame_range is None else tuple(frame_range)):
         held = ("all frames" if found.frame_range is None
                 else "frames {}:{}".format(*found.frame_range))
         raise InputError(f"{path} holds {held} of this config's series, not the frames "
                          "asked for; use another output folder (--out) or --overwrite")
+    if found.digests is not None and digests is not None and found.digests != digests:
+        raise InputError(changed_inputs(path, config, found.digests, digests))
     return Previous(found.batch_done.astype(bool), found.finished(until) and not learn_changed,
                     learn_changed, stage=found.stage)
