@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,16 @@ from ..errors import InputError
 
 #: The fit needs at least this many data points between rmin and rmax.
 MIN_FIT_POINTS = 10
+
+#: Most data points a file may hold: 10⁶ (10,000 Å at a 0.01 Å step). A measured G(r)
+#: holds 10³-10⁴ (r to 30-100 Å at 0.01 Å; the Nyquist step π/Qmax is 0.1-0.2 Å), so a
+#: file beyond this is a mistake (a 10⁻⁴ Å grid), whose reading alone would take
+#: gigabytes. The `pdf` command writes at most as many.
+MAX_DATA_POINTS = 10**6
+#: Header, comment and blank lines allowed besides the data points.
+MAX_OTHER_LINES = 100_000
+#: Largest file read (bytes): 10⁶ lines of four full-precision columns take ~100 MB.
+MAX_FILE_BYTES = 256 * 2**20
 
 #: Largest allowed deviation of one r step from the grid step, relative to that step.
 #: Generous enough for r written with a few significant digits or as float32, tight
@@ -178,19 +189,69 @@ class PDFData:
         return weights
 
 
+def _too_many(path: Path, what: str) -> InputError:
+    return InputError(
+        f"PDF data file {path} {what}; at most {MAX_DATA_POINTS:,} data points are read (a "
+        "measured G(r) holds about 10⁴: r to 100 Å at 0.01 Å): resample it to a coarser "
+        "r step or cut its r range")
+
+
 def _read_lines(path: Path) -> list[str]:
-    """The file's lines, any of LF, CRLF or CR endings, without the newline characters."""
+    """The file's lines, any of LF, CRLF or CR endings, without the newline characters.
+
+    Files beyond :data:`MAX_FILE_BYTES` or with more lines than :data:`MAX_DATA_POINTS`
+    and :data:`MAX_OTHER_LINES` are refused before they are split into lines.
+    """
     try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise _too_many(path, f"is {size / 2**20:,.0f} MiB (more than "
+                            f"{MAX_FILE_BYTES / 2**20:.0f} MiB)")
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read PDF data file {path}: {exc.strerror or exc}") from None
     if b"\x00" in raw:
         raise InputError(f"PDF data file {path} is not a text file (it holds NUL bytes)")
+    lines = _line_count(raw)
+    if lines > MAX_DATA_POINTS + MAX_OTHER_LINES:
+        raise _too_many(path, f"has {lines:,} lines")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # Windows programs write paths in a code page
+    del raw
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _line_count(raw: bytes) -> int:
+    """Lines of a file's bytes, whichever of LF, CRLF or CR ends them."""
+    return max(raw.count(b"\n"), raw.count(b"\r")) + 1
+
+
+#: Bytes of reading one line (its str object, in the list of lines: CPython's 49-byte
+#: header, the characters, rounded to 8, and the list's pointer) besides the characters,
+#: and of each data point (the columns in an ``array('d')``, its line number in an
+#: ``array('q')``, then r, G, dG and the line numbers as numpy arrays; the arrays grow
+#: by up to 1/8 when appended to).
+LINE_BYTES = 64
+POINT_BYTES = 16 + 5 * 8
+
+
+def reading_bytes(path: str | Path) -> int:
+    """Peak bytes that :func:`read_pdf_data` takes to read ``path`` (the file's bytes
+    twice while decoding, then its lines and points), from its size and line count; 0
+    when the file cannot be read (its reading refuses it)."""
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            return 0
+        lines = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(2**24):
+                lines += max(chunk.count(b"\n"), chunk.count(b"\r"))
+    except OSError:
+        return 0
+    return 2 * size + lines * (LINE_BYTES + POINT_BYTES)
 
 
 def _numbers(tokens: list[str]) -> list[float] | None:
@@ -277,8 +338,15 @@ def read_pdf_data(path: str | Path) -> PDFData:
         unreadable or binary file; no numeric data; text, NaN or infinity in the data
         block; a line whose column count differs from the first data line; columns that
         cannot be told apart; fewer than two points; r that decreases, repeats or is not
-        on a uniform grid.
+        on a uniform grid; a file of more than :data:`MAX_DATA_POINTS` points (or
+        :data:`MAX_FILE_BYTES`), before it is parsed.
     """
+    return _read(Path(path), header_only=False)
+
+
+def _read(path: Path, header_only: bool):
+    """:func:`read_pdf_data`, or only the header's ``key = value`` pairs
+    (``header_only``: the lines up to the first data line are parsed)."""
     path = Path(path)
     lines = _read_lines(path)
     # Where the data begins: after "#### start data" when present, else at the first line
@@ -287,8 +355,8 @@ def read_pdf_data(path: str | Path) -> PDFData:
     metadata: dict[str, str] = {}
     names: list[str] | None = None
     in_data = False
-    rows: list[list[float]] = []
-    line_numbers: list[int] = []
+    columns = array("d")  # every data line's numbers, row after row
+    line_numbers = array("q")
     ncol = 0
     for i, raw_line in enumerate(lines):
         line = raw_line.strip()
@@ -304,9 +372,9 @@ def read_pdf_data(path: str | Path) -> PDFData:
             in_data = i == marker
             continue
         if line.startswith("#"):
-            if _COLUMNS_LINE.match(line) and not rows:
+            if _COLUMNS_LINE.match(line) and not line_numbers:
                 names = _column_names(line)
-            elif not rows and (pair := _header_pair(line)) is not None:
+            elif not line_numbers and (pair := _header_pair(line)) is not None:
                 metadata.setdefault(*pair)
             continue
         tokens = _tokens(line.split("#", 1)[0])  # a trailing "# comment" is allowed
@@ -317,11 +385,13 @@ def read_pdf_data(path: str | Path) -> PDFData:
                     metadata.setdefault(*pair)
                 continue
             in_data = True
+        if header_only:
+            break  # the first data line: the header is complete
         if values is None:
             raise InputError(
                 f"{path}, line {lineno}: expected numbers in the data block, found {line[:60]!r}"
             )
-        if not rows:
+        if not line_numbers:
             ncol = len(values)
             if _roles(names, ncol) is None:
                 raise InputError(
@@ -340,23 +410,29 @@ def read_pdf_data(path: str | Path) -> PDFData:
             raise InputError(
                 f"{path}, line {lineno}: {bad!r} is not a finite number (in {line[:60]!r})"
             )
-        rows.append(values)
+        if len(line_numbers) == MAX_DATA_POINTS:
+            raise _too_many(path, f"holds more data points (line {lineno:,})")
+        columns.extend(values)
         line_numbers.append(lineno)
+    if header_only:
+        return metadata
     if not any(ln.strip() for ln in lines):
         raise InputError(f"PDF data file {path} is empty")
-    if not rows:
+    if not line_numbers:
         where = (f" after '{lines[marker].strip()}' (line {marker + 1})"
                  if marker is not None else "")
         raise InputError(
             f"PDF data file {path} holds no numeric data{where}: expected lines of r G(r)"
         )
-    if len(rows) < 2:
+    if len(line_numbers) < 2:
         raise InputError(
             f"{path}, line {line_numbers[0]}: only one data point; a PDF needs an r grid"
         )
 
-    table = np.asarray(rows, dtype=float)
-    lines_arr = np.asarray(line_numbers, dtype=np.int64)
+    del lines
+    table = np.frombuffer(columns, dtype=float).reshape(-1, ncol)
+    lines_arr = np.array(line_numbers, dtype=np.int64)
+    del line_numbers
     roles = _roles(names, ncol)
     assert roles is not None  # checked at the first data line
     r = np.ascontiguousarray(table[:, roles["r"]])
@@ -397,6 +473,6 @@ def _check_grid(path: Path, r: np.ndarray, lines: np.ndarray) -> None:
 
 
 def read_header(path: str | Path) -> dict[str, str]:
-    """The ``key = value`` pairs of a PDF file's header (the file read and checked as
-    :func:`read_pdf_data` reads it)."""
-    return read_pdf_data(path).metadata
+    """The ``key = value`` pairs of a PDF file's header, as :func:`read_pdf_data` finds
+    them; the data lines are not parsed (reading the data checks them)."""
+    return _read(Path(path), header_only=True)

@@ -1314,9 +1314,11 @@ def _disk_errors(path: Path):
     policy reports in one line."""
     try:
         yield
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
+        if not isinstance(exc, OSError) and "failed" not in str(exc):
+            raise  # h5py says "Unable to create dataset (file write failed)" as ValueError
         try:
             free = shutil.disk_usage(path.parent).free
         except OSError:

@@ -26,7 +26,9 @@ from .grids import (
     PEAK_HALF_BOUND,
     DebyeGrid,
     RealSpaceGrid,
+    RRange,
     check_r,
+    check_table,
     debye_grid,
     r_range,
     realspace_grid,
@@ -302,16 +304,12 @@ class DebyeCalculator(PDFCalculator):
     def __init__(self, elements, xyz, settings, r) -> None:
         super().__init__(elements, xyz, settings, r)
         s = settings
-        self.grid: DebyeGrid = debye_grid(
-            self._rrange, s.qmin, s.qmax, s.qstep, self._max_uiso, s.delta2, s.qbroad
-        )
+        self.grid: DebyeGrid = _debye_grid(self._rrange, s, self._max_uiso)
+        check_table(self.r.size, self.grid.nq, _describe(self.r, self.grid.q, s))
         q = self.grid.q
         self._f = scattering_weights(self.elements, q, s.radiation)
         self._ff = np.ascontiguousarray(2.0 * self._f[self._type_a] * self._f[self._type_b])
-        self._kernel = np.ascontiguousarray(
-            (2.0 / math.pi) * self.grid.dq * np.sin(np.outer(self.r, q))
-            * self._envelope[:, None]
-        )
+        self._kernel = _sine_table(self.r, q, (2.0 / math.pi) * self.grid.dq, self._envelope)
 
     @property
     def q(self) -> np.ndarray:
@@ -360,19 +358,16 @@ class RealSpaceCalculator(PDFCalculator):
                 f"{', '.join(zero)}): DiffPy drops zero-width peaks"
             )
         s = settings
-        self.grid: RealSpaceGrid = realspace_grid(
-            self._rrange, s.qmin, s.qmax, self._max_uiso, s.delta2, s.qbroad
-        )
+        self.grid: RealSpaceGrid = _realspace_grid(self._rrange, s, self._max_uiso)
         g = self.grid
+        q = g.q
+        _check_realspace(self.r, g, s)
         f0 = scattering_weights(self.elements, np.zeros(1), s.radiation)[:, 0]
         self._f0 = f0
         self._weight = 2.0 * f0[self._type_a] * f0[self._type_b]
-        q = g.q
         r_peak = g.dr * np.arange(g.m_lo, g.m_hi)
-        self._to_q = np.ascontiguousarray(g.dr * np.sin(np.outer(q, r_peak)))
-        self._to_r = np.ascontiguousarray(
-            (2.0 / math.pi) * g.dq * np.sin(np.outer(self.r, q)) * self._envelope[:, None]
-        )
+        self._to_q = _sine_table(q, r_peak, g.dr)
+        self._to_r = _sine_table(self.r, q, (2.0 / math.pi) * g.dq, self._envelope)
 
     @property
     def q(self) -> np.ndarray:
@@ -405,6 +400,85 @@ class RealSpaceCalculator(PDFCalculator):
 
     def gr(self, motif, zoom=1.0, uiso=None, delta2=None):
         return self._to_r @ self.fq(motif, zoom, uiso, delta2)
+
+
+def _sine_table(a: np.ndarray, b: np.ndarray, factor: float,
+                envelope: np.ndarray | None = None) -> np.ndarray:
+    """factor · sin(a ⊗ b) (· envelope per row), built in place: one table in memory at a
+    time, the same numbers as ``factor * np.sin(np.outer(a, b)) * envelope[:, None]``."""
+    table = np.outer(a, b)
+    np.sin(table, out=table)
+    table *= factor
+    if envelope is not None:
+        table *= envelope[:, None]
+    return table
+
+
+def _describe(r: np.ndarray, q: np.ndarray, s: PDFSettings) -> str:
+    """The r and Q grids of a table, for messages."""
+    dq = float(q[1] - q[0]) if q.size > 1 else 0.0
+    return (f"r {r[0]:g}-{r[-1]:g} Å in {r.size:,} points, Q up to qmax = {s.qmax:g} Å⁻¹ "
+            f"in steps of {dq:.3g} Å⁻¹")
+
+
+def _check_realspace(r: np.ndarray, g: RealSpaceGrid, s: PDFSettings) -> None:
+    """The real-space calculator's two tables: onto Q from the peak grid, onto r."""
+    what = _describe(r, g.q, s)
+    check_table(max(g.m_hi - g.m_lo, 1), max(g.kmax - g.kmin, 1),
+                f"peak grid of step {g.dr:g} Å to {g.extended_rmax:g} Å, {what}")
+    check_table(r.size, g.kmax - g.kmin, what)
+
+
+def _max_uiso(elements: Sequence[str], settings: PDFSettings) -> float:
+    return max(settings.uiso_of(str(el)) for el in dict.fromkeys(elements))
+
+
+def _debye_grid(rr: RRange, s: PDFSettings, max_uiso: float) -> DebyeGrid:
+    return debye_grid(rr, s.qmin, s.qmax, s.qstep, max_uiso, s.delta2, s.qbroad)
+
+
+def _realspace_grid(rr: RRange, s: PDFSettings, max_uiso: float) -> RealSpaceGrid:
+    return realspace_grid(rr, s.qmin, s.qmax, max_uiso, s.delta2, s.qbroad)
+
+
+@dataclass(frozen=True)
+class TableSizes:
+    """The grids that size a calculator's tables (see :func:`table_sizes`).
+
+    Attributes
+    ----------
+    n_r : int
+        Output r points (rows of the sine table onto r).
+    n_q : int
+        Q points (its columns).
+    n_peak : int
+        Real space: points of the peak grid (columns of the table onto Q, of ``n_q``
+        rows); 0 for the Debye calculator, which has no such table.
+    """
+
+    n_r: int
+    n_q: int
+    n_peak: int
+
+    @property
+    def entries(self) -> int:
+        """float64 entries of the calculator's own tables."""
+        return self.n_r * self.n_q + self.n_q * self.n_peak
+
+
+def table_sizes(elements: Sequence[str], settings: PDFSettings, r: np.ndarray) -> TableSizes:
+    """The sizes of the tables :func:`make_calculator` would build, without building
+    them (for the memory estimate); the same checks as the calculator (InputError)."""
+    r = check_r(r)
+    rr = r_range(r)
+    u = _max_uiso(elements, settings)
+    if settings.calculator == "debye":
+        grid = _debye_grid(rr, settings, u)
+        check_table(r.size, grid.nq, _describe(r, grid.q, settings))
+        return TableSizes(r.size, grid.nq, 0)
+    g = _realspace_grid(rr, settings, u)
+    _check_realspace(r, g, settings)
+    return TableSizes(r.size, g.kmax - g.kmin, g.m_hi - g.m_lo)
 
 
 def make_calculator(

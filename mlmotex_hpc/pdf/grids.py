@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from .settings import MAX_Q_POINTS
 
 #: DiffPy's number of termination ripples kept beyond rmax.
 NRIPPLES = 6
@@ -40,6 +41,33 @@ MAX_EXTENSION = 10.0
 MAX_RSTEP = 0.01
 #: libdiffpy's tolerance for "equal" grid positions.
 _EPS = math.sqrt(np.finfo(float).eps)
+#: Most entries (float64) of one of the calculators' r × Q sine tables: 2^28, 2 GiB.
+#: A fit to 300 Å at 0.01 Å with Qmax 50 Å⁻¹ needs 1.5·10⁸; the data's finest sensible
+#: step is far coarser than the 10⁻⁴ Å grids that would otherwise ask for tens of GiB.
+#: (:func:`mlmotex_hpc.pipeline.inputs.memory_estimate` counts the tables a run holds.)
+MAX_TABLE_ENTRIES = 2**28
+
+
+def check_table(n_r: int, n_q: int, what: str) -> None:
+    """Refuse an r × Q table of more than :data:`MAX_TABLE_ENTRIES` entries, before it
+    is allocated (``what`` describes the grid in the message)."""
+    if n_r * n_q > MAX_TABLE_ENTRIES:
+        raise InputError(
+            f"the PDF calculation needs a table of {n_r:,} r x {n_q:,} Q points "
+            f"({n_r * n_q * 8 / 2**30:.1f} GiB; {what}), more than the "
+            f"{MAX_TABLE_ENTRIES * 8 / 2**30:.0f} GiB allowed: narrow the r range (fit.rmin/"
+            "fit.rmax), resample the data to a coarser r step, or lower qmax"
+        )
+
+
+def check_q_points(kmax: int, qmax: float, dq: float) -> None:
+    """Refuse a Q grid of more than :data:`MAX_Q_POINTS` steps from Q = 0 to ``qmax``."""
+    if kmax > MAX_Q_POINTS:
+        raise InputError(
+            f"the PDF calculation's Q grid has {kmax:,} steps of {dq:.3g} Å⁻¹ from 0 to "
+            f"qmax = {qmax:g} Å⁻¹ (the step is π over the r range's extended end), more "
+            f"than the {MAX_Q_POINTS:,} allowed: narrow the r range or lower qmax"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +171,7 @@ def debye_grid(
 ) -> DebyeGrid:
     """The Debye calculator's Q grid: DiffPy's when ``qstep`` is None, else qmin + k·qstep."""
     if qstep is not None:
+        check_q_points(int(math.ceil(qmax / qstep)), qmax, qstep)  # PDFSettings checked it
         nq = max(int(math.ceil((qmax - qmin) / qstep)), 0)
         k = round(qmin / qstep)
         kstart = k if abs(qmin - k * qstep) <= 1e-12 * max(qmin, 1.0) else -1
@@ -156,6 +185,7 @@ def debye_grid(
     dq = math.pi / hi if qmax * hi / math.pi > 4 else qmax / 4.0
     kmin = rmin_steps(qmin, dq)
     kmax = rmax_steps(qmax, dq)
+    check_q_points(kmax, qmax, dq)
     return DebyeGrid(kmin * dq, dq, max(kmax - kmin, 0), kmin, lo, hi, hi)
 
 

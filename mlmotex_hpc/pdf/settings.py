@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from ..errors import InputError
 
 CALCULATORS = ("debye", "realspace")
 RADIATIONS = ("xray", "neutron")
+
+
+#: The largest Qmax (Å⁻¹) of each radiation. Every array and loop of a calculation grows
+#: with Qmax (Q points, the r × Q sine tables), so an absurd value (a header's 1e6) would
+#: exhaust memory or never finish; these bounds stop it with one line first.
+#:
+#: * X-ray: 4π · 6 Å⁻¹ = 75.4 Å⁻¹, where the Waasmaier–Kirfel form-factor fits end
+#:   (sin θ/λ ≤ 6 Å⁻¹ for every element, :func:`.scattering.xray_qmax`); measured
+#:   X-ray PDFs stop at 30-45 Å⁻¹ (100 keV photons, 2θ up to about 50°).
+#: * Neutron: 100 Å⁻¹. Spallation-source diffractometers (NOMAD, GEM, NIMROD) measure
+#:   to 50-100 Å⁻¹; beyond, even a stiff pair's Debye–Waller factor exp(−σ²Q²/2) with
+#:   σ² = 0.002 Å² is below 5·10⁻⁵ at 100 Å⁻¹, so higher Q adds nothing but cost.
+QMAX_LIMITS = {"xray": 4.0 * math.pi * 6.0, "neutron": 100.0}
+_QMAX_WHY = {
+    "xray": "the Waasmaier-Kirfel X-ray form factors end at sin θ/λ = 6 Å⁻¹",
+    "neutron": "measured neutron PDFs reach 50-100 Å⁻¹; beyond, thermal motion has "
+               "damped every pair",
+}
+#: Most Q points of a calculation, counted from Q = 0 to Qmax: Qmax 100 Å⁻¹ at the
+#: config's smallest qstep, 0.001 Å⁻¹ (DiffPy's own grid, π / extended rmax, reaches it
+#: only for an r range beyond 3000 Å at Qmax 100 Å⁻¹).
+MAX_Q_POINTS = 100_000
 
 
 #: Biso = 8π² Uiso, as DiffPy converts.
@@ -21,17 +43,19 @@ def uiso_from_biso(biso: float) -> float:
     return float(biso) / BISO_PER_UISO
 
 
-def _number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
+def _number(name: str, value, *, minimum: float | None = None, positive: bool = False,
+            label: str | None = None) -> float:
+    label = label or f"pdf.{name}"
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise InputError(f"pdf.{name} must be a number, got {value!r}") from None
+        raise InputError(f"{label} must be a number, got {value!r}") from None
     if not math.isfinite(x):
-        raise InputError(f"pdf.{name} must be finite, got {value!r}")
+        raise InputError(f"{label} must be finite, got {value!r}")
     if positive and x <= 0.0:
-        raise InputError(f"pdf.{name} must be > 0, got {x}")
+        raise InputError(f"{label} must be > 0, got {x}")
     if minimum is not None and x < minimum:
-        raise InputError(f"pdf.{name} must be >= {minimum}, got {x}")
+        raise InputError(f"{label} must be >= {minimum}, got {x}")
     return x
 
 
@@ -63,6 +87,15 @@ class PDFSettings:
         None: DiffPy's Q grid (Δq = π / extended rmax, from Q = 0, F zeroed below qmin).
         A number: Q = qmin, qmin + qstep, … < qmax (DebyeCalculator's rectangle rule).
         Only the Debye calculator uses it.
+    sources : mapping of str to str, optional (init only)
+        How error messages name a setting, by field name, e.g. ``{"qmax": "--qmax"}`` or
+        ``{"qmax": "qmax in the header of data.gr"}``; ``pdf.<name>`` otherwise.
+
+    Raises
+    ------
+    InputError
+        For a value out of range, a Qmax beyond :data:`QMAX_LIMITS` or a qstep that
+        makes more than :data:`MAX_Q_POINTS` Q points.
     """
 
     calculator: str = "debye"
@@ -75,27 +108,51 @@ class PDFSettings:
     default_uiso: float = 0.005
     delta2: float = 0.0
     qstep: float | None = None
+    sources: InitVar[Mapping[str, str] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sources: Mapping[str, str] | None = None) -> None:
+        names = dict(sources or {})
+
+        def label(name: str) -> str:
+            return names.get(name, f"pdf.{name}")
+
         if self.calculator not in CALCULATORS:
             raise InputError(
-                f"pdf.calculator must be one of {', '.join(CALCULATORS)}, got {self.calculator!r}"
+                f"{label('calculator')} must be one of {', '.join(CALCULATORS)}, got "
+                f"{self.calculator!r}"
             )
         if self.radiation not in RADIATIONS:
             raise InputError(
-                f"pdf.radiation must be one of {', '.join(RADIATIONS)}, got {self.radiation!r}"
+                f"{label('radiation')} must be one of {', '.join(RADIATIONS)}, got "
+                f"{self.radiation!r}"
             )
         set_ = object.__setattr__  # frozen: normalise fields once, here
-        set_(self, "qmin", _number("qmin", self.qmin, minimum=0.0))
-        set_(self, "qmax", _number("qmax", self.qmax, positive=True))
+        set_(self, "qmin", _number("qmin", self.qmin, minimum=0.0, label=label("qmin")))
+        set_(self, "qmax", _number("qmax", self.qmax, positive=True, label=label("qmax")))
+        limit = QMAX_LIMITS[self.radiation]
+        if self.qmax > limit:
+            raise InputError(
+                f"{label('qmax')} = {self.qmax:g} Å⁻¹ is above {limit:.1f} Å⁻¹, the largest "
+                f"Qmax for {self.radiation} radiation ({_QMAX_WHY[self.radiation]})"
+            )
         if self.qmax <= self.qmin:
-            raise InputError(f"pdf.qmax ({self.qmax}) must be larger than pdf.qmin ({self.qmin})")
+            raise InputError(f"{label('qmax')} ({self.qmax}) must be larger than "
+                             f"{label('qmin')} ({self.qmin})")
         set_(self, "qdamp", _number("qdamp", self.qdamp, minimum=0.0))
         set_(self, "qbroad", _number("qbroad", self.qbroad, minimum=0.0))
         set_(self, "default_uiso", _number("default_uiso", self.default_uiso, minimum=0.0))
         set_(self, "delta2", _number("delta2", self.delta2, minimum=0.0))
         if self.qstep is not None:
-            set_(self, "qstep", _number("qstep", self.qstep, positive=True))
+            set_(self, "qstep", _number("qstep", self.qstep, positive=True,
+                                        label=label("qstep")))
+            # the Debye kernel runs its recurrences from Q = 0 to Qmax
+            points = self.qmax / self.qstep
+            if points > MAX_Q_POINTS:
+                raise InputError(
+                    f"{label('qstep')} = {self.qstep:g} Å⁻¹ makes {points:,.0f} Q steps up to "
+                    f"qmax = {self.qmax:g} Å⁻¹; at most {MAX_Q_POINTS:,} are computed: use "
+                    f"qstep >= {self.qmax / MAX_Q_POINTS:.3g} Å⁻¹"
+                )
         items = self.uiso.items() if isinstance(self.uiso, Mapping) else self.uiso
         uiso = []
         try:
