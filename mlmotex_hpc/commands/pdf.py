@@ -143,6 +143,8 @@ def main(args: argparse.Namespace) -> int:
         calculator=args.calculator, radiation=args.radiation, qmin=args.qmin, qmax=args.qmax,
         qdamp=args.qdamp, qbroad=args.qbroad, uiso=tuple(sorted(uiso.items())),
         default_uiso=default_uiso, delta2=args.delta2, qstep=args.qstep,
+        sources={name: f"--{name}" for name in ("qmin", "qmax", "qstep", "qdamp", "qbroad",
+                                               "delta2")},
     )
     if args.qstep is not None and settings.calculator == "realspace":
         raise InputError("--qstep applies to the debye calculator only")

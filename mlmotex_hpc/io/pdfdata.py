@@ -225,7 +225,7 @@ def _read_lines(path: Path) -> list[str]:
 
 def _line_count(raw: bytes) -> int:
     """Lines of a file's bytes, whichever of LF, CRLF or CR ends them."""
-    return max(raw.count(b"\n"), raw.count(b"\r")) + 1
+    return max(raw.count(b"\n"), raw.count(b"\r")) + (not raw.endswith((b"\n", b"\r")))
 
 
 #: Bytes of reading one line (its str object, in the list of lines: CPython's 49-byte

@@ -55,8 +55,9 @@ def check_table(n_r: int, n_q: int, what: str) -> None:
         raise InputError(
             f"the PDF calculation needs a table of {n_r:,} r x {n_q:,} Q points "
             f"({n_r * n_q * 8 / 2**30:.1f} GiB; {what}), more than the "
-            f"{MAX_TABLE_ENTRIES * 8 / 2**30:.0f} GiB allowed: narrow the r range (fit.rmin/"
-            "fit.rmax), resample the data to a coarser r step, or lower qmax"
+            f"{MAX_TABLE_ENTRIES * 8 / 2**30:.0f} GiB allowed: narrow the r range (a run's "
+            "fit.rmin/fit.rmax, pdf's --rmin/--rmax), coarsen its step (resample the data; "
+            "pdf's --rstep) or lower qmax"
         )
 
 
@@ -66,7 +67,8 @@ def check_q_points(kmax: int, qmax: float, dq: float) -> None:
         raise InputError(
             f"the PDF calculation's Q grid has {kmax:,} steps of {dq:.3g} Å⁻¹ from 0 to "
             f"qmax = {qmax:g} Å⁻¹ (the step is π over the r range's extended end), more "
-            f"than the {MAX_Q_POINTS:,} allowed: narrow the r range or lower qmax"
+            f"than the {MAX_Q_POINTS:,} allowed: narrow the r range (a run's fit.rmax, pdf's "
+            "--rmax) or lower qmax"
         )
 
 

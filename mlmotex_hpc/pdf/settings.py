@@ -138,10 +138,8 @@ class PDFSettings:
         if self.qmax <= self.qmin:
             raise InputError(f"{label('qmax')} ({self.qmax}) must be larger than "
                              f"{label('qmin')} ({self.qmin})")
-        set_(self, "qdamp", _number("qdamp", self.qdamp, minimum=0.0))
-        set_(self, "qbroad", _number("qbroad", self.qbroad, minimum=0.0))
-        set_(self, "default_uiso", _number("default_uiso", self.default_uiso, minimum=0.0))
-        set_(self, "delta2", _number("delta2", self.delta2, minimum=0.0))
+        for name in ("qdamp", "qbroad", "default_uiso", "delta2"):
+            set_(self, name, _number(name, getattr(self, name), minimum=0.0, label=label(name)))
         if self.qstep is not None:
             set_(self, "qstep", _number("qstep", self.qstep, positive=True,
                                         label=label("qstep")))

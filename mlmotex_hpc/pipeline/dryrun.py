@@ -85,7 +85,9 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None, *,
     learned = min(n_motifs, config.learn.sample) if every else None
     n_points = max(len(f.r) for f in inputs.frames)
     mem = memory_estimate(n_motifs, inputs.space.size, len(inputs.structure.elements),
-                          n_frames, n_points, learned=learned, streamed=every)
+                          n_frames, n_points, learned=learned, streamed=every, config=config,
+                          elements=tuple(inputs.structure.elements),
+                          grids=[f.r for f in inputs.frames])
     size = run_file_estimate(config, inputs)
     batch = fit_plan(config, inputs.structure).batch_size
     gib = 2**30

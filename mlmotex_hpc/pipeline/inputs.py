@@ -95,7 +95,8 @@ def load_inputs(config: Config, local_ranks: int = 1) -> Inputs:
     if config.catalogue.masks_file is None:
         check_memory(
             memory_estimate(size, space.size, len(structure.elements), len(frames), n_points,
-                            learned=learned, streamed=every),
+                            learned=learned, streamed=every, config=config,
+                            elements=tuple(structure.elements), grids=[f.r for f in frames]),
             local_ranks, node_memory(),
         )
     if every:
@@ -328,25 +329,75 @@ def node_memory() -> int:
 
 def memory_estimate(n_motifs: int, n_perm: int, n_atoms: int, n_frames: int,
                     n_points: int, learned: int | None = None,
-                    streamed: bool = False) -> dict[str, int]:
-    """Peak bytes of one fitting rank and of rank 0 while it learns.
+                    streamed: bool = False, *, config: Config | None = None,
+                    elements: tuple[str, ...] = (),
+                    grids: list[np.ndarray] | None = None) -> dict[str, int]:
+    """Peak bytes of one fitting rank and of rank 0 (reading the data, then learning).
 
     Every rank: the runtime, the bit-packed catalogue (none when ``streamed``: an
-    exhaustive run makes each batch's masks from its row numbers), the data and the
-    parent's pair tables. Rank 0 also builds the catalogue unpacked and, while learning
-    one frame at a time on ``learned`` motifs (default all), holds the features (float32),
-    XGBoost's copies of them, all fits and one frame's SHAP values (float64 from XGBoost,
-    float32 for the file).
+    exhaustive run makes each batch's masks from its row numbers), the data, the
+    parent's pair tables, and the r × Q tables of the PDF calculator and its fitter on
+    each distinct r grid (``grids``, the frames' fit ranges; their sizes from
+    :func:`~mlmotex_hpc.pdf.calculator.table_sizes` and ``config``). Rank 0 first reads
+    the data files one at a time (:func:`~mlmotex_hpc.io.pdfdata.reading_bytes` of the
+    largest); it also builds the catalogue unpacked and, while learning one frame at a
+    time on ``learned`` motifs (default all), holds the features (float32), XGBoost's
+    copies of them, all fits and one frame's SHAP values (float64 from XGBoost, float32
+    for the file).
+
+    Without ``config`` the tables are guessed as 8 kB per data point and reading is not
+    counted.
     """
     learned = n_motifs if learned is None else learned
     packed = 0 if streamed else n_motifs * math.ceil(n_perm / 8)
+    if config is None:
+        tables, reading = 8 * 1024 * n_points, 0
+    else:
+        from ..config import pdf_settings, zoom_search
+        from ..io.pdfdata import reading_bytes
+        from ..pdf.calculator import table_sizes
+
+        reading = max((reading_bytes(p) for p in config.data), default=0)
+        # The r x Q tables, for each distinct r grid (built one after the other, all
+        # kept): the calculator's (Debye: n_r x n_Q; real space: also n_Q x n_peak); the
+        # compiled fitter's transform onto the data grid extended by the zoom range,
+        # n_ext x n_Q, built through one temporary of its size; a refining fitter's
+        # n_Q x n_Q normal matrix per frame and its n_r x n_Q weighted kernel while it
+        # builds them; the shared zoom search's anchor and fine-zoom curves.
+        settings = pdf_settings(config)
+        free = set(config.fit.refine)
+        fitted = free <= {"scale", "zoom", "uiso", "delta2"}  # a compiled fitter applies
+        refining = bool(free & {"uiso", "delta2"})
+        zlo, zhi = (float(z) for z in config.fit.zoom_bounds) if "zoom" in free else (1., 1.)
+        by_grid: dict[bytes, list[np.ndarray]] = {}
+        for r in grids or []:
+            by_grid.setdefault(r.tobytes(), []).append(r)
+        held, transient = 0, 0
+        for same in by_grid.values():
+            r = same[0]
+            sizes = table_sizes(elements, settings, r)
+            held += 8 * sizes.entries
+            if not fitted or r.size < 2:
+                continue
+            h = (r[-1] - r[0]) / (r.size - 1)
+            n_ext = (r.size + math.ceil((r[-1] * zhi / zlo - r[-1]) / h)
+                     + math.ceil((r[0] - r[0] * zlo / zhi) / h) + 6)
+            held += 8 * n_ext * sizes.n_q
+            if refining:
+                held += 8 * sizes.n_q**2 * len(same)
+            if zoom_search(config) == "shared" and zhi > zlo:
+                held += 8 * n_ext * 5 * (math.ceil((zhi - zlo) / 0.002 - 1e-9) + 1)
+            transient = max(transient, 8 * n_ext * sizes.n_q,
+                            8 * r.size * sizes.n_q if refining else 0)
+        tables = held + transient
     fit_rank = (RUNTIME_BYTES + packed + 3 * 8 * n_frames * n_points
-                + 12 * n_atoms**2 + 8 * 1024 * n_points)
+                + 12 * n_atoms**2 + tables)
     learn = (learned * n_perm * (1 + 4 * 3) + 8 * 3 * n_frames * learned
              + learned * (n_perm + 1) * (8 + 4))
     if streamed:  # the exact attributions: one block of rows and one frame's K best
         learn = max(learn, 8 * 2**16 * (n_perm + 2) * max(1, n_frames))
-    return {"fit_rank": fit_rank, "rank0": fit_rank + learn}
+    rank0 = max(RUNTIME_BYTES + reading, fit_rank + learn)
+    return {"fit_rank": fit_rank, "rank0": rank0}
 
 
 def check_memory(estimate: dict[str, int], local_ranks: int, available: int) -> None:
