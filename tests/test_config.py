@@ -116,7 +116,7 @@ def test_output_dir_not_writable(tmp_path, write_config, capsys):
     raw = keggin_config(tmp_path, output={"dir": str(blocker / "out")})
     assert main(["run", str(write_config(raw))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "output.dir" in err[0] and "not writable" in err[0]
+    assert len(err) == 1 and "output.dir" in err[0] and "is a file, not a folder" in err[0]
 
 
 def test_bad_option_is_one_line(capsys):

@@ -25,7 +25,15 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError
-from ..pdf.settings import BISO_PER_UISO, CALCULATORS, RADIATIONS, PDFSettings, uiso_from_biso
+from ..pdf.settings import (
+    BISO_PER_UISO,
+    CALCULATORS,
+    MAX_Q_POINTS,
+    QMAX_LIMITS,
+    RADIATIONS,
+    PDFSettings,
+    uiso_from_biso,
+)
 
 HELP = "compute a structure model's G(r)"
 
@@ -48,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qmin", type=float, default=_DEFAULTS.qmin,
                         help=f"Qmin in Å⁻¹ (default {_DEFAULTS.qmin})")
     parser.add_argument("--qmax", type=float, default=_DEFAULTS.qmax,
-                        help=f"Qmax in Å⁻¹ (default {_DEFAULTS.qmax})")
+                        help=f"Qmax in Å⁻¹ (default {_DEFAULTS.qmax}; at most "
+                             f"{QMAX_LIMITS['xray']:.1f} for X-rays, "
+                             f"{QMAX_LIMITS['neutron']:g} for neutrons)")
     parser.add_argument("--qdamp", type=float, default=_DEFAULTS.qdamp,
                         help=f"Q resolution damping in Å⁻¹ (default {_DEFAULTS.qdamp})")
     parser.add_argument("--qbroad", type=float, default=_DEFAULTS.qbroad,
@@ -68,7 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rstep", type=float, default=0.01, help="r step in Å (default 0.01)")
     parser.add_argument("--qstep", type=float, default=None,
                         help="Debye calculator only: sum F(Q) on Qmin, Qmin+qstep, ... < Qmax "
-                             "(DebyeCalculator's rectangle rule) instead of DiffPy's grid")
+                             "(DebyeCalculator's rectangle rule) instead of DiffPy's grid; "
+                             f"at most {MAX_Q_POINTS:,} steps from 0 to Qmax")
 
 
 def _parse_uiso(tokens: list[str], elements: tuple[str, ...], option: str = "--uiso",
