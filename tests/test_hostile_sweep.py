@@ -285,3 +285,20 @@ def test_a_disk_that_fills_while_learning_ends_in_one_line_and_loses_nothing(tmp
         proc = run_cli("run", str(cfg), "--quiet", ranks=2)
         assert proc.returncode == 0, proc.stderr
         assert _stage(h5) == "explain"
+
+
+def test_refine_on_a_run_learned_from_a_fits_table_says_why_not(tmp_path):
+    from mlmotex_hpc.io.fitstable import write_fits_table
+
+    rng = np.random.default_rng(5)
+    masks = rng.random((60, 24)) < 0.5
+    masks[~masks.any(axis=1), 0] = True  # no empty motif
+    table = write_fits_table(tmp_path / "fits.txt", np.arange(60), rng.random(60), masks)
+    raw = keggin_config(tmp_path)
+    del raw["data"]
+    raw["fits"] = str(table)
+    cfg = tmp_path / "fits.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
+    line = _one_line(run_cli("refine", str(tmp_path / "out" / "motex.h5")))
+    assert "learned from the fits table fits.txt" in line and "no data" in line, line
