@@ -486,8 +486,15 @@ def _fail(key: str, value: Any, allowed: str) -> InputError:
     return InputError(f"config key '{key}' = {shown}: {allowed}")
 
 
+#: A number in exponent form without a decimal point (``1e6``): YAML 1.2 and every user
+#: read it as a number, PyYAML (YAML 1.1) as a string.
+_EXPONENT_FORM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)[eE][+-]?\d+$")
+
+
 def _number(key: str, value: Any, meta: dict[str, Any], integer: bool) -> float | int:
     kind = "an integer" if integer else "a number"
+    if isinstance(value, str) and _EXPONENT_FORM.match(value.strip()):
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(key, value, f"expected {kind} ({meta['doc']})")
     if integer and not (isinstance(value, int) or float(value).is_integer()):

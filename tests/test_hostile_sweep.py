@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from mlmotex_hpc.errors import InputError
+
 from .conftest import KEGGIN_GR, KEGGIN_XYZ, keggin_config, run_cli
 from .test_resume import errors
 
@@ -302,3 +304,18 @@ def test_refine_on_a_run_learned_from_a_fits_table_says_why_not(tmp_path):
     assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
     line = _one_line(run_cli("refine", str(tmp_path / "out" / "motex.h5")))
     assert "learned from the fits table fits.txt" in line and "no data" in line, line
+
+
+def test_numbers_in_exponent_form_are_numbers(tmp_path):
+    """PyYAML reads `1e3` as a string; a config means the number."""
+    from mlmotex_hpc.config import parse_config
+
+    raw = keggin_config(tmp_path)
+    text = yaml.safe_dump(raw).replace("size: 400", "size: 1e3").replace("rmax: 10.0",
+                                                                          "rmax: 1E1")
+    assert "size: 1e3" in text and "rmax: 1E1" in text
+    config = parse_config(text, tmp_path)
+    assert config.catalogue.size == 1000 and isinstance(config.catalogue.size, int)
+    assert config.fit.rmax == 10.0
+    with pytest.raises(InputError, match="expected an integer"):
+        parse_config(text.replace("size: 1e3", "size: 1.5e0"), tmp_path)
