@@ -319,3 +319,33 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
     assert config.fit.rmax == 10.0
     with pytest.raises(InputError, match="expected an integer"):
         parse_config(text.replace("size: 1e3", "size: 1.5e0"), tmp_path)
+
+
+def test_a_fits_table_gives_the_same_answer_in_any_column_order(tmp_path):
+    """Per-atom columns named by the model's labels: read by name, not by position."""
+    from mlmotex_hpc.io.structure import read_xyz, site_labels
+
+    labels = [lab for lab, el in zip(site_labels(read_xyz(KEGGIN_XYZ).elements),
+                                     read_xyz(KEGGIN_XYZ).elements, strict=True) if el == "W"]
+    rng = np.random.default_rng(11)
+    masks = rng.random((80, len(labels))) < 0.5
+    masks[~masks.any(axis=1), 0] = True
+    rw = 0.3 + 0.5 * masks[:, : len(labels) // 2].mean(axis=1) + 0.02 * rng.random(80)
+    acv = {}
+    for name, order in (("ordered", list(range(len(labels)))),
+                        ("reversed", list(range(len(labels)))[::-1])):
+        table = tmp_path / f"{name}.csv"
+        table.write_text("id,rw," + ",".join(labels[k] for k in order) + "\n" + "".join(
+            f"{i},{float(r)!r}," + ",".join(str(int(m[k])) for k in order) + "\n"
+            for i, (r, m) in enumerate(zip(rw, masks, strict=True))))
+        raw = keggin_config(tmp_path, output={"dir": str(tmp_path / name)})
+        del raw["data"]
+        raw["fits"] = str(table)
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(raw))
+        proc = run_cli("run", str(cfg), "--quiet", ranks=1)
+        assert proc.returncode == 0, proc.stderr
+        with h5py.File(tmp_path / name / "motex.h5") as f:
+            acv[name] = f["atoms/contribution"][()]
+    np.testing.assert_array_equal(acv["reversed"], acv["ordered"])
+    assert (acv["ordered"][0, : len(labels) // 2] > 0).all()  # the atoms that raise Rw
