@@ -16,6 +16,7 @@ import yaml
 from mlmotex_hpc.catalogue import MotifSpace
 from mlmotex_hpc.config import load_config
 from mlmotex_hpc.errors import InputError
+from mlmotex_hpc.io.run_layout import undescribed
 from mlmotex_hpc.io.structure import Structure, read_xyz, write_xyz
 
 from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
@@ -63,6 +64,7 @@ def adaptive_run(tmp_path_factory):
 def test_keggin_answer_with_a_budget_of_1000_fits(adaptive_run):
     _, h5, stdout = adaptive_run
     with h5py.File(h5) as f:
+        assert not undescribed(f)  # an adaptive catalogue's file
         in_motif = f["atoms/in_motif"][0].astype(bool)
         n_rows = f["catalogue/mask"].shape[0]
         n_cat = int(f["catalogue"].attrs["n_catalogue"])

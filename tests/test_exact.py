@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mlmotex_hpc.catalogue import code_masks, mask_rows, sample_masks
+from mlmotex_hpc.io.run_layout import undescribed
 from mlmotex_hpc.learn.exact import (
     attributions,
     block_sums,
@@ -263,6 +264,7 @@ def test_convergence_compares_catalogues_with_the_exact_answer_on_2_ranks(tmp_pa
     proc = run_cli("convergence", str(h5path), "--sizes", "60,200", "--seeds", "2", ranks=2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with h5py.File(h5path) as h5:
+        assert not undescribed(h5)  # an exhaustive run's file, /convergence included
         table = h5["convergence"][()]
         columns = h5["convergence"].attrs["columns"].split(",")
         rw, shapley = h5["fits/rw"][0], h5["atoms/shapley"][0]

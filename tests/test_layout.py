@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import pytest
 
+from mlmotex_hpc.io.run_layout import LAYOUT, reference, undescribed
 from mlmotex_hpc.io.runfile import LAYOUT_VERSION
 
 from .conftest import KEGGIN_XYZ, ROOT, keggin_config, run_serial
@@ -90,6 +91,32 @@ def test_every_import_runs_down_the_house():
             if _floor(target) < _floor(room):
                 upward.append(f"{path.relative_to(ROOT)} imports {target}")
     assert not upward, upward
+
+
+#: Calls that decide who reads, who broadcasts and who waits: only ``parallel/`` and the
+#: store (``io/runfile.py``) make them; the pipeline calls functions that do.
+RANK_LOGIC = {"rank", "bcast", "Bcast", "allgather", "Allgather", "gather", "Gather",
+              "Barrier", "Ibarrier", "Send", "Recv", "send", "recv", "Isend", "Irecv",
+              "allreduce", "Allreduce", "scatter", "Scatter"}
+RANK_ROOMS = ("parallel/", "io/runfile.py")
+
+
+def _rank_logic(path: Path) -> list[str]:
+    """``path``'s attribute uses named in :data:`RANK_LOGIC` (``comm.rank``, ``x.bcast``)."""
+    tree = ast.parse(path.read_text())
+    return [f"{path.relative_to(PACKAGE)}:{node.lineno} .{node.attr}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in RANK_LOGIC]
+
+
+def test_no_rank_logic_outside_parallel_and_the_store():
+    found = [hit for p in _modules()
+             if not str(p.relative_to(PACKAGE)).startswith(RANK_ROOMS)
+             for hit in _rank_logic(p)]
+    assert not found, found
+    # the walk sees what it looks for
+    assert any(".rank" in hit for hit in _rank_logic(PACKAGE / "parallel" / "comm.py"))
+    assert any(".bcast" in hit for hit in _rank_logic(PACKAGE / "io" / "runfile.py"))
 
 
 def test_mpi4py_is_imported_only_in_parallel_and_info():
@@ -233,3 +260,26 @@ def test_exit_policy_every_rank_leaves_together(ranks, tmp_path):
             ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlmotex-hpc:")]
             assert ours == [f"mlmotex-hpc: error: {text}"], label  # mpirun adds a banner
         assert "finished" not in proc.stdout, label
+
+
+def test_the_layout_describes_every_dataset_of_a_finished_run(keggin_run, tmp_path):
+    """The layout is data (io/run_layout.py): a finished Keggin run holds nothing it does
+    not describe, and everything it says every run has. (Exhaustive, adaptive, series
+    and merged files are checked where those runs are made.)"""
+    out, _ = keggin_run
+    with h5py.File(out / "motex.h5") as f:
+        assert not undescribed(f)
+        for entry in LAYOUT:
+            if entry.when == "always" and "<" not in entry.path:
+                assert entry.path in f, entry.path
+    shutil.copy(out / "motex.h5", tmp_path / "motex.h5")
+    with h5py.File(tmp_path / "motex.h5", "r+") as f:  # the check can fail
+        f.attrs["not_in_the_layout"] = 1
+        f["fits/rw_again"] = f["fits/rw"][()]
+        assert undescribed(f) == ["/: attribute not_in_the_layout not in the layout",
+                                  "/fits/rw_again: not in the layout"]
+
+
+def test_the_file_format_reference_is_generated_from_the_layout():
+    """docs/motex-h5.md is `python -m mlmotex_hpc.io.run_layout`'s output, not prose."""
+    assert (ROOT / "docs" / "motex-h5.md").read_text() == reference()

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
+from mlmotex_hpc.io.run_layout import undescribed
+
 from .conftest import EXAMPLES, run_cli, run_serial
 from .test_resume import errors, kill_when
 
@@ -127,6 +129,7 @@ def test_series_layout_and_outputs(series):
     folder, stdout, results = series
     out = folder / "out"
     with h5py.File(out / "motex.h5") as f:
+        assert not undescribed(f)  # a series' file, with times
         names = [n.decode() for n in f["frames/names"][:]]
         assert names == list(FRAMES.values())  # natural order, not 1, 10, 11, 2
         np.testing.assert_array_equal(f["frames/time"][:], TIMES)
@@ -221,6 +224,7 @@ def test_job_array_tasks_then_merge(series, tmp_path):
         assert "frame_range" not in f.attrs  # the whole series
         np.testing.assert_array_equal(f["frames/time"][:], TIMES)
         assert_same_file(f, ref)
+        assert not undescribed(f)  # a merged file
         assert ref["catalogue"].attrs["n_catalogue"] < ref["catalogue/mask"].shape[0]
         assert ref["polish"].attrs["fits"] > 0 and "answer" in ref["atoms"]
     assert (tmp_path / "out" / "contributions_vs_frame.png").exists()

@@ -2,47 +2,11 @@
 
 Every other module calls :class:`RunFile`; no other module names a dataset of the file.
 
-Layout (version :data:`LAYOUT_VERSION`; F frames, M motifs, N permutable atoms, n atoms)::
-
-    /                       attrs: config (YAML text), config_hash, fits_hash (the config
-                            without learn: what the fits depend on), config_dir, version,
-                            layout_version, created, hdf5_mode, complete,
-                            finished_stage (fit, learn or explain: where --until stopped
-                            a complete file), frame_range,
-                            input_digests (JSON: SHA-256 of each input file's content)
-    /model/elements (n)     /model/xyz (n, 3) Å    /model/sites (n; crystal site labels,
-                            a model read from a crystal file only)
-    /frames/names (F)       /frames/time (F, attr unit; only with frames.time)
-    /data/<frame>/r, /data/<frame>/g   the fit range of each frame (5-digit frame number)
-    /catalogue/mask (M, N) uint8        /catalogue/size (M)     /catalogue/permutable (N)
-    /catalogue/origin (M) uint8 (ORIGIN_CODES)   /catalogue/round (M) int16 (-1: extract)
-                            attrs: n_catalogue (rows of the catalogue; the extract stage's
-                            rows follow), rounds, stopped (why an adaptive catalogue
-                            stopped drawing)
-    /catalogue/round_labels (R, N) int8   the atom labels after each adaptive round
-    /catalogue/learn_rows (L) int64      exhaustive runs (attr exhaustive = 1, row r the
-                            motif of binary code r + 1): the rows steps 3-4 learn from
-                            and explain; every "catalogue" reader then reads these
-    /fits/rw, scale, zoom (F, M) float64   /fits/status (F, M) int8
-    /fits/uiso_<El>, /fits/delta2 (F, M)   only when fit.refine frees them
-    /fits/batch_done (B, FB) uint8      work units done: motif batch × frame block
-    /atoms/contribution, uncertainty, confidence, kept_mean, removed_mean,
-          contribution_se (F, N)
-    /atoms/in_motif (F, N)  /atoms/index (N)   /atoms/label, acv_negative (F, N)
-    /atoms/answer           the extract stage's settings (JSON text)
-    /shap/values (F, M, N + 1) float32   /shap/base_value (F, M) float32 (NaN: not explained)
-    /shap/explained (F, M) uint8         attrs: n_explained (F), definition
-    /ml                     attrs: test metrics and hyperparameters (arrays over frames)
-    /ml/test_predicted (F, M) float32
-    /atoms/shapley, main_effect (F, N)   exhaustive runs: exact, from every motif
-    /best/row, rw (F, K)  /best/mask (F, K, N) uint8   exhaustive runs: the K lowest Rw
-    /convergence (T, columns)   ``mlmotex-hpc convergence``: one row per trial catalogue
-    /timings                attrs: catalogue, fit, learn, explain, outputs, total (s), ranks,
-                            fits_per_second
-
-Layout versions: 1, files written before the attribute existed (no ``layout_version``;
-the same layout as 2, read as it is); 2, this one. A file of a later version is refused
-with a message that names both versions.
+The layout (every dataset and attribute, with its shape, type and meaning) is data, in
+:mod:`.run_layout`, from which ``docs/motex-h5.md`` is generated; the tests check finished
+runs of every kind against it. A file of a later layout version than
+:data:`~.run_layout.LAYOUT_VERSION` is refused with a message that names both versions;
+version 1 (no ``layout_version`` attribute) is the same layout, read as it is.
 
 Parallel or serial HDF5: a :class:`RunFile` opened with a communicator of more than one
 rank, when h5py was built against an MPI-enabled HDF5, is open on every rank with
@@ -80,10 +44,9 @@ from ..config import Config, parse_config, select_frames
 from ..errors import AgreedError, InputError, JobFailed
 from .defaults import with_file_defaults
 from .digests import check_unchanged, times_digest
+from .run_layout import LAYOUT_VERSION
 from .structure import Structure
 
-#: The layout this version writes, and the newest it reads.
-LAYOUT_VERSION = 2
 #: Fit results every run has (plus ``status``, and the freed parameters' datasets).
 FIT_FIELDS = ("rw", "scale", "zoom")
 #: The stages a run goes through, in order (``run --until``).
@@ -237,6 +200,19 @@ def _per_frame(value, n: int) -> list:
         loaded = json.loads(value)
         return loaded if n > 1 else [loaded]
     return list(np.atleast_1d(value))
+
+
+def _broadcast(value: Any, comm) -> Any:
+    """Rank 0's ``value`` on every rank of ``comm`` (through its methods: this module loads
+    no MPI library)."""
+    array = isinstance(value, np.ndarray) and value.dtype.kind in "biuf"
+    meta = comm.bcast((value.shape, value.dtype.str) if array else None)
+    if meta is None:
+        return comm.bcast(value)
+    buffer = (np.ascontiguousarray(value) if comm.rank == 0
+              else np.empty(meta[0], dtype=np.dtype(meta[1])))
+    comm.Bcast(buffer)
+    return buffer
 
 
 def make_folder(folder: Path) -> Path:
@@ -440,6 +416,42 @@ class RunFile:
         """Whether this rank holds the file open."""
         return self.file is not None
 
+    # -- reading for every rank -----------------------------------------------------------
+    def shared(self, read: Callable[[RunFile], Any]) -> Any:
+        """``read(self)`` on rank 0, which holds the file in every mode, and its value on
+        every rank: the one way a stage reads what all ranks need (every rank calls it).
+        A numeric NumPy array travels as a raw buffer; another value is pickled."""
+        comm = self.comm
+        if comm is None or comm.size == 1:
+            return read(self)
+        value = read(self) if comm.rank == 0 else None
+        return _broadcast(value, comm)
+
+    @property
+    def readers(self) -> int:
+        """Ranks that read the file side by side: all with parallel HDF5, else rank 0."""
+        return self.comm.size if self.parallel else 1
+
+    def read_share(self, n_rows: int, block: int) -> tuple[int, int]:
+        """This rank's contiguous share ``lo:hi`` of ``n_rows`` rows, in whole blocks of
+        ``block``, to read itself: with parallel HDF5 each rank a share (the first
+        ``n_blocks % ranks`` one block more), else rank 0 all of them and the others none."""
+        if not self.holds:
+            return 0, 0
+        worker = self.comm.rank if self.parallel else 0
+        workers = self.readers
+        n_blocks = -(-n_rows // block)
+        count = n_blocks // workers + (n_blocks % workers > worker)
+        first = worker * (n_blocks // workers) + min(worker, n_blocks % workers)
+        return min(n_rows, first * block), min(n_rows, (first + count) * block)
+
+    def collective_flush(self) -> None:
+        """Every rank's writes on disk before any rank reads them (flush, then wait)."""
+        if self.file is not None:
+            self.file.flush()
+        if self.comm is not None and self.comm.size > 1:
+            self.comm.Barrier()
+
     @classmethod
     def open(cls, path: Path, mode: str = "r", comm=None) -> RunFile:
         """Open ``path``: on every rank of ``comm`` with parallel HDF5, else on rank 0 only
@@ -621,14 +633,15 @@ class RunFile:
         permutable: np.ndarray,
         frame_names: list[str],
         frames: list[tuple[np.ndarray, np.ndarray]],
-        masks: np.ndarray | Iterable[tuple[int, np.ndarray]] | None,
+        masks: np.ndarray | Iterable[tuple[int, np.ndarray]] | Callable | None,
         times: tuple[float, ...] | None = None,
         time_unit: str = "s",
         sites: tuple[str, ...] | None = None,
     ) -> None:
         """The model (with its crystal ``sites`` when read from one), the data in the fit
         range, and the catalogue (data from rank 0):
-        ``masks`` all at once, or as blocks (first row, masks) made one at a time."""
+        ``masks`` all at once, or as blocks (first row, masks) made one at a time, or a
+        function that returns either, called on the rank that writes them only."""
         if self.file is None:
             return
         f = self.file
@@ -670,6 +683,8 @@ class RunFile:
                 ds_r[:] = r
                 ds_g[:] = g
             perm[:] = permutable
+            if callable(masks):
+                masks = masks()
             blocks = [(0, masks)] if isinstance(masks, np.ndarray) else masks
             for start, block in blocks:
                 stop = start + len(block)
@@ -983,8 +998,11 @@ class RunFile:
             {**{k: float(v) for k, v in timings.items()}, "ranks": ranks})
 
     def mark_complete(self, stage: str = "explain") -> None:
-        """The file is finished up to ``stage`` (one of :data:`STAGES`): a later run to a
-        further stage goes on from here."""
+        """The file is finished up to ``stage`` (one of :data:`STAGES`), or the further
+        stage it was finished to before (``learn --until learn`` on an explained run
+        leaves its answer): a later run to a further stage goes on from here."""
+        if self.file.attrs.get("complete", False):
+            stage = max(stage, _finished_stage(self.file), key=STAGES.index)
         self.file.attrs["complete"] = True
         self.file.attrs["finished_stage"] = stage
 

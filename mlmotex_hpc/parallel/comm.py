@@ -92,6 +92,38 @@ def bcast_array(array: np.ndarray | None, comm: MPI.Comm, root: int = 0) -> np.n
     return array
 
 
+def from_root(value, comm: MPI.Comm, root: int = 0):
+    """``root``'s ``value`` on every rank (a small, picklable value; arrays:
+    :func:`bcast_array`)."""
+    return value if comm.size == 1 else comm.bcast(value if comm.rank == root else None, root)
+
+
+def gather_everywhere(items: list, comm: MPI.Comm) -> list:
+    """Every rank's ``items``, joined in rank order, on every rank."""
+    if comm.size == 1:
+        return list(items)
+    return [item for share in comm.allgather(items) for item in share]
+
+
+def my_tasks(n_tasks: int, comm: MPI.Comm) -> range:
+    """The tasks of ``n_tasks`` this rank takes, dealt round-robin (task k to rank
+    k mod size): a list sorted from the largest spreads its cost evenly."""
+    return range(comm.rank, n_tasks, comm.size)
+
+
+def gather_to_root(items: list, comm: MPI.Comm, root: int = 0) -> list | None:
+    """Every rank's ``items`` joined in rank order on ``root``; None on the others."""
+    if comm.size == 1:
+        return list(items)
+    shares = comm.gather(items, root=root)
+    return None if shares is None else [item for share in shares for item in share]
+
+
+def root_node_ranks(comm: MPI.Comm) -> int:
+    """How many ranks share rank 0's node (and its memory), on every rank (collective)."""
+    return from_root(ranks_on_node(comm), comm)
+
+
 def ranks_on_node(comm: MPI.Comm) -> int:
     """How many ranks of ``comm`` share this rank's node (and its memory); collective."""
     if comm.size == 1:

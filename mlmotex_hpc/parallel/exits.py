@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import AgreedError, InputError, JobFailed
-from .comm import get_comm
+from .comm import get_comm, wait_idle
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -64,8 +64,12 @@ def _raise(outcome: tuple[str, str]) -> None:
     raise JobFailed()
 
 
-def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0) -> T:
-    """Run ``func`` on ``root`` only and broadcast its result (or its failure) to every rank."""
+def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0,
+                    idle: bool = False) -> T:
+    """Run ``func`` on ``root`` only and broadcast its result (or its failure) to every rank.
+
+    ``idle``: the other ranks sleep while they wait (:func:`~.comm.wait_idle`), leaving
+    the node's cores to ``func`` (rank 0 training a model on all of them)."""
     result, outcome = None, None
     if comm.rank == root:
         try:
@@ -74,6 +78,8 @@ def root_then_bcast(func: Callable[[], T], comm: MPI.Comm, root: int = 0) -> T:
             if comm.size == 1 and not isinstance(exc, InputError):
                 raise
             outcome = _outcome(exc, comm)
+    if idle:
+        wait_idle(comm)
     if comm.size > 1:
         result, outcome = comm.bcast((result, outcome), root=root)
     if outcome is not None:

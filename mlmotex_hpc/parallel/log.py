@@ -15,12 +15,18 @@ class Log:
     """Messages from rank 0 only, flushed at once (cluster logs are files)."""
 
     def __init__(self, comm, stream=None, quiet: bool = False):
-        self.enabled = comm.rank == 0 and not quiet
+        self.root = comm.rank == 0
+        self.enabled = self.root and not quiet
         self.stream = stream or sys.stdout
 
     def __call__(self, message: str) -> None:
         if self.enabled:
             print(message, file=self.stream, flush=True)
+
+    def warning(self, message: str) -> None:
+        """``mlmotex-hpc: warning: MESSAGE`` on stderr, from rank 0 (also when quiet)."""
+        if self.root:
+            print(f"mlmotex-hpc: warning: {message}", file=sys.stderr, flush=True)
 
 
 def progress_interval() -> float:

@@ -15,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
 from ..config import Config
 from ..fit.batch import FitPlan, Inputs
 from ..io.runfile import RunFile
-from ..parallel.comm import bcast_array, cores_per_rank, wait_idle
+from ..parallel.comm import cores_per_rank
+from ..parallel.exits import root_then_bcast
 from ..parallel.fitting import run_fits
 from .inputs import round_sizes
 
@@ -30,13 +32,12 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
                     log: Callable, batch_done: np.ndarray | None) -> tuple[int, Inputs]:
     """Fit and draw rounds until the budget is spent or the labels settle (every rank);
     the fits done and the inputs holding every drawn motif."""
-    root = comm.rank == 0
     n_jobs = cores_per_rank(comm)  # collective: every rank asks
-    capacity = comm.bcast(run.n_rows if root else None)
-    state = comm.bcast(run.rounds() if root and batch_done is not None else None)
-    n_drawn = comm.bcast(run.n_motifs if root else None)
+    capacity = run.shared(lambda r: r.n_rows)
+    state = run.shared(lambda r: r.rounds()) if batch_done is not None else None
+    n_drawn = run.shared(lambda r: r.n_motifs)
     if batch_done is not None and n_drawn != inputs.n_motifs:  # resuming after round 0
-        packed = bcast_array(np.packbits(run.masks(), axis=1) if root else None, comm)
+        packed = run.shared(lambda r: np.packbits(r.masks(), axis=1))
         inputs = dataclasses.replace(inputs, packed_masks=packed)
     labels: list[list[int]] = state["labels"] if state else []
     round_ = state["rounds"] - 1 if state else 0
@@ -61,15 +62,10 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
                 run.collective_end_rounds(stopped, labels)
             log(f"  adaptive catalogue: {round_ + 1} round(s), {n_drawn:,} motifs: {stopped}")
             return n_fits, inputs
-        if run.file is not None:
-            run.file.flush()  # the other ranks' fits on disk before rank 0 reads them
-        comm.Barrier()
-        decision = None
-        if root:
-            decision = _next_round(config, run, n_drawn, inputs, labels, round_ + 1,
-                                   min(later, capacity - n_drawn), n_jobs)
-        wait_idle(comm)  # the other ranks sleep while rank 0 learns
-        decision = comm.bcast(decision)
+        run.collective_flush()  # the other ranks' fits on disk before rank 0 reads them
+        decision = root_then_bcast(  # the other ranks sleep while rank 0 learns
+            partial(_next_round, config, run, n_drawn, inputs, labels, round_ + 1,
+                    min(later, capacity - n_drawn), n_jobs), comm, idle=True)
         labels.append(decision["labels"])
         log(decision["line"])
         if decision["stop"]:

@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..io.runfile import RunFile, make_folder
 from ..learn.convergence import FIELDS, AdaptiveSettings, Trial, adaptive_rows, trial
-from ..parallel.comm import bcast_array, cores_per_rank, get_comm
+from ..parallel.comm import bcast_array, cores_per_rank, gather_to_root, get_comm, my_tasks
 from ..parallel.exits import abort_on_error, root_then_bcast
 from ..parallel.log import Log
 from .exact import learning_rows
@@ -59,7 +59,6 @@ def convergence(path: Path, sizes: tuple[int, ...] = SIZES, seeds: int = 3, fram
     """Run the trials; rank 0 returns them (sorted by size and seed), the others []."""
     comm = get_comm(comm)
     log = Log(comm, quiet=quiet)
-    root = comm.rank == 0
     held: dict = {}
 
     def read():
@@ -88,7 +87,7 @@ def convergence(path: Path, sizes: tuple[int, ...] = SIZES, seeds: int = 3, fram
     mine = []
     t0 = time.perf_counter()
     with abort_on_error(comm):
-        for k in range(comm.rank, len(tasks), comm.size):
+        for k in my_tasks(len(tasks), comm):
             strategy, size, seed = tasks[k]
             # catalogues of one size: seeds 0, 1, ... as a user would draw them
             uniform, rounds = None, 1
@@ -105,11 +104,10 @@ def convergence(path: Path, sizes: tuple[int, ...] = SIZES, seeds: int = 3, fram
                   f"{100 * result.sign_agreement:5.1f} % right, Spearman "
                   f"{result.spearman:.3f}, best Rw {result.best_rw:.4f} (global "
                   f"{global_rw:.4f}), {result.seconds:.1f} s", flush=True)
-        parts = comm.gather(mine)
-    if not root:
+        gathered = gather_to_root(mine, comm)
+    if gathered is None:  # not rank 0
         return []
-    trials = sorted((t for part in parts for t in part),
-                    key=lambda t: (t.strategy, t.size, t.seed))
+    trials = sorted(gathered, key=lambda t: (t.strategy, t.size, t.seed))
     out_dir = Path(out_dir or path.parent)
     write_results(path, out_dir, trials, frame, log)
     log(f"convergence: {len(trials)} catalogues in {time.perf_counter() - t0:.1f} s")

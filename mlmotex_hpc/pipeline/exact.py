@@ -20,8 +20,7 @@ from ..config import Config
 from ..fit.fitter import STATUS_NO_PAIRS
 from ..io.runfile import RunFile
 from ..learn.exact import BLOCK, attributions, block_sums, lowest, merge_lowest
-from ..learn.explain import block_share
-from ..parallel.comm import inject_fault
+from ..parallel.comm import from_root, gather_everywhere, inject_fault
 
 
 def learning_rows(n_permutable: int, size: int, seed: int) -> np.ndarray:
@@ -45,23 +44,20 @@ def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict
     ``/best``."""
     t0 = time.perf_counter()
     inject_fault("exact", comm)
-    root = comm.rank == 0
-    n_rows, n = comm.bcast((run.n_table, run.permutable().size) if root else None)
+    n_rows, n = run.shared(lambda r: (r.n_table, r.permutable().size))
     k = min(config.exact.best, n_rows)
-    readers = comm.size if run.parallel else 1
     log(f"step 3a: exact Shapley values and the {k} best motifs from all {n_rows:,} fits "
-        f"on {readers} rank(s)")
+        f"on {run.readers} rank(s)")
     mine: list[tuple[int, np.ndarray, np.ndarray, tuple]] = []
-    if run.holds and (run.parallel or root):
-        lo, hi = block_share(n_rows, comm.rank if run.parallel else 0, readers, BLOCK)
-        for start in range(lo, hi, BLOCK):
-            stop = min(hi, start + BLOCK)
-            masks = run.masks(slice(start, stop))
-            rows = slice(start, stop)
-            values = table_values(run.fit_rows("rw", rows), run.fit_rows("status", rows))
-            sums, bad = block_sums(masks, values)
-            mine.append((start // BLOCK, sums, bad, lowest(values, start, k)))
-    parts = [p for share in (comm.allgather(mine) if comm.size > 1 else [mine]) for p in share]
+    lo, hi = run.read_share(n_rows, BLOCK)  # parallel HDF5: each rank its share of blocks
+    for start in range(lo, hi, BLOCK):
+        stop = min(hi, start + BLOCK)
+        masks = run.masks(slice(start, stop))
+        rows = slice(start, stop)
+        values = table_values(run.fit_rows("rw", rows), run.fit_rows("status", rows))
+        sums, bad = block_sums(masks, values)
+        mine.append((start // BLOCK, sums, bad, lowest(values, start, k)))
+    parts = gather_everywhere(mine, comm)
     parts.sort(key=lambda p: p[0])
     total = np.zeros_like(parts[0][1])
     bad = np.zeros_like(parts[0][2])
@@ -78,7 +74,7 @@ def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict
             "seconds": time.perf_counter() - t0}
     # rank 0's: each rank's own time would write a different string into one collective
     # attribute, which corrupted it (CI, 3 ranks: unreadable JSON in /best's info)
-    info = comm.bcast(info if root else None) if comm.size > 1 else info
+    info = from_root(info, comm)
     run.collective_write_exact(shapley=result["shapley"], main_effect=result["main_effect"],
                                best_rows=best_rows, best_rw=best_rw, best_masks=best_masks,
                                info=info)
@@ -91,8 +87,7 @@ def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict
 def choose_learning_rows(run: RunFile, config: Config, comm, log: Callable) -> None:
     """Steps 3-4 of an exhaustive run learn from ``learn.sample`` of its motifs: recorded
     as the learning copy's view (every rank)."""
-    root = comm.rank == 0
-    n_rows, n = comm.bcast((run.n_table, run.permutable().size) if root else None)
+    n_rows, n = run.shared(lambda r: (r.n_table, r.permutable().size))
     rows = learning_rows(n, config.learn.sample, config.learn.seed)
     run.collective_set_view(rows)
     log(f"steps 3-4 on an ML-MotEx random catalogue of {rows.size:,} of the {n_rows:,} "

@@ -36,7 +36,7 @@ from ..extract import (
 )
 from ..fit.batch import FitGroup, Inputs, fit_plan, make_fit_groups
 from ..io.runfile import RunFile
-from ..parallel.comm import bcast_array, pause_for_tests
+from ..parallel.comm import pause_for_tests
 from ..parallel.fitting import fit_masks
 
 #: Pieces of a motif that are fitted to choose among them (the largest first).
@@ -121,11 +121,10 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
     answer) and ``/polish``."""
     t0 = time.perf_counter()
     ex = config.extract
-    root = comm.rank == 0
-    acv = bcast_array(run.atoms("contribution") if root else None, comm)
-    se = bcast_array(run.atoms("contribution_se") if root else None, comm)
-    cf = bcast_array(run.atoms("confidence") if root else None, comm)
-    every = comm.bcast(run.exhaustive if root else None)
+    acv = run.shared(lambda r: r.atoms("contribution"))
+    se = run.shared(lambda r: r.atoms("contribution_se"))
+    cf = run.shared(lambda r: r.atoms("confidence"))
+    every = run.shared(lambda r: r.exhaustive)
     n_frames, n = acv.shape
     labels = confidence_labels(acv, se, cf, ex.label_z, ex.label_min_cf)
     acv_negative = acv < 0
@@ -147,7 +146,7 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
         return
 
     if every:  # every motif is fitted: look them up, fit none
-        table, best = ExhaustiveTable(run, comm), _best_of_table(run, comm, ex.polish_starts)
+        table, best = ExhaustiveTable(run), _best_of_table(run, ex.polish_starts)
         budget = 0
     else:
         table, budget = _fit_table(run, config, inputs, comm, log, n)
@@ -244,10 +243,9 @@ def _fit_table(run: RunFile, config: Config, inputs: Inputs, comm, log: Callable
                ) -> tuple[FitTable, int]:
     """Every fitted motif of a sampled catalogue on every rank, and the fits left for
     the stage."""
-    root = comm.rank == 0
-    packed = bcast_array(np.packbits(run.masks(slice(None)), axis=1) if root else None, comm)
-    rw_all = bcast_array(run.fits("rw", every=True) if root else None, comm)
-    n_catalogue, resizable = comm.bcast((run.n_motifs, run.resizable()) if root else None)
+    packed = run.shared(lambda r: np.packbits(r.masks(slice(None)), axis=1))
+    rw_all = run.shared(lambda r: r.fits("rw", every=True))
+    n_catalogue, resizable = run.shared(lambda r: (r.n_motifs, r.resizable()))
     budget = n_catalogue + extract_reserve(config, n) - packed.shape[0] if resizable else 0
     budget = max(0, budget)
     if not resizable:
@@ -273,21 +271,22 @@ class ExhaustiveTable:
 
     fitted = 0
 
-    def __init__(self, run: RunFile, comm):
-        self.run, self.comm = run, comm
+    def __init__(self, run: RunFile):
+        self.run = run
 
     def evaluate(self, masks: np.ndarray) -> np.ndarray:
         """Rw of each mask for every frame (F × K); NaN for the empty motif."""
         rows = mask_rows(masks)
-        out = None
-        if self.comm.rank == 0:
+
+        def read(run: RunFile) -> np.ndarray:
             wanted = np.unique(rows[rows >= 0])
-            values = self.run.fit_rows("rw", wanted) if wanted.size else None
-            out = np.full((self.run.n_frames, len(rows)), np.nan)
+            out = np.full((run.n_frames, len(rows)), np.nan)
             if wanted.size:
                 at = rows >= 0
-                out[:, at] = values[:, np.searchsorted(wanted, rows[at])]
-        return bcast_array(out, self.comm)
+                out[:, at] = run.fit_rows("rw", wanted)[:, np.searchsorted(wanted, rows[at])]
+            return out
+
+        return self.run.shared(read)
 
 
 def _best_of_catalogue(table: FitTable, n_best: int) -> list[list[tuple[str, np.ndarray]]]:
@@ -302,9 +301,9 @@ def _best_of_catalogue(table: FitTable, n_best: int) -> list[list[tuple[str, np.
     return out
 
 
-def _best_of_table(run: RunFile, comm, n_best: int) -> list[list[tuple[str, np.ndarray]]]:
+def _best_of_table(run: RunFile, n_best: int) -> list[list[tuple[str, np.ndarray]]]:
     """Each frame's ``n_best`` best motifs of an exhaustive table (``/best``)."""
-    best = comm.bcast(run.best() if comm.rank == 0 else None)
+    best = run.shared(lambda r: r.best())
     return [[(f"global #{k + 1} (motif {row})", best["mask"][f, k])
              for k, row in enumerate(best["row"][f, :n_best]) if row >= 0]
             for f in range(best["row"].shape[0])]

@@ -23,7 +23,6 @@ fit again).
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..errors import InputError
 from ..fit.batch import Inputs, fit_plan, frame_blocks
 from ..io.runfile import RunFile, RunLock, announce_fallback, finish_on_copy
 from ..learn.model import LearnSettings
-from ..parallel.comm import cores_per_rank, get_comm, inject_fault, ranks_on_node, wait_idle
+from ..parallel.comm import cores_per_rank, get_comm, inject_fault, root_node_ranks, wait_idle
 from ..parallel.exits import abort_on_error, agreed, root_then_bcast
 from ..parallel.fitting import run_fits
 from ..parallel.learning import learn_and_explain
@@ -94,7 +93,7 @@ def run(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    local_ranks = comm.bcast(ranks_on_node(comm))  # the ranks sharing rank 0's node
+    local_ranks = root_node_ranks(comm)
     lock = RunLock(path)  # taken by rank 0, for the job's whole life
 
     def check_inputs() -> tuple[Inputs, Previous | None]:
@@ -105,9 +104,8 @@ def run(
 
     try:
         inputs, previous = root_then_bcast(check_inputs, comm)
-        if comm.rank == 0:  # after the inputs passed: a bad input prints its error alone
-            for note in config.notes:
-                print(f"mlmotex-hpc: warning: {note}", file=sys.stderr, flush=True)
+        for note in config.notes:  # after the inputs passed: a bad input's error stands alone
+            log.warning(note)
         timings["catalogue"] = time.perf_counter() - t0
         log(f"mlmotex-hpc: {inputs.n_motifs} motifs over N = {inputs.space.size} "
             f"permutable atoms, {len(inputs.frames)} frame(s), {comm.size} rank(s)")
@@ -176,7 +174,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
                         permutable=inputs.space.permutable,
                         frame_names=[f.name for f in inputs.frames],
                         frames=[(f.r, f.g) for f in inputs.frames],
-                        masks=_mask_blocks(inputs) if comm.rank == 0 else None,
+                        masks=lambda: _mask_blocks(inputs),  # made by the rank that writes
                         times=config.frames.time, time_unit=config.frames.time_unit,
                         sites=inputs.structure.sites,
                     )
@@ -206,7 +204,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     if inputs.table_rw is not None:
         run_file.collective_write_table_fits(inputs.table_rw)
         run_file.close()
-        comm.Barrier()
+        wait_idle(comm)
         log(f"step 2: {inputs.n_motifs} fits read from {config.fits.name} (none made)")
         timings["fit"] = time.perf_counter() - t_fit
         timings["fits_per_second"] = float("nan")
@@ -258,7 +256,7 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     run_file.collective_set_config(config.source)  # the learn settings used
     if until == "fit":
         return {}
-    if comm.bcast(run_file.exhaustive if comm.rank == 0 else None):
+    if run_file.shared(lambda run: run.exhaustive):
         exact_stage(run_file, config, comm, log, timings)
         choose_learning_rows(run_file, config, comm, log)
     inject_fault("learn", comm)

@@ -1,0 +1,251 @@
+"""The layout of ``motex.h5``, once, as data: every dataset and attribute, its shape, type,
+when it is there and what it means.
+
+:mod:`.runfile` writes and reads the file; this table says what it holds.
+:func:`reference` renders it as the file-format reference (Markdown), and
+:func:`undescribed` lists what a real file holds that the table does not describe (the
+tests run it on finished runs, so the table cannot drift from the writer).
+
+Dimensions: F frames, P points of a frame's fit range, M motifs (rows of the catalogue,
+the extract stage's rows after ``n_catalogue``), N permutable atoms, n atoms of the model,
+B motif batches, FB frame blocks, R adaptive rounds, L rows learned from (exhaustive
+runs), K best motifs kept, T convergence trials, C convergence columns.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+#: The layout this version writes, and the newest it reads. 1: files written before the
+#: ``layout_version`` attribute existed (the same layout as 2, read as they are).
+LAYOUT_VERSION = 2
+
+#: When a dataset or attribute is there.
+ALWAYS = "always"
+LEARNED = "after step 3"
+EXPLAINED = "after step 4"
+EXTRACTED = "after the extract stage"
+POLISHED = "after polishing"
+EXHAUSTIVE = "exhaustive runs"
+ADAPTIVE = "adaptive catalogues"
+REFINED = "when fit.refine frees it"
+CRYSTAL = "a model from a crystal file"
+TIMED = "with frames.time"
+CONVERGENCE = "after mlmotex-hpc convergence"
+TASK = "a job-array task's file"
+MERGED = "a merged file"
+TABLE = "a run on a fits table"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One dataset (``shape`` given) or group of the file, with its attributes.
+
+    ``path`` may hold placeholders: ``<frame>`` (5-digit frame number), ``<El>`` (an
+    element symbol). ``dtype`` is a NumPy kind and size (``f8``, ``u1``, ``S``: bytes).
+    """
+
+    path: str
+    meaning: str
+    shape: tuple[str, ...] | None = None  # None: a group
+    dtype: str = ""
+    when: str = ALWAYS
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def pattern(self) -> re.Pattern:
+        text = re.escape(self.path).replace(re.escape("<frame>"), r"\d{5}")
+        return re.compile("^" + text.replace(re.escape("<El>"), r"[A-Z][a-z]?") + "$")
+
+
+LAYOUT: tuple[Entry, ...] = (
+    Entry("/", "the run", attrs=(
+        ("config", "the config, as YAML text"),
+        ("config_hash", "SHA-256 of the config's content (comments, spacing, key order do "
+                        "not count)"),
+        ("fits_hash", "the same, without the learn section: what the fits depend on"),
+        ("config_dir", "the config's folder: relative paths resolve against it"),
+        ("version", "mlmotex-hpc's version"),
+        ("layout_version", f"this layout's version ({LAYOUT_VERSION}); absent: 1"),
+        ("created", "when the file was made (ISO 8601)"),
+        ("hdf5_mode", "parallel (mpio) or serial"),
+        ("complete", "the run finished (up to finished_stage)"),
+        ("finished_stage", "fit, learn or explain: where run --until stopped a complete "
+                           "file"),
+        ("input_digests", "JSON: SHA-256 of each input file's content, by role"),
+        ("frame_range", f"[start, stop): the frames of the series held ({TASK})"),
+        ("fits_table", f"the table's file name ({TABLE})"),
+        ("merged_from", f"JSON: the parts' paths ({MERGED})"),
+    )),
+    Entry("/model", "the starting model"),
+    Entry("/model/elements", "element of every atom", ("n",), "S"),
+    Entry("/model/xyz", "Cartesian coordinates", ("n", "3"), "f8", attrs=(("units", "Å"),)),
+    Entry("/model/sites", "crystal site label of every atom", ("n",), "S", CRYSTAL),
+    Entry("/frames", "the series"),
+    Entry("/frames/names", "each frame's data file name", ("F",), "S"),
+    Entry("/frames/time", "each frame's time", ("F",), "f8", TIMED,
+          attrs=(("unit", "frames.time_unit"),)),
+    Entry("/data", "the measured data, one group a frame"),
+    Entry("/data/<frame>", "a frame's fit range"),
+    Entry("/data/<frame>/r", "r of the fit range (Å)", ("P",), "f8"),
+    Entry("/data/<frame>/g", "the measured G in the fit range", ("P",), "f8"),
+    Entry("/catalogue", "the motifs", attrs=(
+        ("n_catalogue", "rows of the catalogue; the extract stage's rows follow"),
+        ("exhaustive", "1: every motif, row r the motif of binary code r + 1"),
+        ("rounds", "adaptive rounds drawn"),
+        ("stopped", "why an adaptive catalogue stopped drawing"),
+        ("origin_codes", "the codes of /catalogue/origin"),
+    )),
+    Entry("/catalogue/mask", "1: the permutable atom is kept", ("M", "N"), "u1"),
+    Entry("/catalogue/size", "permutable atoms kept", ("M",), "i8"),
+    Entry("/catalogue/permutable", "model index of each permutable atom", ("N",), "i8"),
+    Entry("/catalogue/origin", "0 catalogue, 1 an adaptive round, 2 the extract stage",
+          ("M",), "u1"),
+    Entry("/catalogue/round", "the adaptive round that drew it (-1: the extract stage)",
+          ("M",), "i2"),
+    Entry("/catalogue/round_labels", "the atom labels after each adaptive round", ("R", "N"),
+          "i1", ADAPTIVE),
+    Entry("/catalogue/learn_rows", "the rows steps 3-4 learn from and explain", ("L",), "i8",
+          EXHAUSTIVE, attrs=(("definition", "what the rows are"),)),
+    Entry("/fits", "step 2: every motif fitted to every frame", attrs=(
+        ("batch_size", "motifs per work unit"), ("frame_block", "frames per work unit"),
+        ("status_codes", "the codes of /fits/status"),
+    )),
+    Entry("/fits/rw", "Rw of the fit (NaN: failed)", ("F", "M"), "f8"),
+    Entry("/fits/scale", "the fitted scale", ("F", "M"), "f8"),
+    Entry("/fits/zoom", "the fitted zoom (expansion)", ("F", "M"), "f8"),
+    Entry("/fits/status", "0 ok, 1 not converged, 2 no pairs, 3 Uiso or delta2 at a "
+          "bound, -1 not fitted", ("F", "M"), "i1"),
+    Entry("/fits/uiso_<El>", "the element's fitted Uiso (Å²)", ("F", "M"), "f8", REFINED),
+    Entry("/fits/delta2", "the fitted delta2 (Å²)", ("F", "M"), "f8", REFINED),
+    Entry("/fits/batch_done", "1: the work unit (motif batch × frame block) is written",
+          ("B", "FB"), "u1"),
+    Entry("/ml", "step 3: the model of each frame", when=LEARNED, attrs=(
+        ("test_mae", "test mean absolute error (per frame)"),
+        ("test_rmse", "test root-mean-square error (per frame)"),
+        ("test_r2", "test R² (per frame)"),
+        ("baseline_mae", "MAE of predicting the mean (per frame)"),
+        ("n_estimators", "trees of the final model (per frame)"),
+        ("cv_score", "the search's best cross-validated score (per frame)"),
+        ("n_train", "motifs trained on (per frame)"),
+        ("n_test", "motifs held out for the test (per frame)"),
+        ("params", "JSON: the chosen hyperparameters"),
+        ("history", "JSON: the search's history"),
+        ("settings", "JSON: the learning settings used"),
+        ("searched_frames", "the frames the shared search ran on (a series)"),
+    )),
+    Entry("/ml/test_predicted", "the model's Rw for its test motifs (NaN: not tested)",
+          ("F", "M"), "f4", LEARNED, attrs=(("definition", "what the values are"),)),
+    Entry("/atoms", "step 4: per-atom results", when=EXPLAINED,
+          attrs=(("definition", "the formulas of the per-atom results"),)),
+    Entry("/atoms/index", "model index of each permutable atom", ("N",), "i8", EXPLAINED),
+    Entry("/atoms/contribution", "the atom contribution value (ACV): mean SHAP over motifs "
+          "keeping the atom - over motifs removing it; < 0: the atom lowers Rw", ("F", "N"),
+          "f8", EXPLAINED, attrs=(("definition", "the formulas"),)),
+    Entry("/atoms/uncertainty", "sqrt((sK² + sR²)/2)", ("F", "N"), "f8", EXPLAINED),
+    Entry("/atoms/confidence", "|ACV| / uncertainty", ("F", "N"), "f8", EXPLAINED),
+    Entry("/atoms/kept_mean", "mean SHAP over motifs keeping the atom", ("F", "N"), "f8",
+          EXPLAINED),
+    Entry("/atoms/removed_mean", "mean SHAP over motifs removing it", ("F", "N"), "f8",
+          EXPLAINED),
+    Entry("/atoms/contribution_se", "the ACV's standard error", ("F", "N"), "f8", EXPLAINED),
+    Entry("/atoms/in_motif", "the answer: 1 the atom is in the motif", ("F", "N"), "b1",
+          EXPLAINED),
+    Entry("/atoms/label", "1 in, 0 out, 2 uncertain (ACV against its standard error)",
+          ("F", "N"), "i1", EXTRACTED, attrs=(("definition", "the rule"),)),
+    Entry("/atoms/acv_negative", "1: ACV < 0", ("F", "N"), "b1", EXTRACTED),
+    Entry("/atoms/answer", "JSON: the extract stage's settings and what the answer is", (),
+          "S", EXTRACTED),
+    Entry("/atoms/shapley", "exact Shapley value of each atom from every motif", ("F", "N"),
+          "f8", EXHAUSTIVE, attrs=(("definition", "the game"),)),
+    Entry("/atoms/main_effect", "mean Rw keeping the atom - removing it", ("F", "N"), "f8",
+          EXHAUSTIVE, attrs=(("definition", "the game"),)),
+    Entry("/shap", "step 4: TreeSHAP values", when=EXPLAINED, attrs=(
+        ("definition", "which motifs are explained"),
+        ("n_explained", "motifs explained per frame"),
+    )),
+    Entry("/shap/values", "SHAP value of each feature (N atoms, then the size); NaN: not "
+          "explained", ("F", "M", "N+1"), "f4", EXPLAINED),
+    Entry("/shap/base_value", "the model's expected value (NaN: not explained)", ("F", "M"),
+          "f4", EXPLAINED),
+    Entry("/shap/explained", "1: the motif was explained", ("F", "M"), "u1", EXPLAINED),
+    Entry("/polish", "the extract stage's polishing by real fits", when=POLISHED, attrs=(
+        ("path", "JSON, per frame and start: each accepted move and the Rw after it"),
+        ("fits", "motifs fitted by the extract stage"),
+        ("budget", "fits it could spend"),
+        ("definition", "what the datasets are"),
+    )),
+    Entry("/polish/mask", "each frame's polished motif", ("F", "N"), "b1", POLISHED),
+    Entry("/polish/rw", "its fitted Rw", ("F",), "f8", POLISHED),
+    Entry("/polish/start_mask", "the start it came from", ("F", "N"), "b1", POLISHED),
+    Entry("/polish/start_rw", "the start's Rw", ("F",), "f8", POLISHED),
+    Entry("/best", "the K lowest Rw of every motif", when=EXHAUSTIVE, attrs=(
+        ("definition", "the order"), ("info", "JSON: rows, blocks, failed fits, seconds"),
+    )),
+    Entry("/best/row", "their rows", ("F", "K"), "i8", EXHAUSTIVE),
+    Entry("/best/rw", "their Rw", ("F", "K"), "f8", EXHAUSTIVE),
+    Entry("/best/mask", "their masks", ("F", "K", "N"), "u1", EXHAUSTIVE),
+    Entry("/convergence", "one row per trial catalogue", ("T", "C"), "f8", CONVERGENCE,
+          attrs=(("columns", "the columns' names"), ("frame", "the frame compared"),
+                 ("definition", "what is compared"))),
+    Entry("/timings", "seconds per stage", attrs=(
+        ("catalogue", "s"), ("fit", "s"), ("learn", "s"), ("explain", "s"),
+        ("extract", "s"), ("exact", "s"), ("outputs", "s"), ("total", "s"),
+        ("ranks", "ranks of the job"), ("fits_per_second", "the fit stage's rate"),
+        ("note", f"how the times were made ({MERGED})"),
+    )),
+)
+
+
+def entry_for(path: str) -> Entry | None:
+    """The entry that describes ``path`` (``/fits/uiso_W``, ``/data/00003/r``)."""
+    return next((e for e in LAYOUT if e.pattern().match(path)), None)
+
+
+def undescribed(h5) -> list[str]:
+    """What the open file ``h5`` holds that :data:`LAYOUT` does not describe, or describes
+    otherwise (another rank or type, a group for a dataset), one line each."""
+    import h5py
+
+    problems: list[str] = []
+
+    def check(path: str, obj) -> None:
+        entry = entry_for(path)
+        if entry is None:
+            problems.append(f"{path}: not in the layout")
+            return
+        if isinstance(obj, h5py.Group) and entry.shape is not None:
+            problems.append(f"{path}: a group, the layout says a dataset")
+        if isinstance(obj, h5py.Dataset):
+            if entry.shape is None:
+                problems.append(f"{path}: a dataset, the layout says a group")
+            elif obj.ndim != len(entry.shape):
+                problems.append(f"{path}: {obj.ndim} dimensions, the layout says "
+                                f"{len(entry.shape)}")
+            elif obj.dtype.kind != entry.dtype[0] and not (
+                    entry.dtype[0] == "S" and obj.dtype.kind in "SO"):
+                problems.append(f"{path}: dtype {obj.dtype}, the layout says {entry.dtype}")
+        for key in obj.attrs:
+            if key not in dict(entry.attrs):
+                problems.append(f"{path}: attribute {key} not in the layout")
+
+    check("/", h5)
+    h5.visititems(lambda name, obj: check("/" + name, obj))
+    return problems
+
+
+def reference() -> str:
+    """The file-format reference of ``motex.h5``, as Markdown."""
+    lines = [f"### `motex.h5` (layout version {LAYOUT_VERSION})", "",
+             __doc__.split("\n\n")[-1].strip().replace("\n", " "), "",
+             "| path | shape | type | when | meaning |", "|---|---|---|---|---|"]
+    for e in LAYOUT:
+        shape = "group" if e.shape is None else f"({', '.join(e.shape)})"
+        lines.append(f"| `{e.path}` | {shape} | {e.dtype or ''} | {e.when} | {e.meaning} |")
+        for key, meaning in e.attrs:
+            lines.append(f"| `{e.path}` @{key} | attribute | | | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m mlmotex_hpc.io.run_layout > docs/motex-h5.md
+    print(reference(), end="")
