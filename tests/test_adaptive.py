@@ -16,8 +16,8 @@ import yaml
 from mlmotex_hpc.catalogue import MotifSpace
 from mlmotex_hpc.config import load_config
 from mlmotex_hpc.errors import InputError
-from mlmotex_hpc.io.run_layout import undescribed
 from mlmotex_hpc.io.structure import Structure, read_xyz, write_xyz
+from mlmotex_hpc.store.run_layout import undescribed
 
 from .conftest import KEGGIN_MOTIF_W, KEGGIN_XYZ, keggin_config, run_cli
 from .test_resume import kill_when

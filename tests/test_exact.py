@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from mlmotex_hpc.catalogue import code_masks, mask_rows, sample_masks
-from mlmotex_hpc.io.run_layout import undescribed
 from mlmotex_hpc.learn.exact import (
     attributions,
     block_sums,
@@ -19,6 +18,7 @@ from mlmotex_hpc.learn.exact import (
     shapley_weights,
 )
 from mlmotex_hpc.pipeline.exact import learning_rows
+from mlmotex_hpc.store.run_layout import undescribed
 
 from .conftest import EXAMPLES, KEGGIN_XYZ, keggin_config, run_cli
 

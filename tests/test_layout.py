@@ -12,8 +12,8 @@ from pathlib import Path
 import h5py
 import pytest
 
-from mlmotex_hpc.io.run_layout import LAYOUT, reference, undescribed
-from mlmotex_hpc.io.runfile import LAYOUT_VERSION
+from mlmotex_hpc.store import LAYOUT_VERSION
+from mlmotex_hpc.store.run_layout import LAYOUT, reference, undescribed
 
 from .conftest import KEGGIN_XYZ, ROOT, keggin_config, run_serial
 
@@ -27,6 +27,7 @@ FLOORS = [
     {"commands"},
     {"pipeline"},
     {"parallel", "output"},
+    {"store"},
     {"fit", "learn"},
     {"catalogue", "extract"},
     {"io"},
@@ -94,11 +95,11 @@ def test_every_import_runs_down_the_house():
 
 
 #: Calls that decide who reads, who broadcasts and who waits: only ``parallel/`` and the
-#: store (``io/runfile.py``) make them; the pipeline calls functions that do.
+#: store (``store/``) make them; the pipeline calls functions that do.
 RANK_LOGIC = {"rank", "bcast", "Bcast", "allgather", "Allgather", "gather", "Gather",
               "Barrier", "Ibarrier", "Send", "Recv", "send", "recv", "Isend", "Irecv",
               "allreduce", "Allreduce", "scatter", "Scatter"}
-RANK_ROOMS = ("parallel/", "io/runfile.py")
+RANK_ROOMS = ("parallel/", "store/")
 
 
 def _rank_logic(path: Path) -> list[str]:
@@ -116,7 +117,7 @@ def test_no_rank_logic_outside_parallel_and_the_store():
     assert not found, found
     # the walk sees what it looks for
     assert any(".rank" in hit for hit in _rank_logic(PACKAGE / "parallel" / "comm.py"))
-    assert any(".bcast" in hit for hit in _rank_logic(PACKAGE / "io" / "runfile.py"))
+    assert any(".bcast" in hit for hit in _rank_logic(PACKAGE / "store" / "hdf5.py"))
 
 
 def test_mpi4py_is_imported_only_in_parallel_and_info():
@@ -125,7 +126,7 @@ def test_mpi4py_is_imported_only_in_parallel_and_info():
     assert "parallel/comm.py" in users  # the check can see an import
 
 
-def test_only_runfile_names_the_datasets_of_motex_h5():
+def test_only_the_store_names_the_datasets_of_motex_h5():
     groups = ("fits/", "atoms/", "shap/", "catalogue/", "frames/", "model/", "ml/", "data/")
     owners = set()
     for path in _modules():
@@ -133,7 +134,7 @@ def test_only_runfile_names_the_datasets_of_motex_h5():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) \
                     and node.value.startswith(groups) and " " not in node.value:
                 owners.add(str(path.relative_to(PACKAGE)))
-    assert owners == {"io/runfile.py"}, owners
+    assert owners and all(o.startswith("store/") for o in owners), owners
 
 
 def test_help_loads_neither_numba_nor_h5py_nor_mpi():
@@ -263,7 +264,7 @@ def test_exit_policy_every_rank_leaves_together(ranks, tmp_path):
 
 
 def test_the_layout_describes_every_dataset_of_a_finished_run(keggin_run, tmp_path):
-    """The layout is data (io/run_layout.py): a finished Keggin run holds nothing it does
+    """The layout is data (store/run_layout.py): a finished Keggin run holds nothing it does
     not describe, and everything it says every run has. (Exhaustive, adaptive, series
     and merged files are checked where those runs are made.)"""
     out, _ = keggin_run
@@ -281,5 +282,12 @@ def test_the_layout_describes_every_dataset_of_a_finished_run(keggin_run, tmp_pa
 
 
 def test_the_file_format_reference_is_generated_from_the_layout():
-    """docs/motex-h5.md is `python -m mlmotex_hpc.io.run_layout`'s output, not prose."""
+    """docs/motex-h5.md is `python -m mlmotex_hpc.store.run_layout`'s output, not prose."""
     assert (ROOT / "docs" / "motex-h5.md").read_text() == reference()
+
+
+def test_h5py_is_imported_only_in_the_store_and_info():
+    users = sorted(str(p.relative_to(PACKAGE)) for p in _modules()
+                   if "import h5py" in p.read_text() or "from h5py" in p.read_text())
+    assert all(u.startswith("store/") or u == "commands/info.py" for u in users), users
+    assert "store/hdf5.py" in users  # the check can see an import

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from mlmotex_hpc.io.run_layout import undescribed
+from mlmotex_hpc.store.run_layout import undescribed
 
 from .conftest import EXAMPLES, run_cli, run_serial
 from .test_resume import errors, kill_when

@@ -43,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..io.runfile import RunLock
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
     from ..pipeline.convergence import convergence
+    from ..store import RunLock
 
     if args.seeds < 1:
         raise InputError(f"--seeds {args.seeds}: at least one catalogue per size")

@@ -44,8 +44,8 @@ def _prepare(path: Path, args: argparse.Namespace):
     import numpy as np
 
     from ..errors import InputError
-    from ..io.runfile import RunFile
     from ..pipeline.inputs import load_inputs
+    from ..store import RunFile
 
     with RunFile.read(path) as run:
         config = run.config()
@@ -71,10 +71,10 @@ def _prepare(path: Path, args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..io.runfile import RunLock
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
     from ..pipeline.run import learn
+    from ..store import RunLock
 
     comm = get_comm()
     path = Path(args.results).resolve()

@@ -1,7 +1,7 @@
 """Figures written from a finished ``motex.h5`` (matplotlib, Agg, PNG).
 
 Each function reads what it needs from the open run (a
-:class:`~mlmotex_hpc.io.runfile.RunFile`) and returns the path it wrote.
+:class:`~mlmotex_hpc.store.RunFile`) and returns the path it wrote.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.runfile import RunFile
 from ..io.structure import site_labels
+from ..store import RunFile
 
 #: Fraction of the motifs of a frame whose sizes describe "the best fits".
 BEST_FRACTION = 0.01

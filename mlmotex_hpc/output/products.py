@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..extract import LABEL_CODES, confidence_labels
-from ..io.runfile import RunFile
 from ..io.structure import Structure, site_labels
+from ..store import RunFile
 from . import plots
 from .structure_files import contribution_colours, write_cmtx, write_vesta
 

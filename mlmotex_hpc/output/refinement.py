@@ -30,8 +30,9 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import pdf_settings
 from ..errors import InputError
-from ..io.runfile import RunFile, make_folder
+from ..io.folders import make_folder
 from ..io.structure import Structure, site_labels
+from ..store import RunFile
 
 #: Everything ``refine`` frees.
 REFINED = ("scale", "zoom", "uiso", "delta2")

@@ -19,8 +19,8 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError
 from ..extract import LABEL_CODES, LABEL_NAMES
-from ..io.runfile import RunFile
 from ..io.structure import Structure, site_labels
+from ..store import RunFile
 from .plots import frame_metric
 from .products import FIGURES, FrameProducts, answer_labels
 from .structure_files import contribution_colours

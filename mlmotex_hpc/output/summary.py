@@ -1,6 +1,6 @@
 """Step 5: every file a user opens after a run, and the printed summary.
 
-Rank 0, with the finished ``motex.h5`` open (a :class:`~mlmotex_hpc.io.runfile.RunFile`).
+Rank 0, with the finished ``motex.h5`` open (a :class:`~mlmotex_hpc.store.RunFile`).
 :func:`write_outputs` is what ``run``, ``learn`` and ``merge`` end with;
 :func:`redraw` is the ``plot`` command: the same files again, for other frames or into
 another folder.
@@ -19,8 +19,9 @@ from ..catalogue import MotifSpace
 from ..config import Config
 from ..errors import InputError
 from ..extract import LABEL_NAMES
-from ..io.runfile import ATOM_DATASETS, RunFile, make_folder
+from ..io.folders import make_folder
 from ..io.structure import Structure, site_labels, write_xyz
+from ..store import ATOM_DATASETS, RunFile
 
 
 def motif_structure(structure: Structure, atom_mask: np.ndarray, name: str) -> Structure:

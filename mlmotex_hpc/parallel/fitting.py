@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..fit.batch import FitGroup, FitPlan, Inputs, fit_batch, frame_blocks, make_fit_groups
-from ..io.runfile import RunFile
+from ..store import RunFile
 from .comm import inject_fault, pause_for_tests
 from .exits import leave_together
 from .log import Progress

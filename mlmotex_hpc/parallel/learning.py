@@ -22,7 +22,6 @@ import numpy as np
 from mpi4py import MPI
 
 from ..errors import InputError
-from ..io.runfile import RunFile
 from ..learn.explain import (
     ATOM_FIELDS,
     SAMPLE_BLOCK,
@@ -48,6 +47,7 @@ from ..learn.model import (
     task_order,
     train_rw_model,
 )
+from ..store import RunFile
 from .comm import bcast_array, cores_owned, inject_fault, pause_for_tests, wait_idle
 from .exits import leave_together
 from .log import progress_lines

@@ -5,7 +5,7 @@ written); ``/catalogue`` attribute ``n_catalogue`` says how many are drawn. Each
 every rank fits the round's work units (:func:`~mlmotex_hpc.parallel.fitting.run_fits`);
 rank 0 trains the round's model on every fit so far and draws the next round
 (:mod:`mlmotex_hpc.learn.adaptive`), which every rank writes
-(:meth:`~mlmotex_hpc.io.runfile.RunFile.collective_write_round`) and fits. A killed job
+(:meth:`~mlmotex_hpc.store.RunFile.collective_write_round`) and fits. A killed job
 resumes where the file stands: the drawn rows' missing units first, then the next round,
 drawn from the same fits, so the same motifs.
 """
@@ -21,10 +21,10 @@ import numpy as np
 
 from ..config import Config
 from ..fit.batch import FitPlan, Inputs
-from ..io.runfile import RunFile
 from ..parallel.comm import cores_per_rank
 from ..parallel.exits import root_then_bcast
 from ..parallel.fitting import run_fits
+from ..store import RunFile
 from .inputs import round_sizes
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..io.runfile import RunFile, make_folder
+from ..io.folders import make_folder
 from ..learn.convergence import FIELDS, AdaptiveSettings, Trial, adaptive_rows, trial
 from ..parallel.comm import bcast_array, cores_per_rank, gather_to_root, get_comm, my_tasks
 from ..parallel.exits import abort_on_error, root_then_bcast
 from ..parallel.log import Log
+from ..store import RunFile
 from .exact import learning_rows
 from .run import learn_settings
 

@@ -18,9 +18,9 @@ import numpy as np
 from ..catalogue import mask_rows, row_masks, sample_masks
 from ..config import Config
 from ..fit.fitter import STATUS_NO_PAIRS
-from ..io.runfile import RunFile
 from ..learn.exact import BLOCK, attributions, block_sums, lowest, merge_lowest
 from ..parallel.comm import from_root, gather_everywhere, inject_fault
+from ..store import RunFile
 
 
 def learning_rows(n_permutable: int, size: int, seed: int) -> np.ndarray:

@@ -35,9 +35,9 @@ from ..extract import (
     pieces,
 )
 from ..fit.batch import FitGroup, Inputs, fit_plan, make_fit_groups
-from ..io.runfile import RunFile
 from ..parallel.comm import pause_for_tests
 from ..parallel.fitting import fit_masks
+from ..store import RunFile
 
 #: Pieces of a motif that are fitted to choose among them (the largest first).
 MAX_PIECES = 4

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import store
 from ..catalogue import MotifSpace, build_catalogue
 from ..config import ALL_MOTIFS, Config, exhaustive, extract_reserve
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
-from ..io import runfile
 from ..io.digests import changed_inputs, input_digests
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import load_model
@@ -249,7 +249,7 @@ def _size_text(size: int) -> str:
 
 def preflight(config: Config, out_dir: Path, *, local_ranks: int = 1, until: str = "explain",
               resume: bool = False, overwrite: bool = False,
-              frame_range: tuple[int, int] | None = None, lock: runfile.RunLock | None = None,
+              frame_range: tuple[int, int] | None = None, lock: store.RunLock | None = None,
               dry: bool = False) -> tuple[Inputs, Previous | None]:
     """Every check a run makes before it writes anything (rank 0; errors are
     :class:`InputError`): the inputs, the output folder and its disk, the run lock and an
@@ -266,7 +266,7 @@ def preflight(config: Config, out_dir: Path, *, local_ranks: int = 1, until: str
     if lock is not None:
         lock.acquire()  # before motex.h5 is even looked at
     elif dry:
-        runfile.RunLock(path).check_free()
+        store.RunLock(path).check_free()
     previous = previous_run(path, config, resume, overwrite, frame_range, inputs.digests,
                             until=until, announce=not dry)
     return inputs, previous
@@ -484,14 +484,14 @@ def previous_run(path: Path, config: Config, resume: bool, overwrite: bool,
         if resume and announce:  # a requeued job's first start: nothing to resume yet
             print(f"mlmotex-hpc: --resume: no {path} yet, starting a new run", flush=True)
         return None
-    found = runfile.probe(path)
+    found = store.probe(path)
     if found.batch_done is None or found.config_hash is None:
         raise InputError(f"{path} is not the motex.h5 of an mlmotex-hpc run; use --overwrite "
                          "or another output.dir")
     learn_changed = False
-    if found.config_hash != runfile.config_hash(config.source):
-        learn_changed = found.fits_hash == runfile.fits_hash(config.source)
-    if found.config_hash != runfile.config_hash(config.source) and not learn_changed:
+    if found.config_hash != store.config_hash(config.source):
+        learn_changed = found.fits_hash == store.fits_hash(config.source)
+    if found.config_hash != store.config_hash(config.source) and not learn_changed:
         raise InputError(
             f"{path} holds a run of a different config: results of two configs are never "
             "mixed; use another output.dir, or --overwrite to discard that run"

@@ -5,7 +5,7 @@ Each task of a job array (``jobs/slurm_array.sh``) runs ``mlmotex-hpc run CONFIG
 same catalogue, fitted and learned for its own frames. :func:`merge` checks that the
 parts belong to one config, cover consecutive frames once each and are finished, then
 writes one ``motex.h5`` with every frame, as a single run of the whole series would
-have (:func:`mlmotex_hpc.io.runfile.merge_parts`), and the series outputs.
+have (:func:`mlmotex_hpc.store.merge_parts`), and the series outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 from ..catalogue import MotifSpace
 from ..config import load_config
 from ..errors import InputError
-from ..io.runfile import Part, RunFile, RunLock, make_folder, merge_parts, read_part
+from ..io.folders import make_folder
+from ..store import Part, RunFile, RunLock, merge_parts, read_part
 
 
 def check_parts(paths: list[Path]) -> list[Part]:

@@ -7,7 +7,7 @@
 2. Fit: work units on demand over the ranks, results into ``motex.h5``
    (:mod:`mlmotex_hpc.parallel.fitting`).
 3-4. Learn and explain, on a copy of the file that replaces it when they are done
-   (:func:`mlmotex_hpc.io.runfile.finish_on_copy`), frames side by side on groups of
+   (:func:`mlmotex_hpc.store.finish_on_copy`), frames side by side on groups of
    ranks (:mod:`mlmotex_hpc.parallel.learning`); then the answer of each frame:
    labels, connected pieces, polishing by real fits (:mod:`.extract`). An exhaustive
    run first computes the exact attributions from every fit and learns from a sample
@@ -32,13 +32,13 @@ import numpy as np
 from ..config import Config
 from ..errors import InputError
 from ..fit.batch import Inputs, fit_plan, frame_blocks
-from ..io.runfile import RunFile, RunLock, announce_fallback, finish_on_copy
 from ..learn.model import LearnSettings
 from ..parallel.comm import cores_per_rank, get_comm, inject_fault, root_node_ranks, wait_idle
 from ..parallel.exits import abort_on_error, agreed, root_then_bcast
 from ..parallel.fitting import run_fits
 from ..parallel.learning import learn_and_explain
 from ..parallel.log import Log
+from ..store import RunFile, RunLock, announce_fallback, finish_on_copy
 from .adaptive import adaptive_rounds
 from .exact import choose_learning_rows, exact_stage
 from .extract import extract_stage

@@ -21,6 +21,67 @@ from dataclasses import dataclass
 #: ``layout_version`` attribute existed (the same layout as 2, read as they are).
 LAYOUT_VERSION = 2
 
+# -- names the writer and the readers share ---------------------------------------------
+
+#: Fit results every run has (plus ``status``, and the freed parameters' datasets).
+FIT_FIELDS = ("rw", "scale", "zoom")
+#: The stages a run goes through, in order (``run --until``).
+STAGES = ("fit", "learn", "explain")
+#: Per-atom results of the explain stage, one (F, N) dataset each.
+ATOM_DATASETS = ("contribution", "uncertainty", "confidence", "kept_mean", "removed_mean",
+                 "contribution_se")
+#: Datasets with a leading frame axis: ``merge`` joins them along it.
+FRAME_DATASETS = ("fits/rw", "fits/scale", "fits/zoom", "fits/status",
+                  "atoms/contribution", "atoms/uncertainty", "atoms/confidence",
+                  "atoms/kept_mean", "atoms/removed_mean", "atoms/in_motif",
+                  "atoms/contribution_se", "atoms/label", "atoms/acv_negative",
+                  "shap/values", "shap/base_value", "shap/explained", "ml/test_predicted",
+                  "polish/mask", "polish/rw", "polish/start_mask", "polish/start_rw")
+#: Datasets every part of a job array holds identically: ``merge`` copies the first's.
+SHARED_DATASETS = ("model", "catalogue", "atoms/index")
+
+#: Where a fitted motif came from (``/catalogue/origin``).
+ORIGIN_CODES = {"catalogue": 0, "adaptive": 1, "extract": 2}
+EXACT_DEFINITION = (
+    "shapley: the exact Shapley value of each permutable atom in the game v(S) = Rw of "
+    "motif S over every motif (v of the empty motif and of a motif without pairs = 1, the "
+    "Rw of a zero model); negative: the atom lowers Rw. main_effect: mean Rw of the motifs "
+    "keeping the atom - mean Rw of the (non-empty) motifs removing it. NaN in a frame with "
+    "a motif whose fit failed")
+CONVERGENCE_DEFINITION = (
+    "mlmotex-hpc convergence: one row per ML-MotEx random catalogue drawn from the "
+    "exhaustive table (size, seed), steps 3-4 run on it, compared with the exact answer: "
+    "sign_agreement and spearman of its ACVs against /atoms/shapley, answer_errors (atoms "
+    "in one of the ACV < 0 and Shapley < 0 sets only), mean_sign_agreement (the sample's "
+    "own main effects, no model), best_rw in it against global_rw")
+BEST_DEFINITION = (
+    "the K lowest Rw of every motif of the exhaustive table, per frame, lowest first "
+    "(ties: the lower row); row r is the motif of binary code r + 1")
+#: What the extract stage writes per frame and atom (F, N).
+EXTRACT_DATASETS = ("label", "acv_negative")
+LABEL_DEFINITION = (
+    "confidence label: 1 in (ACV <= -z SE), 0 out (ACV >= z SE), 2 uncertain (or CF below "
+    "the minimum); z and the minimum are extract.label_z and extract.label_min_cf")
+STATUS_CODES = "0 ok, 1 not converged, 2 no pairs, 3 Uiso or delta2 at a bound, -1 not fitted"
+ATOMS_DEFINITION = (
+    "contribution = mean SHAP over motifs keeping the atom - mean over motifs removing it "
+    "(negative: the atom lowers Rw, it belongs to the motif); uncertainty = "
+    "sqrt((sK^2 + sR^2)/2), population standard deviations; confidence = |ACV|/sigma; "
+    "contribution_se = sqrt(sK^2/nK + sR^2/nR), the standard error of the contribution"
+)
+SHAP_DEFINITION = (
+    "TreeSHAP values of the motifs in explained (1); NaN for the others. learn.shap: all "
+    "explains every motif, auto a seeded random sample of those with a finite Rw, grown "
+    "until every ACV's standard error is below learn.shap_target x the largest |ACV|")
+POLISH_DEFINITION = (
+    "mask, rw: each frame's polished motif and its fitted Rw; start_mask, start_rw: the "
+    "start it came from; path (JSON, per frame, per start): each accepted move (added, "
+    "removed: 0-based permutable atoms) and the Rw after it; fits: motifs fitted by the "
+    "extract stage (rows of /catalogue with origin 2)")
+PREDICTED_DEFINITION = (
+    "Rw predicted by the frame's model for its test motifs (NaN: not in the test set)")
+
+
 #: When a dataset or attribute is there.
 ALWAYS = "always"
 LEARNED = "after step 3"
@@ -247,5 +308,5 @@ def reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m mlmotex_hpc.io.run_layout > docs/motex-h5.md
+if __name__ == "__main__":  # python -m mlmotex_hpc.store.run_layout > docs/motex-h5.md
     print(reference(), end="")
