@@ -1,20 +1,19 @@
-"""``motex.h5``, the one file of a run: its layout, its only writer and its only reader.
+"""``motex.h5``, the one file of a run: its only writer and its only reader.
 
 Every other module calls :class:`RunFile`; no other module names a dataset of the file.
-
 The layout (every dataset and attribute, with its shape, type and meaning) is data, in
 :mod:`.run_layout`, from which ``docs/motex-h5.md`` is generated; the tests check finished
 runs of every kind against it. A file of a later layout version than
 :data:`~.run_layout.LAYOUT_VERSION` is refused with a message that names both versions;
 version 1 (no ``layout_version`` attribute) is the same layout, read as it is.
 
-Parallel or serial HDF5: a :class:`RunFile` opened with a communicator of more than one
-rank, when h5py was built against an MPI-enabled HDF5, is open on every rank with
-``driver="mpio"``; every rank makes the same metadata calls (methods named
-``collective``) and each rank writes its own slices. Otherwise (one rank, or the
+Parallel or serial HDF5 (:mod:`.hdf5` chooses): with parallel HDF5 the file is open on
+every rank with ``driver="mpio"``; every rank makes the same metadata calls (methods
+named ``collective``) and each rank writes its own slices. Otherwise (one rank, or the
 serial-HDF5 fallback) only rank 0 holds the file (:attr:`RunFile.holds`) and the other
-ranks' calls do nothing. That choice is made here and nowhere else. The communicator is
-used through its methods only, so this module loads no MPI library itself.
+ranks' calls do nothing. A value every rank needs is read on rank 0 and handed to all
+(:meth:`RunFile.shared`). The communicator is used through its methods only, so this
+module loads no MPI library itself.
 """
 
 from __future__ import annotations
