@@ -349,3 +349,24 @@ def test_a_fits_table_gives_the_same_answer_in_any_column_order(tmp_path):
             acv[name] = f["atoms/contribution"][()]
     np.testing.assert_array_equal(acv["reversed"], acv["ordered"])
     assert (acv["ordered"][0, : len(labels) // 2] > 0).all()  # the atoms that raise Rw
+
+
+@pytest.mark.parametrize("kind", ["xyz coordinate", "cif cell length"])
+def test_a_model_of_absurd_size_is_one_line(kind, tmp_path):
+    """1e300 Å overflowed the distance arithmetic (a traceback from SciPy's tree)."""
+    from .conftest import EXAMPLES
+
+    if kind == "xyz coordinate":
+        model = tmp_path / "big.xyz"
+        model.write_text("3\nx\nW 0 0 0\nW 1e300 0 0\nW 0 2 0\n")
+        words = "a coordinate of 1e+300 Å"
+    else:
+        cif = sorted((EXAMPLES / "cif").glob("*.cif"))[0]
+        model = tmp_path / "huge.cif"
+        model.write_text("\n".join("_cell_length_a 1e300" if ln.startswith("_cell_length_a")
+                                   else ln for ln in cif.read_text().splitlines()))
+        words = "its cell is too large"
+    for args in (["pdf", str(model), "-o", str(tmp_path / "g.gr")],
+                 ["cut", str(model), "-o", str(tmp_path / "c.xyz"), "--sphere", "5"]):
+        line = _one_line(run_cli(*args, timeout=60))
+        assert words in line, line

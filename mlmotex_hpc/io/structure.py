@@ -183,6 +183,9 @@ def _read_text(path: Path, kind: str) -> str:
     return text
 
 
+#: No atom of a model lies farther than this from the origin (Å): 10 µm, beyond any
+#: cluster a PDF is computed for (and where distance arithmetic would overflow).
+MAX_COORDINATE = 1e5
 #: Two atoms closer than this (Å) are one atom written twice.
 MIN_DISTANCE = 0.1
 #: An atom whose nearest neighbour is farther than this (Å) belongs to no structure.
@@ -194,6 +197,13 @@ def check_geometry(path: Path, xyz: np.ndarray, linenos: list[int]) -> None:
     lines: the first would both end in the motif, the second ends in it by chance."""
     from scipy.spatial import cKDTree
 
+    far_out = np.flatnonzero(np.abs(xyz).max(axis=1) > MAX_COORDINATE)
+    if far_out.size:
+        k = int(far_out[0])
+        raise InputError(f"{path}, line {linenos[k]}: a coordinate of "
+                         f"{np.abs(xyz[k]).max():.3g} Å (more than {MAX_COORDINATE:g} Å from "
+                         f"the origin: a cluster is not that large; other units?); "
+                         f"{far_out.size} such atom(s)")
     tree = cKDTree(xyz)
     close = sorted(tree.query_pairs(MIN_DISTANCE))
     if close:
@@ -493,12 +503,21 @@ def _describe_cell(*cell: float) -> str:
                                                                      strict=True)))
 
 
+#: The longest cell edge read (Å): protein crystals reach about 1,000 Å.
+MAX_CELL_LENGTH = 1e4
+
+
 def cell_problem(path: Path, a: float, b: float, c: float, alpha: float, beta: float,
                  gamma: float) -> str | None:
     """The line refusing a cell that has no volume, or None for a proper cell: a length
     that is not a positive number, an angle not strictly between 0 and 180°, or angles that
     close no cell (one larger than the sum of the others, or the three summing to 360°)."""
     cell = (a, b, c, alpha, beta, gamma)
+    huge = [f"{n} = {v:.6g} Å" for n, v in zip(_CELL_NAMES[:3], cell[:3], strict=True)
+            if math.isfinite(v) and v > MAX_CELL_LENGTH]
+    if huge:
+        return (f"structure file {path}: its cell is too large ({'; '.join(huge)}; a cell "
+                f"length is at most {MAX_CELL_LENGTH:g} Å): are the lengths in other units?")
     bad = [f"{n} = {v:.12g} Å" for n, v in zip(_CELL_NAMES[:3], cell[:3], strict=True)
            if not (math.isfinite(v) and v > 0)]
     bad += [f"{n} = {v:.12g}°" for n, v in zip(_CELL_NAMES[3:], cell[3:], strict=True)
@@ -630,6 +649,10 @@ def _finish(path: Path, structure: Structure, partial: str, comment: str) -> Str
     if len(structure) < 2:
         raise InputError(f"{path}: a structure needs at least 2 atoms, it has "
                          f"{len(structure)}")
+    extent = float(np.abs(structure.xyz).max())
+    if not extent <= MAX_COORDINATE:
+        raise InputError(f"{path}: atoms {extent:.3g} Å from the origin (more than "
+                         f"{MAX_COORDINATE:g} Å: a cell or coordinates in other units?)")
     close = sorted(cKDTree(structure.xyz).query_pairs(CIF_MIN_DISTANCE))
     if close:
         i, j = close[0]
