@@ -565,6 +565,12 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
                 paths.append(_readable_file(key, item, base))
         if not paths:
             raise _fail(key, value, "expected at least one data file")
+        seen: dict[Path, int] = {}
+        for k, p in enumerate(paths):
+            if p in seen:
+                raise _fail(key, value, f"names {p.name} twice (frames {seen[p]} and {k}): "
+                                        "each data file is one frame")
+            seen[p] = k
         return tuple(paths)
     if kind == "str":
         if not isinstance(value, str) or not value.strip():

@@ -370,3 +370,25 @@ def test_a_model_of_absurd_size_is_one_line(kind, tmp_path):
                  ["cut", str(model), "-o", str(tmp_path / "c.xyz"), "--sphere", "5"]):
         line = _one_line(run_cli(*args, timeout=60))
         assert words in line, line
+
+
+def test_data_files_are_told_apart(tmp_path):
+    """One file twice is refused; two files of one name in two folders are two inputs
+    (their digests were keyed by name: a change to the second went unseen)."""
+    from mlmotex_hpc.config import parse_config
+    from mlmotex_hpc.io.digests import input_digests
+
+    raw = keggin_config(tmp_path, data=[str(KEGGIN_GR), str(KEGGIN_GR)])
+    with pytest.raises(InputError, match="names DanMAX_AlphaKeggin.gr twice"):
+        parse_config(yaml.safe_dump(raw), tmp_path)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(KEGGIN_GR, tmp_path / folder / "frame.gr")
+    raw = keggin_config(tmp_path, data=[str(tmp_path / "a" / "frame.gr"),
+                                        str(tmp_path / "b" / "frame.gr")])
+    config = parse_config(yaml.safe_dump(raw), tmp_path)
+    before = input_digests(config)
+    with open(tmp_path / "b" / "frame.gr", "a") as f:
+        f.write("# edited\n")
+    after = input_digests(config)
+    assert len(before) == 3 and before != after

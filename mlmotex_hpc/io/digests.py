@@ -36,8 +36,11 @@ def _sha256_file(path: Path) -> str:
 def input_digests(config: Config) -> dict[str, str]:
     """The content hash of every input file (and of the frames' times), by role."""
     digests = {"structure": _sha256_file(config.structure)}
-    for path in config.data:
-        digests[f"data {path.name}"] = _sha256_file(path)
+    for k, path in enumerate(config.data):
+        key = f"data {path.name}"
+        if key in digests:  # another folder's file of the same name: keep both
+            key = f"data {path.name} (frame {k})"
+        digests[key] = _sha256_file(path)
     if config.fits is not None:
         digests["fits"] = _sha256_file(config.fits)
     if config.catalogue.masks_file is not None:
