@@ -254,6 +254,12 @@ def test_merge_refuses_gaps_overlaps_and_unfinished_parts(tmp_path):
     assert proc.returncode == 2 and "overlap" in errors(proc)[0]
     proc = run_cli("run", str(cfg), "--frames", "5:9", ranks=1)
     assert proc.returncode == 2 and "selects no frame" in errors(proc)[0]
+    whole = tmp_path / "whole"  # a whole run is no task: nothing to merge (it wrote
+    proc = run_cli("run", str(cfg), "--out", str(whole), "--quiet", ranks=1)  # outputs in
+    assert proc.returncode == 0, proc.stderr  # the folder above its own before)
+    proc = run_cli("merge", str(whole / "motex.h5"))
+    assert proc.returncode == 2 and "a whole run's file" in errors(proc)[0], proc.stderr
+    assert not (tmp_path / "motex.h5").exists()
 
 
 @pytest.mark.parametrize("stage", ["fit", "learn"])

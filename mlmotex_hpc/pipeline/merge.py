@@ -25,6 +25,11 @@ from ..store import Part, RunFile, RunLock, merge_parts, read_part
 def check_parts(paths: list[Path]) -> list[Part]:
     """The parts in frame order, checked to belong together (errors are InputError)."""
     parts = sorted((read_part(p) for p in paths), key=lambda p: p.frame_range)
+    whole = next((p for p in parts if p.whole), None)
+    if whole is not None:
+        raise InputError(f"{whole.path} is a whole run's file (frames "
+                         f"{whole.frame_range[0]}:{whole.frame_range[1]}), not a job-array "
+                         "task's (run ... --frames START:STOP): there is nothing to merge")
     first = parts[0]
     for part in parts[1:]:
         if part.config_hash != first.config_hash:

@@ -32,6 +32,8 @@ class Part:
     frame_range: tuple[int, int]
     masks: np.ndarray
     has_shap: bool
+    #: A whole run's file (no ``frame_range``), not a job-array task's.
+    whole: bool = False
 
 
 def read_part(path: Path) -> Part:
@@ -46,12 +48,13 @@ def read_part(path: Path) -> Part:
                 raise InputError(f"{path} is not finished (no learned contributions yet): "
                                  "let its task finish, or rerun it with --resume")
             frame_range = h5.attrs.get("frame_range")
-            if frame_range is None:
+            whole = frame_range is None
+            if whole:
                 frame_range = (0, h5["fits/rw"].shape[0])
             n_cat = int(h5["catalogue"].attrs.get("n_catalogue", h5["catalogue/mask"].shape[0]))
             return Part(path, _text(h5.attrs["config_hash"]),
                         tuple(int(v) for v in frame_range), h5["catalogue/mask"][:n_cat],
-                        "shap/values" in h5)
+                        "shap/values" in h5, whole)
     except OSError as exc:
         raise InputError(f"cannot read {path} as HDF5 ({exc})") from None
 
