@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..catalogue import mask_rows
-from ..config import Config, extract_reserve
+from ..config import Config, ExtractConfig, extract_reserve
 from ..extract import (
     LABEL_CODES,
     Descent,
@@ -34,10 +35,36 @@ from ..extract import (
     link_graph,
     pieces,
 )
-from ..fit.batch import FitGroup, Inputs, fit_plan, make_fit_groups
+from ..fit.batch import FitGroup, FitPlan, Inputs, fit_plan, make_fit_groups
 from ..parallel.comm import pause_for_tests
 from ..parallel.fitting import fit_masks
 from ..store import RunFile
+
+
+@dataclass(frozen=True)
+class ExtractPlan:
+    """What the extract stage uses of the config, read from it once (as
+    :class:`~mlmotex_hpc.fit.batch.FitPlan` is for fitting)."""
+
+    #: The config's ``extract:`` section.
+    extract: ExtractConfig
+    #: ``bond_threshold`` (Å): the default link distance.
+    bond_threshold: float
+    #: The fits table's file name ("" without one: then there is no data to fit).
+    table: str
+    #: Fits kept for this stage (:func:`~mlmotex_hpc.config.extract_reserve`).
+    reserve: int
+    #: How a motif is fitted.
+    fit: FitPlan
+
+
+def extract_plan(config: Config, inputs: Inputs) -> ExtractPlan:
+    """The extract stage's settings of ``config`` for the run of ``inputs``."""
+    return ExtractPlan(config.extract, config.bond_threshold,
+                       config.fits.name if config.fits is not None else "",
+                       extract_reserve(config, inputs.space.size),
+                       fit_plan(config, inputs.structure))
+
 
 #: Pieces of a motif that are fitted to choose among them (the largest first).
 MAX_PIECES = 4
@@ -114,13 +141,13 @@ class FitTable:
         return out
 
 
-def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Callable,
+def extract_stage(run: RunFile, plan: ExtractPlan, inputs: Inputs, comm, log: Callable,
                   timings: dict) -> None:
     """Labels, connected pieces and polishing for every frame (every rank calls it, the
     learning copy open); writes ``/atoms/label``, ``acv_negative``, ``in_motif`` (the
     answer) and ``/polish``."""
     t0 = time.perf_counter()
-    ex = config.extract
+    ex = plan.extract
     acv = run.shared(lambda r: r.atoms("contribution"))
     se = run.shared(lambda r: r.atoms("contribution_se"))
     cf = run.shared(lambda r: r.atoms("confidence"))
@@ -134,14 +161,14 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
         + (f" (over {n_frames} frames)" if n_frames > 1 else ""))
     # from the config, which every rank has: an attribute read by rank 0 alone left the
     # ranks' metadata caches apart, and the next collective attribute write hung (3 ranks)
-    table = config.fits.name if config.fits is not None else ""
+    table = plan.table
     if table and (ex.polish or ex.connected):
         log(f"  the fits came from {table}: no data to fit, so no connected pieces and no "
             "polishing; the answer is the ACV < 0 set")
     if table or not (ex.polish or ex.connected):
         run.collective_write_extract(labels=labels, acv_negative=acv_negative,
                                      in_motif=acv_negative, polish=None,
-                                     settings=_settings(config, "the ACV < 0 set"))
+                                     settings=_settings(ex, "the ACV < 0 set"))
         timings["extract"] = time.perf_counter() - t0
         return
 
@@ -149,12 +176,12 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
         table, best = ExhaustiveTable(run), _best_of_table(run, ex.polish_starts)
         budget = 0
     else:
-        table, budget = _fit_table(run, config, inputs, comm, log, n)
+        table, budget = _fit_table(run, plan, inputs, comm, log, n)
         best = _best_of_catalogue(table, ex.polish_starts if ex.polish else 0)
     links = None
     if ex.connected:
         xyz = inputs.structure.xyz[inputs.space.permutable]
-        distance = link_distance(config, xyz, inputs.space.others.size)
+        distance = link_distance(plan, xyz, inputs.space.others.size)
         links = link_graph(inputs.space.bonded, xyz, distance)
         log(f"  connected motifs: atoms linked through a shared bonded atom or within "
             f"{distance:.2f} Å")
@@ -195,7 +222,7 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
             polish = _polish_record(descents, best, acv_negative, n_frames, n, table, budget)
     what = "the polished motif" if ex.polish else "the best connected piece of the ACV < 0 set"
     run.collective_write_extract(labels=labels, acv_negative=acv_negative, in_motif=in_motif,
-                                 polish=polish, settings=_settings(config, what))
+                                 polish=polish, settings=_settings(ex, what))
     for f in answered[:1]:
         d = best[f]
         log(f"  answer{'' if n_frames == 1 else f' (frame {f})'}: {int(d.mask.sum())} "
@@ -215,18 +242,18 @@ def extract_stage(run: RunFile, config: Config, inputs: Inputs, comm, log: Calla
 NEIGHBOUR_FACTOR = 1.2
 
 
-def link_distance(config: Config, xyz: np.ndarray, n_others: int) -> float:
+def link_distance(plan: ExtractPlan, xyz: np.ndarray, n_others: int) -> float:
     """``extract.link_distance``, or by default ``bond_threshold``; when the model has no
     non-permutable atoms to link through, at least :data:`NEIGHBOUR_FACTOR` × the median
     nearest-neighbour distance of the permutable atoms (C-C 1.45 Å in C60: 1.7 Å)."""
-    if config.extract.link_distance is not None:
-        return config.extract.link_distance
+    if plan.extract.link_distance is not None:
+        return plan.extract.link_distance
     if n_others or len(xyz) < 2:
-        return config.bond_threshold
+        return plan.bond_threshold
     diff = xyz[:, None, :] - xyz[None, :, :]
     d = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
     np.fill_diagonal(d, np.inf)
-    return max(config.bond_threshold, NEIGHBOUR_FACTOR * float(np.median(d.min(axis=1))))
+    return max(plan.bond_threshold, NEIGHBOUR_FACTOR * float(np.median(d.min(axis=1))))
 
 
 def answer_of(descents: list[Descent], frame: int, rule: str) -> Descent:
@@ -239,19 +266,19 @@ def answer_of(descents: list[Descent], frame: int, rule: str) -> Descent:
     return best_of(descents, frame)
 
 
-def _fit_table(run: RunFile, config: Config, inputs: Inputs, comm, log: Callable, n: int
+def _fit_table(run: RunFile, extract: ExtractPlan, inputs: Inputs, comm, log: Callable, n: int
                ) -> tuple[FitTable, int]:
     """Every fitted motif of a sampled catalogue on every rank, and the fits left for
     the stage."""
     packed = run.shared(lambda r: np.packbits(r.masks(slice(None)), axis=1))
     rw_all = run.shared(lambda r: r.fits("rw", every=True))
     n_catalogue, resizable = run.shared(lambda r: (r.n_motifs, r.resizable()))
-    budget = n_catalogue + extract_reserve(config, n) - packed.shape[0] if resizable else 0
+    budget = n_catalogue + extract.reserve - packed.shape[0] if resizable else 0
     budget = max(0, budget)
     if not resizable:
         log(f"  {run.path.name} was written before motifs could be added to it: the extract "
             "stage uses the motifs fitted already")
-    plan = fit_plan(config, inputs.structure)
+    plan = extract.fit
     groups: list[FitGroup] = []
 
     def fit(masks: np.ndarray) -> dict:
@@ -371,8 +398,7 @@ def _polish_record(descents: list[Descent], best: dict[int, Descent], acv_negati
             "path": path, "fits": table.fitted, "budget": budget}
 
 
-def _settings(config: Config, answer: str) -> dict:
-    ex = config.extract
+def _settings(ex: ExtractConfig, answer: str) -> dict:
     return {"answer": answer, "answer_rule": ex.answer, "polish": ex.polish,
             "connected": ex.connected,
             "polish_tolerance": ex.polish_tolerance, "polish_starts": ex.polish_starts,

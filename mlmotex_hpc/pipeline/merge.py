@@ -100,14 +100,15 @@ def _merge(parts: list[Part], target: Path, out_dir: Path, t0: float, log) -> di
         if not parts[0].has_shap:  # the parts stopped before the explain stage
             return
         from ..parallel.comm import SoloComm
-        from .extract import extract_stage
+        from .extract import extract_plan, extract_stage
         from .inputs import load_inputs
 
         with RunFile.read(path, "r+") as run:
             config = run.config()  # its input files checked against the parts'
             inputs = load_inputs(config)
             log("the extract stage on the joined frames (as a single run has it)")
-            extract_stage(run, config, inputs, SoloComm(), log, extracted)
+            extract_stage(run, extract_plan(config, inputs), inputs, SoloComm(), log,
+                          extracted)
             run.write_timings({"extract": extracted["extract"]}, int(run.timings()["ranks"]))
 
     merge_parts(target, parts, n_series, extract_again)

@@ -41,7 +41,7 @@ from ..parallel.log import Log
 from ..store import RunFile, RunLock, announce_fallback, finish_on_copy
 from .adaptive import adaptive_rounds
 from .exact import choose_learning_rows, exact_stage
-from .extract import extract_stage
+from .extract import extract_plan, extract_stage
 from .inputs import Previous, catalogue_rows, preflight, round_sizes
 
 
@@ -265,7 +265,7 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     timings["explain"] = result["explain"]
     if until == "explain" and inputs is not None:
         inject_fault("extract", comm)
-        extract_stage(run_file, config, inputs, comm, log, timings)
+        extract_stage(run_file, extract_plan(config, inputs), inputs, comm, log, timings)
     return {"test_mae": float(np.atleast_1d(result["metrics"]["test_mae"])[0]),
             "test_r2": float(np.atleast_1d(result["metrics"]["test_r2"])[0])}
 
