@@ -19,7 +19,7 @@ from functools import partial
 
 import numpy as np
 
-from ..config import Config
+from ..config import CatalogueConfig
 from ..fit.batch import FitPlan, Inputs
 from ..parallel.comm import cores_per_rank
 from ..parallel.exits import root_then_bcast
@@ -28,10 +28,12 @@ from ..store import RunFile
 from .inputs import round_sizes
 
 
-def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile, comm,
-                    log: Callable, batch_done: np.ndarray | None) -> tuple[int, Inputs]:
+def adaptive_rounds(cat: CatalogueConfig, label_z: float, inputs: Inputs, plan: FitPlan,
+                    run: RunFile, comm, log: Callable, batch_done: np.ndarray | None
+                    ) -> tuple[int, Inputs]:
     """Fit and draw rounds until the budget is spent or the labels settle (every rank);
-    the fits done and the inputs holding every drawn motif."""
+    the fits done and the inputs holding every drawn motif. ``cat``: the config's
+    catalogue section; ``label_z``: ``extract.label_z``, the labels' threshold."""
     n_jobs = cores_per_rank(comm)  # collective: every rank asks
     capacity = run.shared(lambda r: r.n_rows)
     state = run.shared(lambda r: r.rounds()) if batch_done is not None else None
@@ -42,7 +44,7 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
     labels: list[list[int]] = state["labels"] if state else []
     round_ = state["rounds"] - 1 if state else 0
     stopped = state["stopped"] if state else ""
-    _, later = round_sizes(config, capacity)
+    _, later = round_sizes(cat, capacity)
     n_blocks = batch_done.shape[1] if batch_done is not None else -(-len(inputs.frames) // (
         plan.frame_block or len(inputs.frames)))
     done = (np.zeros((math.ceil(capacity / plan.batch_size), n_blocks), dtype=bool)
@@ -64,7 +66,7 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
             return n_fits, inputs
         run.collective_flush()  # the other ranks' fits on disk before rank 0 reads them
         decision = root_then_bcast(  # the other ranks sleep while rank 0 learns
-            partial(_next_round, config, run, n_drawn, inputs, labels, round_ + 1,
+            partial(_next_round, cat, label_z, run, n_drawn, inputs, labels, round_ + 1,
                     min(later, capacity - n_drawn), n_jobs), comm, idle=True)
         labels.append(decision["labels"])
         log(decision["line"])
@@ -81,14 +83,14 @@ def adaptive_rounds(config: Config, inputs: Inputs, plan: FitPlan, run: RunFile,
         n_drawn += len(new)
 
 
-def _next_round(config: Config, run: RunFile, n_drawn: int, inputs: Inputs,
-                labels: list[list[int]], round_: int, size: int, n_jobs: int) -> dict:
+def _next_round(cat: CatalogueConfig, label_z: float, run: RunFile, n_drawn: int,
+                inputs: Inputs, labels: list[list[int]], round_: int, size: int,
+                n_jobs: int) -> dict:
     """Rank 0: the round's model, the labels, and the next motifs or the reason to stop
     (:func:`~mlmotex_hpc.learn.adaptive.next_round` on the fits in the file)."""
     from ..learn.adaptive import next_round
 
-    cat = config.catalogue
     return next_round(inputs.masks(), run.fits("rw", 0)[:n_drawn],
                       run.origin()[:n_drawn] == 0, labels, round_, size, seed=cat.seed,
                       explore=cat.explore, stable_rounds=cat.stable_rounds,
-                      z=config.extract.label_z, n_jobs=n_jobs)
+                      z=label_z, n_jobs=n_jobs)

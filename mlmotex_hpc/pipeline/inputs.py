@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import store
 from ..catalogue import MotifSpace, build_catalogue
-from ..config import ALL_MOTIFS, Config, exhaustive, extract_reserve
+from ..config import ALL_MOTIFS, CatalogueConfig, Config, exhaustive, extract_reserve
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io.digests import changed_inputs, input_digests
@@ -103,7 +103,7 @@ def load_inputs(config: Config, local_ranks: int = 1) -> Inputs:
         return Inputs(structure, space, frames, np.zeros((0, (space.size + 7) // 8), np.uint8),
                       space.size, input_digests(config), exhaustive=True)
     if config.catalogue.strategy == "adaptive":
-        size = round_sizes(config, size)[0]  # round 0; the others are drawn as it goes
+        size = round_sizes(config.catalogue, size)[0]  # round 0; the others as it goes
     masks = build_catalogue(space, size, config.catalogue.seed, config.catalogue.masks_file)
     if len(masks) < 10:
         raise InputError(
@@ -216,13 +216,13 @@ def catalogue_rows(config: Config, n_permutable: int) -> int:
     return size
 
 
-def round_sizes(config: Config, capacity: int) -> tuple[int, int]:
+def round_sizes(cat: CatalogueConfig, capacity: int) -> tuple[int, int]:
     """An adaptive catalogue's round 0 and later rounds (whole batches, at least 10
     motifs in round 0)."""
-    batch = config.catalogue.batch_size
+    batch = cat.batch_size
     # rounds begin on batch boundaries: a work unit never spans two rounds
-    first = math.ceil(max(10, config.catalogue.first_round * capacity) / batch) * batch
-    later = config.catalogue.round_size or max(1, capacity // 10)
+    first = math.ceil(max(10, cat.first_round * capacity) / batch) * batch
+    later = cat.round_size or max(1, capacity // 10)
     later = math.ceil(later / batch) * batch
     return min(first, capacity), later
 

@@ -151,7 +151,7 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
     n_batches = math.ceil(capacity / plan.batch_size)
     max_rounds = 1
     if adaptive:
-        first, later = round_sizes(config, capacity)
+        first, later = round_sizes(config.catalogue, capacity)
         max_rounds = 1 + math.ceil(max(0, capacity - first) / later)
     n_fblocks = len(frame_blocks(n_frames, plan.frame_block))
     if previous is None:
@@ -211,7 +211,8 @@ def fit_stage(config: Config, inputs: Inputs, previous: Previous | None, path: P
         return 0
     try:
         if adaptive:
-            n_fits, _ = adaptive_rounds(config, inputs, plan, run_file, comm, log,
+            n_fits, _ = adaptive_rounds(config.catalogue, config.extract.label_z, inputs,
+                                        plan, run_file, comm, log,
                                         None if previous is None else previous.batch_done)
         else:
             n_fits = run_fits(inputs, plan, run_file, comm, log, pending)
