@@ -8,6 +8,8 @@ fragment of the other gives the complete cage; bad combinations are refused in o
 
 from __future__ import annotations
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -158,8 +160,11 @@ def test_bad_combinations_are_refused(tmp_path, write_config):
     raw = keggin_config(tmp_path, catalogue={"strategy": "adaptive", "masks_file": str(masks)})
     with pytest.raises(InputError, match="cannot be combined with catalogue.masks_file"):
         load_config(write_config(raw))
+    frames = [tmp_path / f"frame_{k}.gr" for k in range(2)]
+    for frame in frames:
+        shutil.copy(KEGGIN_XYZ.with_name("DanMAX_AlphaKeggin.gr"), frame)
     raw = keggin_config(tmp_path, catalogue={"strategy": "adaptive"},
-                        data=[str(p) for p in (KEGGIN_XYZ.with_name("DanMAX_AlphaKeggin.gr"),) * 2])
+                        data=[str(p) for p in frames])
     with pytest.raises(InputError, match="is for one data set"):
         load_config(write_config(raw))
     raw = keggin_config(tmp_path, catalogue={"size": 100}, extract={"polish_fits": 95})
