@@ -392,3 +392,36 @@ def test_data_files_are_told_apart(tmp_path):
         f.write("# edited\n")
     after = input_digests(config)
     assert len(before) == 3 and before != after
+
+
+def test_a_disk_that_fills_while_fitting_ends_in_one_line_and_keeps_the_fits(tmp_path):
+    """The disk fills after the file is made, while work units are being fitted."""
+    from .conftest import CLI, MPIRUN, mpi_env
+
+    with _small_disk(tmp_path / "small", "4m") as small:
+        cfg = _config(tmp_path, catalogue={"size": 400, "batch_size": 8},
+                      output={"dir": str(small / "out")})
+        h5 = small / "out" / "motex.h5"
+        job = subprocess.Popen([MPIRUN, "--bind-to", "none", "-n", "2", str(CLI), "run",
+                                str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=mpi_env(MLMOTEX_TEST_PAUSE="fit:0.2"))
+        try:
+            for _ in range(600):
+                if h5.exists() or job.poll() is not None:
+                    break
+                subprocess.run(["sleep", "0.1"], check=True)
+            subprocess.run(["sleep", "1"], check=True)  # some work units written
+            filler = _fill(small)
+            out, err = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                job.kill()
+        line = _one_line(subprocess.CompletedProcess(job.args, job.returncode, out, err))
+        assert "no space left" in line.lower(), line
+        with h5py.File(h5) as f:  # the fit datasets are allocated when the file is made:
+            done = int(f["fits/batch_done"][()].sum())  # units write into held space, and
+        assert done == 40, done  # the full disk shows when learning needs more
+        filler.unlink()
+        proc = run_cli("run", str(cfg), "--quiet", ranks=2)
+        assert proc.returncode == 0, proc.stderr
+        assert _stage(h5) == "explain"

@@ -6,8 +6,11 @@ reader shares.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,3 +87,30 @@ def _broadcast(value: Any, comm) -> Any:
 
 
 _fallback_announced = False
+
+
+#: A write that fails with less than this free beside the file failed for want of space.
+NEARLY_FULL = 2**20
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path):
+    """Name a full disk as such: parallel HDF5 reports a failed write without the
+    system's errno ("Can't write data (file write failed)"), so a write error with the
+    file system of ``path`` (nearly) full becomes an ``ENOSPC`` OSError, which the exit
+    policy reports in one line."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        if not isinstance(exc, OSError) and "failed" not in str(exc):
+            raise  # h5py says "Unable to create dataset (file write failed)" as ValueError
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            raise exc from None
+        if free < NEARLY_FULL:
+            raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free "
+                          f"beside {path.name} ({exc})") from exc
+        raise

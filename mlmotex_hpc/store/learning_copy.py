@@ -4,42 +4,14 @@ disk named as such.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import AgreedError, JobFailed
-from .hdf5 import finishing_path
+from .hdf5 import disk_errors, finishing_path
 from .runfile import RunFile
-
-#: A write that fails with less than this free beside the file failed for want of space.
-NEARLY_FULL = 2**20
-
-
-@contextlib.contextmanager
-def _disk_errors(path: Path):
-    """Name a full disk as such: parallel HDF5 reports a failed write without the
-    system's errno ("Can't write data (file write failed)"), so a write error with the
-    file system of ``path`` (nearly) full becomes an ``ENOSPC`` OSError, which the exit
-    policy reports in one line."""
-    try:
-        yield
-    except (OSError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        if not isinstance(exc, OSError) and "failed" not in str(exc):
-            raise  # h5py says "Unable to create dataset (file write failed)" as ValueError
-        try:
-            free = shutil.disk_usage(path.parent).free
-        except OSError:
-            raise exc from None
-        if free < NEARLY_FULL:
-            raise OSError(errno.ENOSPC, f"No space left on device: {free} bytes free "
-                          f"beside {path.name} ({exc})") from exc
-        raise
 
 
 def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
@@ -73,7 +45,7 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
     try:
         run = RunFile.open(tmp, "r+", comm)
         try:
-            with _disk_errors(tmp):
+            with disk_errors(tmp):
                 learned = learn(run)
         except (AgreedError, JobFailed):
             raise  # every rank is here: the file is closed together below
@@ -87,7 +59,7 @@ def finish_on_copy(path: Path, comm, learn: Callable, outputs: Callable,
         summary = None
         if comm.rank == 0:
             run = RunFile.open(tmp, "r+")
-            with _disk_errors(tmp):
+            with disk_errors(tmp):
                 summary = outputs(run, learned)
             run.mark_complete(stage)
         done = True

@@ -42,6 +42,7 @@ from .hdf5 import (
     _replace,
     _text,
     creating_path,
+    disk_errors,
 )
 from .probe import _finished_stage, config_hash, fits_hash
 from .run_layout import (
@@ -397,15 +398,16 @@ class RunFile:
         """
         fits = self.file["fits"]
         stop = start + next(iter(results.values())).shape[1]
-        for name, values in results.items():
-            fits[name][frames, start:stop] = values
-        if not self.parallel:
-            # serial HDF5 caches chunks: the results must be on disk before the batch is
-            # marked done (parallel HDF5 writes through at once)
-            self.file.flush()
-        fits["batch_done"][batch, fblock] = 1
-        if not self.parallel:
-            self.file.flush()
+        with disk_errors(self.path):  # a full disk said as such, on any rank
+            for name, values in results.items():
+                fits[name][frames, start:stop] = values
+            if not self.parallel:
+                # serial HDF5 caches chunks: the results must be on disk before the batch
+                # is marked done (parallel HDF5 writes through at once)
+                self.file.flush()
+            fits["batch_done"][batch, fblock] = 1
+            if not self.parallel:
+                self.file.flush()
 
     def collective_write_table_fits(self, rw: np.ndarray) -> None:
         """A fits table's Rw as frame 0's fits, every work unit marked done (every rank
