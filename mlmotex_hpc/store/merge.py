@@ -164,9 +164,14 @@ def _merge_into(out: h5py.File, sources: list[h5py.File], parts: Sequence[Part],
     if "shap" in first and "n_explained" in first["shap"].attrs:
         out["shap"].attrs["n_explained"] = np.concatenate(
             [np.atleast_1d(s["shap"].attrs["n_explained"]) for s in sources])
+    # the work units of a single run of these frames: its frame blocks, every one done
+    series = parse_config(_text(first.attrs["config"]),
+                          Path(_text(first.attrs.get("config_dir", "."))))
+    block = series.frames.block or n_frames
     batches = first["fits/batch_done"].shape[0]
-    out.create_dataset("fits/batch_done", data=np.ones((batches, 1), dtype="u1"))
-    out["fits"].attrs["frame_block"] = n_frames
+    out.create_dataset("fits/batch_done",
+                       data=np.ones((batches, -(-n_frames // block)), dtype="u1"))
+    out["fits"].attrs["frame_block"] = block
     # learning: per-frame attributes joined in frame order
     ml = out.require_group("ml")
     for key in first["ml"].attrs:
