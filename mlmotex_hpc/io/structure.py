@@ -183,9 +183,10 @@ def _read_text(path: Path, kind: str) -> str:
     return text
 
 
-#: No atom of a model lies farther than this from the origin (Å): 10 µm, beyond any
-#: cluster a PDF is computed for (and where distance arithmetic would overflow).
-MAX_COORDINATE = 1e5
+#: No atom of a model lies farther than this from the origin (Å): 1 cm, far beyond any
+#: cluster a PDF is computed for, and far below where the distance arithmetic overflows
+#: (an atom merely far from the others is refused as isolated, with its nearest neighbour).
+MAX_COORDINATE = 1e8
 #: Two atoms closer than this (Å) are one atom written twice.
 MIN_DISTANCE = 0.1
 #: An atom whose nearest neighbour is farther than this (Å) belongs to no structure.

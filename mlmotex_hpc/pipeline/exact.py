@@ -16,7 +16,6 @@ from collections.abc import Callable
 import numpy as np
 
 from ..catalogue import mask_rows, row_masks, sample_masks
-from ..config import Config
 from ..fit.fitter import STATUS_NO_PAIRS
 from ..learn.exact import BLOCK, attributions, block_sums, lowest, merge_lowest
 from ..parallel.comm import from_root, gather_everywhere, inject_fault
@@ -38,14 +37,14 @@ def table_values(rw: np.ndarray, status: np.ndarray) -> np.ndarray:
     return np.where(status == STATUS_NO_PAIRS, 1.0, rw)
 
 
-def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict) -> None:
-    """Exact attributions and the best motifs of every frame (every rank calls it, the
-    learning copy open); writes ``/atoms/shapley``, ``/atoms/main_effect`` and
-    ``/best``."""
+def exact_stage(run: RunFile, best: int, comm, log: Callable, timings: dict) -> None:
+    """Exact attributions and the ``best`` lowest-Rw motifs (``exact.best``) of every
+    frame (every rank calls it, the learning copy open); writes ``/atoms/shapley``,
+    ``/atoms/main_effect`` and ``/best``."""
     t0 = time.perf_counter()
     inject_fault("exact", comm)
     n_rows, n = run.shared(lambda r: (r.n_table, r.permutable().size))
-    k = min(config.exact.best, n_rows)
+    k = min(best, n_rows)
     log(f"step 3a: exact Shapley values and the {k} best motifs from all {n_rows:,} fits "
         f"on {run.readers} rank(s)")
     mine: list[tuple[int, np.ndarray, np.ndarray, tuple]] = []
@@ -84,11 +83,12 @@ def exact_stage(run: RunFile, config: Config, comm, log: Callable, timings: dict
         f"atoms, Rw {best_rw[0, 0]:.4f}; {timings['exact']:.1f} s")
 
 
-def choose_learning_rows(run: RunFile, config: Config, comm, log: Callable) -> None:
-    """Steps 3-4 of an exhaustive run learn from ``learn.sample`` of its motifs: recorded
-    as the learning copy's view (every rank)."""
+def choose_learning_rows(run: RunFile, sample: int, seed: int, log: Callable) -> None:
+    """Steps 3-4 of an exhaustive run learn from ``sample`` of its motifs
+    (``learn.sample``, drawn with ``learn.seed``): recorded as the learning copy's view
+    (every rank)."""
     n_rows, n = run.shared(lambda r: (r.n_table, r.permutable().size))
-    rows = learning_rows(n, config.learn.sample, config.learn.seed)
+    rows = learning_rows(n, sample, seed)
     run.collective_set_view(rows)
     log(f"steps 3-4 on an ML-MotEx random catalogue of {rows.size:,} of the {n_rows:,} "
-        f"motifs (learn.sample, seed {config.learn.seed}); the exact values use them all")
+        f"motifs (learn.sample, seed {seed}); the exact values use them all")

@@ -258,8 +258,8 @@ def learn_stage(run_file: RunFile, config: Config, until: str, timings: dict, lo
     if until == "fit":
         return {}
     if run_file.shared(lambda run: run.exhaustive):
-        exact_stage(run_file, config, comm, log, timings)
-        choose_learning_rows(run_file, config, comm, log)
+        exact_stage(run_file, config.exact.best, comm, log, timings)
+        choose_learning_rows(run_file, config.learn.sample, config.learn.seed, log)
     inject_fault("learn", comm)
     result = learn_and_explain(run_file, learn_settings(config, comm), until, log, comm)
     timings["learn"] = result["learn"]
