@@ -36,13 +36,15 @@ demo: $(STAMP)
 # (as root on Debian, as in CI) because only the tests need it. There its test is
 # required (MLMOTEX_REQUIRE_BROWSER=1: it fails rather than skips without chromium);
 # elsewhere it runs when chromium is on PATH and is skipped, with the reason, when not.
+# Likewise the cases that mount a small tmpfs (a disk that fills up): required as root
+# on Debian (MLMOTEX_REQUIRE_MOUNT=1), skipped with the reason where mounting is not allowed.
 test: $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
 	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium \
 	         >/dev/null; }; }; \
-	  export MLMOTEX_REQUIRE_BROWSER=1; \
+	  export MLMOTEX_REQUIRE_BROWSER=1 MLMOTEX_REQUIRE_MOUNT=1; \
 	fi; \
 	$(PY) -m pytest -q -ra
 
