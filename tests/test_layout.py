@@ -120,6 +120,26 @@ def test_no_rank_logic_outside_parallel_and_the_store():
     assert any(".bcast" in hit for hit in _rank_logic(PACKAGE / "store" / "hdf5.py"))
 
 
+#: The most parameters a function of the fitting kernels may take: their tables travel as
+#: named tuples (fit/fast.py, fit/moments.py, fit/refining.py), not as long argument lists.
+MAX_KERNEL_PARAMETERS = 15
+
+
+def _parameter_counts(path: Path) -> dict[str, int]:
+    tree = ast.parse(path.read_text())
+    return {f"{path.name}:{node.name}": len(node.args.posonlyargs) + len(node.args.args)
+            + len(node.args.kwonlyargs)
+            for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+
+
+def test_no_fitting_function_takes_a_long_argument_list():
+    counts = {name: n for p in sorted((PACKAGE / "fit").glob("*.py"))
+              for name, n in _parameter_counts(p).items()}
+    assert "refining.py:_refine_batch" in counts  # the walk sees the kernels
+    long = {name: n for name, n in counts.items() if n > MAX_KERNEL_PARAMETERS}
+    assert not long, long
+
+
 def test_mpi4py_is_imported_only_in_parallel_and_info():
     users = sorted(str(p.relative_to(PACKAGE)) for p in _modules() if "mpi4py" in p.read_text())
     assert all(u.startswith("parallel/") or u == "commands/info.py" for u in users), users

@@ -13,7 +13,7 @@ from mlmotex_hpc.catalogue import MotifSpace, sample_masks
 from mlmotex_hpc.config import load_config, pdf_settings
 from mlmotex_hpc.errors import InputError
 from mlmotex_hpc.fit import moments
-from mlmotex_hpc.fit.fast import BatchFitter, _motif_pairs
+from mlmotex_hpc.fit.fast import BatchFitter, Parent, _motif_pairs
 from mlmotex_hpc.fit.fitter import (
     STATUS_AT_BOUND,
     STATUS_NO_PAIRS,
@@ -86,18 +86,20 @@ def test_moments_give_the_debye_sum_at_any_uiso_and_delta2(keggin, mode, delta2,
     config, structure, _, calc, masks = keggin
     g = calc.grid
     ntypes = calc._type_a.size
-    dmat, tmat = calc.pair_matrices()
+    parent = Parent(*calc.pair_matrices(), calc._atom_type, calc._type_a, calc._type_b,
+                    len(calc.elements))
+    groups = moments.Groups(calc._type_a, calc._type_b, calc._ff)
     u_hi, d2_hi = 0.05, 2.5
     qmax = g.q0 + g.dq * (g.nq - 1)
     lam_max = 0.5 * 2 * u_hi * qmax**2
     zoom = 1.004
     rng = np.random.default_rng(0)
     for mask in masks[:3]:
-        dist, seg, counts = _motif_pairs(mask, dmat, tmat, calc._atom_type, ntypes,
-                                         len(calc.elements))
+        dist, seg, counts = _motif_pairs(mask, parent)
         ranges = np.empty((ntypes, 4))
-        moments.coordinate_ranges(dist, seg, zoom, g.pair_rmin, g.pair_rmax, mode, delta2,
-                                  qbroad, ranges)
+        ex = moments.Expansion(g.q0, g.dq, g.kstart, g.nq, g.pair_rmin, g.pair_rmax, mode,
+                               delta2, qbroad, lam_max, d2_hi if mode == 1 else 0.0)
+        moments.coordinate_ranges(dist, seg, zoom, ex, ranges)
         if mode == 0:
             spread = 0.5 * np.max(ranges[:, 1] - ranges[:, 0])
             n1, n2 = moments.terms_needed(lam_max * spread), 1
@@ -106,16 +108,14 @@ def test_moments_give_the_debye_sum_at_any_uiso_and_delta2(keggin, mode, delta2,
             n2 = moments.terms_needed(lam_max * d2_hi * 0.5 * np.max(ranges[:, 3] - ranges[:, 2]))
         mom = np.empty((ntypes, n1 * n2, g.nq))
         n1, n2 = np.full(ntypes, n1), np.full(ntypes, n2)
-        moments.pair_moments(dist, seg, zoom, g.q0, g.dq, g.kstart, g.nq, g.pair_rmin,
-                             g.pair_rmax, mode, delta2, qbroad, ranges, n1, n2, mom)
+        moments.pair_moments(dist, seg, zoom, ex, ranges, n1, n2, mom)
         norm = _motif_norm(counts, calc._f)
         for _ in range(4):
             u_el = rng.uniform(1e-4, u_hi, len(calc.elements))
             d2 = rng.uniform(0.0, d2_hi) if mode == 1 else delta2
             fq = np.empty(g.nq)
-            moments.assemble(mom, ranges, n1, n2, u_el, calc._type_a, calc._type_b, d2,
-                             mode == 1, calc._ff, norm, g.q0, g.dq, 0, fq,
-                             np.empty((3, g.nq)), np.empty((3, 3, g.nq)))
+            moments.assemble(moments.Moments(mom, ranges, n1, n2), groups, ex, u_el, d2, norm,
+                             0, fq, np.empty((3, g.nq)), np.empty((3, 3, g.nq)))
             u_type = u_el[calc._type_a] + u_el[calc._type_b]
             ref = debye_fq(dist, seg, calc._ff, u_type, norm, g.q0, g.dq, g.kstart, zoom, d2,
                            qbroad, g.pair_rmin, g.pair_rmax)
@@ -126,20 +126,22 @@ def test_analytic_derivatives_match_finite_differences(keggin):
     config, structure, _, calc, masks = keggin
     g = calc.grid
     ntypes = calc._type_a.size
-    dmat, tmat = calc.pair_matrices()
-    dist, seg, counts = _motif_pairs(masks[0], dmat, tmat, calc._atom_type, ntypes, 2)
+    parent = Parent(*calc.pair_matrices(), calc._atom_type, calc._type_a, calc._type_b, 2)
+    dist, seg, counts = _motif_pairs(masks[0], parent)
     ranges = np.empty((ntypes, 4))
-    moments.coordinate_ranges(dist, seg, 1.0, g.pair_rmin, g.pair_rmax, 1, 0.0, 0.01, ranges)
+    ex = moments.Expansion(g.q0, g.dq, g.kstart, g.nq, g.pair_rmin, g.pair_rmax, 1, 0.0, 0.01,
+                           1.0, 2.5)
+    moments.coordinate_ranges(dist, seg, 1.0, ex, ranges)
     n1, n2 = np.full(ntypes, 5), np.full(ntypes, 14)
     mom = np.empty((ntypes, 5 * 14, g.nq))
-    moments.pair_moments(dist, seg, 1.0, g.q0, g.dq, g.kstart, g.nq, g.pair_rmin, g.pair_rmax,
-                         1, 0.0, 0.01, ranges, n1, n2, mom)
+    moments.pair_moments(dist, seg, 1.0, ex, ranges, n1, n2, mom)
     norm = _motif_norm(counts, calc._f)
+    taken = moments.Moments(mom, ranges, n1, n2)
+    groups = moments.Groups(calc._type_a, calc._type_b, calc._ff)
 
     def assemble(x, order):
         fq, jac, hess = np.empty(g.nq), np.empty((3, g.nq)), np.empty((3, 3, g.nq))
-        moments.assemble(mom, ranges, n1, n2, x[:2], calc._type_a, calc._type_b, x[2], True,
-                         calc._ff, norm, g.q0, g.dq, order, fq, jac, hess)
+        moments.assemble(taken, groups, ex, x[:2], x[2], norm, order, fq, jac, hess)
         return fq, jac, hess
 
     x = np.array([0.007, 0.012, 0.6])

@@ -30,12 +30,17 @@ points: dot products only, no PDF. Each frame's result depends on that frame's d
 alone, so a frame fitted with "shared" alone or among 150 others gives the same bits.
 
 Only ``fit.refine: [scale]`` and ``[scale, zoom]`` take this path; freeing Uiso or
-delta2 uses the general fitter of :mod:`.fitter`.
+delta2 takes :mod:`.refining`, which reuses its zoom searches.
+
+The compiled loops read their tables as named tuples (:class:`Parent`, :class:`Kernel`,
+:class:`Rescale`, :class:`ZoomSearch`, :class:`Frame`, :class:`Results`), built once per
+fitter, so that no kernel takes a long argument list.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -67,6 +72,78 @@ ANCHOR_STEP = 0.002
 #: Fine zoom-grid points per anchor step in the shared search.
 FINE_PER_ANCHOR = 4
 ZOOM_SEARCHES = ("exact", "shared")
+
+
+# -- the tables the compiled loops read, by name ----------------------------------------
+
+
+class Parent(NamedTuple):
+    """The parent model's pair tables, from which each motif's pairs are gathered."""
+
+    dmat: np.ndarray  # (n, n) pair distances (Å)
+    tmat: np.ndarray  # (n, n) pair type
+    atom_type: np.ndarray  # element index of each atom
+    type_a: np.ndarray  # the two elements of each pair type
+    type_b: np.ndarray
+    nel: int  # elements
+
+
+class Pairs(NamedTuple):
+    """One motif's pairs: distances grouped by pair type, the groups' offsets ``seg``, and
+    its atoms per element."""
+
+    dist: np.ndarray
+    seg: np.ndarray
+    counts: np.ndarray
+
+
+class Kernel(NamedTuple):
+    """What the exact F(Q) needs besides the pairs (see :func:`_exact_fq`)."""
+
+    kind: int  # _DEBYE or _REALSPACE
+    pair_w: np.ndarray  # 2 f_a f_b per type, on Q (Debye) or at Q = 0 (real space)
+    el_w: np.ndarray  # f per element, likewise
+    to_q: np.ndarray  # real space: the peak grid's transform onto Q
+    scalars: tuple  # Debye: q0, dq, kstart, pair_rmin, pair_rmax; real space: dr, m_lo, m_hi, ...
+    qbroad: float
+
+
+class Rescale(NamedTuple):
+    """The extended r grid on which a model G(r) is read at r·z_b/z, and the data on it."""
+
+    to_r: np.ndarray  # (extended points, nq): F(Q) to G(r), no envelope
+    j0: int  # where the data's first point lies on the extended grid
+    x0: float  # the extended grid's first r (Å)
+    step: float  # its step (Å)
+    r0: float  # the data's first r (Å)
+    env: np.ndarray  # the qdamp envelope on the data points
+
+
+class ZoomSearch(NamedTuple):
+    """The zoom's bounds, whether it is refined, and the tolerance on it."""
+
+    zlo: float
+    zhi: float
+    refine: bool
+    xatol: float
+
+
+class Frame(NamedTuple):
+    """One frame's data, weights and Σ w g² (all points and every other point)."""
+
+    g: np.ndarray
+    w: np.ndarray
+    gg: float
+    gg_half: float
+
+
+class Results(NamedTuple):
+    """Where a batch's results go, each (frames, motifs)."""
+
+    rw: np.ndarray
+    scale: np.ndarray
+    zoom: np.ndarray
+    status: np.ndarray
 
 
 def uniform_step(r: np.ndarray) -> float | None:
@@ -155,21 +232,23 @@ class BatchFitter:
         self._to_r = np.ascontiguousarray(
             (2.0 / math.pi) * calc.qstep * np.sin(np.outer(self.r_ext, q))
         )
-        self._dmat, self._tmat = calc.pair_matrices()
+        dmat, tmat = calc.pair_matrices()
+        self.parent = Parent(dmat, tmat, calc._atom_type, calc._type_a, calc._type_b,
+                             len(calc.elements))
+        g = calc.grid
         if isinstance(calc, DebyeCalculator):
-            g = calc.grid
-            self._kind = _DEBYE
-            self._tables = (calc._ff, calc._f, np.zeros((1, 1)))  # no peak grid
-            self._scalars = (g.q0, g.dq, float(g.kstart), g.pair_rmin, g.pair_rmax)
+            self.kernel = Kernel(_DEBYE, calc._ff, calc._f, np.zeros((1, 1)),  # no peak grid
+                                 (g.q0, g.dq, float(g.kstart), g.pair_rmin, g.pair_rmax),
+                                 float(calc.settings.qbroad))
         else:
-            g = calc.grid
-            self._kind = _REALSPACE
-            self._tables = (
-                np.ascontiguousarray(calc._weight)[:, None].copy(),
-                np.ascontiguousarray(calc._f0)[:, None].copy(),
-                calc._to_q,
-            )
-            self._scalars = (g.dr, float(g.m_lo), float(g.m_hi), g.pair_rmin, g.pair_rmax)
+            self.kernel = Kernel(
+                _REALSPACE, np.ascontiguousarray(calc._weight)[:, None].copy(),
+                np.ascontiguousarray(calc._f0)[:, None].copy(), calc._to_q,
+                (g.dr, float(g.m_lo), float(g.m_hi), g.pair_rmin, g.pair_rmax),
+                float(calc.settings.qbroad))
+        self.grid = Rescale(self._to_r, int(self.j0), float(self.r_ext[0]), float(self.step),
+                            float(r[0]), self.envelope)
+        self.search = ZoomSearch(zlo, zhi, self.refine_zoom, self.xatol)
 
     @property
     def n_frames(self) -> int:
@@ -177,7 +256,9 @@ class BatchFitter:
 
     def memory_bytes(self) -> int:
         """Bytes held by this fitter's tables (parent pair tables included)."""
-        arrays = (self._to_r, self._dmat, self._tmat, self.g_obs, self.weights) + self._tables
+        k = self.kernel
+        arrays = (self._to_r, self.parent.dmat, self.parent.tmat, self.g_obs, self.weights,
+                  k.pair_w, k.el_w, k.to_q)
         return int(sum(a.nbytes for a in arrays))
 
     def fit(self, atom_masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -202,36 +283,23 @@ class BatchFitter:
             "zoom": np.empty((self.n_frames, m)),
             "status": np.empty((self.n_frames, m), dtype=np.int8),
         }
-        s = calc.settings
+        results = Results(out["rw"], out["scale"], out["zoom"], out["status"])
+        delta2 = float(calc.settings.delta2)
         if self.shared:
-            _fit_batch_shared(
-                self._kind, masks, self._dmat, self._tmat, calc._atom_type,
-                calc._u_type_default, self._tables[0], self._tables[1], self._tables[2],
-                self._scalars, s.delta2, s.qbroad, self._to_r, self.envelope, self.g_obs,
-                self.weights, self.anchors, FINE_PER_ANCHOR, self.r_ext[0], self.step,
-                calc.r[0], out["rw"], out["scale"], out["zoom"], out["status"],
-            )
+            _fit_batch_shared(masks, self.parent, self.kernel, calc._u_type_default, delta2,
+                              self.grid, self.anchors, FINE_PER_ANCHOR, self.g_obs,
+                              self.weights, results)
             return out
-        _fit_batch(
-            self._kind, masks, self._dmat, self._tmat, calc._atom_type,
-            calc._u_type_default, self._tables[0], self._tables[1], self._tables[2],
-            self._scalars, s.delta2, s.qbroad, self._to_r, self.j0, self.envelope,
-            self.g_obs, self.weights, self.zoom_bounds[0], self.zoom_bounds[1],
-            self.refine_zoom, self.xatol, self.r_ext[0], self.step, calc.r[0],
-            out["rw"], out["scale"], out["zoom"], out["status"],
-        )
+        _fit_batch(masks, self.parent, self.kernel, calc._u_type_default, delta2, self.grid,
+                   self.search, self.g_obs, self.weights, results)
         return out
 
     def model(self, atom_mask: np.ndarray, zoom: float) -> np.ndarray:
         """The exact G(r) on the data grid that this fitter scores (for checks)."""
         masks = np.ascontiguousarray(np.atleast_2d(atom_mask), dtype=np.bool_)
-        dist, seg, counts = _motif_pairs(masks[0], self._dmat, self._tmat, self.calc._atom_type,
-                                         self.calc._u_type_default.size,
-                                         self._tables[1].shape[0])
+        pairs = _motif_pairs(masks[0], self.parent)
         g = np.empty(self.r_ext.size)
-        s = self.calc.settings
-        _exact(self._kind, dist, seg, counts, self.calc._u_type_default, self._tables[0],
-               self._tables[1], self._tables[2], self._scalars, s.delta2, s.qbroad,
+        _exact(self.kernel, pairs, self.calc._u_type_default, float(self.calc.settings.delta2),
                self._to_r, float(zoom), g)
         return g[self.j0:self.j0 + self.calc.r.size] * self.envelope
 
@@ -240,11 +308,14 @@ class BatchFitter:
 
 
 @numba.njit(cache=True)
-def _motif_pairs(mask, dmat, tmat, atom_type, ntypes, nel):
-    """Distances of a motif's pairs i < j grouped by pair type, offsets, atoms per element.
+def _motif_pairs(mask, parent):
+    """The :class:`Pairs` of a motif: distances of its pairs i < j grouped by pair type,
+    offsets, atoms per element.
 
     The pairs per type follow from the atoms per element (n_a·n_b, or n_a(n_a − 1)/2 for
     a = b), so one pass over the kept pairs fills them."""
+    dmat, tmat, atom_type = parent.dmat, parent.tmat, parent.atom_type
+    ntypes, nel = parent.type_a.size, parent.nel
     kept = np.flatnonzero(mask)
     k = kept.size
     counts = np.zeros(nel, dtype=np.int64)
@@ -279,7 +350,7 @@ def _motif_pairs(mask, dmat, tmat, atom_type, ntypes, nel):
             t = tmat[row, col]
             dist[fill[t]] = dmat[row, col]
             fill[t] += 1
-    return dist, seg, counts
+    return Pairs(dist, seg, counts)
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -294,13 +365,14 @@ def _matvec_rows(mat, vec, row0, nrows, out):
 
 
 @numba.njit(cache=True)
-def _exact_fq(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2, qbroad,
-              zoom):
+def _exact_fq(kernel, pairs, u_type, delta2, zoom):
     """Exact F(Q) on the calculator's Q points.
 
     Debye: ``pair_w`` = 2 f_a(Q) f_b(Q) per type, ``el_w`` = f(Q) per element; real
     space: the same at Q = 0 (one column) and ``to_q`` the transform of the peak grid.
     """
+    kind, pair_w, el_w, to_q, scalars, qbroad = kernel
+    dist, seg, counts = pairs
     total = counts.astype(np.float64) @ el_w  # N <f>, per Q (Debye) or at 0 (real space)
     n = counts.sum()
     norm = np.zeros(total.size)
@@ -320,12 +392,10 @@ def _exact_fq(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delt
 
 
 @numba.njit(cache=True)
-def _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2, qbroad,
-           to_r, zoom, out):
+def _exact(kernel, pairs, u_type, delta2, to_r, zoom, out):
     """Exact G(r) without envelope on the rows of ``to_r``, into ``out``; False if no pairs
     (the tables as :func:`_exact_fq`)."""
-    fq = _exact_fq(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, delta2,
-                   qbroad, zoom)
+    fq = _exact_fq(kernel, pairs, u_type, delta2, zoom)
     any_pair = False
     for k in range(fq.size):
         if fq[k] != 0.0:
@@ -554,54 +624,68 @@ def _score(gc, g, w, gg):
 
 
 @numba.njit(cache=True)
-def _fit_batch(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, scalars,
-               delta2, qbroad, to_r, j0, env, g_obs, weights, zlo, zhi, refine_zoom, xatol,
-               x0, step, r0, out_rw, out_scale, out_zoom, out_status):
+def _frame_sums(g_obs, weights):
+    """Σ w g² of each frame over all its points and over every other point."""
     n_frames, n = g_obs.shape
-    n_ext = to_r.shape[0]
-    ntypes = u_type.size
-    nel = el_w.shape[0]
-    base1 = np.empty(n_ext)
-    base = np.empty(n_ext)
-    gc = np.empty(n)
     gg = np.empty(n_frames)
     gg_half = np.zeros(n_frames)
     for f in range(n_frames):
         acc = 0.0
         for k in range(n):
-            acc += weights[f, k] * g_obs[f, k] * g_obs[f, k]
+            v = weights[f, k] * g_obs[f, k] * g_obs[f, k]
+            acc += v
             if k % 2 == 0:
-                gg_half[f] += weights[f, k] * g_obs[f, k] * g_obs[f, k]
+                gg_half[f] += v
         gg[f] = acc
+    return gg, gg_half
+
+
+@numba.njit(cache=True)
+def _zoom_near(zoom, zb, base, grid, search, frame):
+    """Round 2 of the zoom on ``base`` (exact at zb), all points: the slope's zero within
+    :data:`_ROOT_NEAR` of ``zoom``, or Brent over the whole range when the minimum lies
+    beyond. Returns (zoom, converged)."""
+    zlo, zhi, xatol = search.zlo, search.zhi, search.xatol
+    x0, step, r0, env = grid.x0, grid.step, grid.r0, grid.env
+    g, w, gg = frame.g, frame.w, frame.gg
+    a = max(zlo, zoom - _ROOT_NEAR)
+    b = min(zhi, zoom + _ROOT_NEAR)
+    z, ok = _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    if (z == a and a > zlo) or (z == b and b < zhi):
+        z, ok = _brent(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    return z, ok
+
+
+@numba.njit(cache=True)
+def _fit_batch(masks, parent, kernel, u_type, delta2, grid, search, g_obs, weights, out):
+    """The scale and zoom of every motif × frame, each frame's G exact at its zoom."""
+    n_frames, n = g_obs.shape
+    to_r, j0, x0, step, r0, env = grid
+    zlo, zhi, xatol = search.zlo, search.zhi, search.xatol
+    base1 = np.empty(to_r.shape[0])
+    base = np.empty(to_r.shape[0])
+    gc = np.empty(n)
+    gg, gg_half = _frame_sums(g_obs, weights)
     for m in range(masks.shape[0]):
-        dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
-        has_pairs = _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
-                           delta2, qbroad, to_r, 1.0, base1)
+        pairs = _motif_pairs(masks[m], parent)
+        has_pairs = _exact(kernel, pairs, u_type, delta2, to_r, 1.0, base1)
         for f in range(n_frames):
-            g = g_obs[f]
-            w = weights[f]
+            frame = Frame(g_obs[f], weights[f], gg[f], gg_half[f])
+            g = frame.g
+            w = frame.w
             status = STATUS_OK
             zoom = 1.0
             if not has_pairs:
-                out_rw[f, m], out_scale[f, m], out_zoom[f, m] = 1.0, 0.0, 1.0
-                out_status[f, m] = STATUS_NO_PAIRS
+                out.rw[f, m], out.scale[f, m], out.zoom[f, m] = 1.0, 0.0, 1.0
+                out.status[f, m] = STATUS_NO_PAIRS
                 continue
-            if refine_zoom:
+            if search.refine:
                 # round 1: the whole zoom range scanned, then the slope's zero, on every
                 # other data point
                 z1, ok1 = _scan_then_root(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g,
                                           w, gg_half[f], 2)
-                _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
-                       delta2, qbroad, to_r, z1, base)
-                # round 2: all points, the slope's zero near z1 (Brent over the range when
-                # the minimum lies beyond)
-                a = max(zlo, z1 - _ROOT_NEAR)
-                b = min(zhi, z1 + _ROOT_NEAR)
-                zoom, ok2 = _slope_root(a, b, xatol, z1, base, x0, step, r0, env, g, w, gg[f],
-                                        1)
-                if (zoom == a and a > zlo) or (zoom == b and b < zhi):
-                    zoom, ok2 = _brent(zlo, zhi, xatol, z1, base, x0, step, r0, env, g, w,
-                                       gg[f], 1)
+                _exact(kernel, pairs, u_type, delta2, to_r, z1, base)
+                zoom, ok2 = _zoom_near(z1, z1, base, grid, search, frame)
                 if not (ok1 and ok2):
                     status = STATUS_NOT_CONVERGED
                 # keep z1, whose exact G is at hand, unless moving on gains anything
@@ -613,18 +697,17 @@ def _fit_batch(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, s
                     for k in range(n):
                         gc[k] = base[j0 + k] * env[k]
                 else:
-                    _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
-                           delta2, qbroad, to_r[j0:j0 + n], zoom, gc)
+                    _exact(kernel, pairs, u_type, delta2, to_r[j0:j0 + n], zoom, gc)
                     for k in range(n):
                         gc[k] *= env[k]
             else:
                 for k in range(n):
                     gc[k] = base1[j0 + k] * env[k]
             scale, rw = _score(gc, g, w, gg[f])
-            out_rw[f, m] = rw
-            out_scale[f, m] = scale
-            out_zoom[f, m] = zoom
-            out_status[f, m] = status
+            out.rw[f, m] = rw
+            out.scale[f, m] = scale
+            out.zoom[f, m] = zoom
+            out.status[f, m] = status
 
 
 # -- shared anchors (time series) ----------------------------------------------------------
@@ -661,14 +744,12 @@ def _rw2(c, g, w, gg, stride):
 
 
 @numba.njit(cache=True)
-def _fit_batch_shared(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, to_q, scalars,
-                      delta2, qbroad, to_r, env, g_obs, weights, anchors, per, x0, step, r0,
-                      out_rw, out_scale, out_zoom, out_status):
+def _fit_batch_shared(masks, parent, kernel, u_type, delta2, grid, anchors, per, g_obs, weights,
+                      out):
     """The shared-anchor search of every motif × frame (see the module notes)."""
     n_frames, n = g_obs.shape
+    to_r, _, x0, step, r0, env = grid
     n_ext = to_r.shape[0]
-    ntypes = u_type.size
-    nel = el_w.shape[0]
     n_anchor = anchors.size
     n_fine = (n_anchor - 1) * per + 1
     n_half = (n + 1) // 2
@@ -679,14 +760,7 @@ def _fit_batch_shared(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, 
             zf[j] = anchors[k]
         else:
             zf[j] = anchors[k] + (j - k * per) * (anchors[k + 1] - anchors[k]) / per
-    gg = np.zeros(n_frames)
-    gg_half = np.zeros(n_frames)
-    for f in range(n_frames):
-        for k in range(n):
-            v = weights[f, k] * g_obs[f, k] * g_obs[f, k]
-            gg[f] += v
-            if k % 2 == 0:
-                gg_half[f] += v
+    gg, gg_half = _frame_sums(g_obs, weights)
     base1 = np.empty(n_ext)
     anchor_g = np.empty((n_anchor, n_ext))
     have_anchor = np.zeros(n_anchor, dtype=np.bool_)
@@ -697,13 +771,12 @@ def _fit_batch_shared(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, 
     seen = np.zeros(n_fine, dtype=np.bool_)
     gc = np.empty(n)
     for m in range(masks.shape[0]):
-        dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
-        has_pairs = _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars,
-                           delta2, qbroad, to_r, 1.0, base1)
+        pairs = _motif_pairs(masks[m], parent)
+        has_pairs = _exact(kernel, pairs, u_type, delta2, to_r, 1.0, base1)
         if not has_pairs:
             for f in range(n_frames):
-                out_rw[f, m], out_scale[f, m], out_zoom[f, m] = 1.0, 0.0, 1.0
-                out_status[f, m] = STATUS_NO_PAIRS
+                out.rw[f, m], out.scale[f, m], out.zoom[f, m] = 1.0, 0.0, 1.0
+                out.status[f, m] = STATUS_NO_PAIRS
             continue
         have_anchor[:] = False
         have_fine[:] = False
@@ -738,8 +811,8 @@ def _fit_batch_shared(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, 
                         t = (zf[j] - anchors[k]) / (anchors[k + 1] - anchors[k])
                         for a in (k, k + 1):
                             if not have_anchor[a] and (a == k or t > 0.0):
-                                _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q,
-                                       scalars, delta2, qbroad, to_r, anchors[a], anchor_g[a])
+                                _exact(kernel, pairs, u_type, delta2, to_r, anchors[a],
+                                       anchor_g[a])
                                 have_anchor[a] = True
                         fine[j, :] = 0.0
                         _add_scaled(anchor_g[k], anchors[k], zf[j], x0, step, r0, env, 1,
@@ -781,7 +854,7 @@ def _fit_batch_shared(kind, masks, dmat, tmat, atom_type, u_type, pair_w, el_w, 
                 zoom = zf[jb]
                 gc[:] = fine[jb]
             scale, rw = _score(gc, g, w, gg[f])
-            out_rw[f, m] = rw
-            out_scale[f, m] = scale
-            out_zoom[f, m] = zoom
-            out_status[f, m] = STATUS_OK
+            out.rw[f, m] = rw
+            out.scale[f, m] = scale
+            out.zoom[f, m] = zoom
+            out.status[f, m] = STATUS_OK

@@ -29,6 +29,7 @@ Debye kernel at the reported parameters.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -42,6 +43,41 @@ TOLERANCE = 1e-7
 MAX_TERMS = 40
 #: Pairs per block of the moment pass.
 _BLOCK = 128
+
+
+class Expansion(NamedTuple):
+    """How a motif's pairs are expanded into moments: fixed for one fitter."""
+
+    q0: float  # first Q point (Å⁻¹)
+    dq: float  # Q step
+    kstart: int  # q0 / dq when q0 is a whole number of steps, else −1
+    nq: int  # Q points
+    pair_rmin: float  # pairs outside [pair_rmin, pair_rmax] (Å, zoomed) are left out
+    pair_rmax: float
+    mode: int  # 0: delta2 fixed inside the coordinate; 1: delta2 refined
+    delta2: float  # the fixed delta2 (Å², mode 0)
+    qbroad: float
+    lam_max: float  # the largest λ = U_t Q²/2 the search can reach
+    delta2_max: float  # upper bound on delta2 (mode 1; 0 in mode 0)
+
+
+class Groups(NamedTuple):
+    """The pair groups moments are taken over (a pair type, or a type's distance shell):
+    the elements of each and 2 f_a(Q) f_b(Q)."""
+
+    type_a: np.ndarray
+    type_b: np.ndarray
+    ff: np.ndarray  # (groups, nq)
+
+
+class Moments(NamedTuple):
+    """A motif's moments at one zoom: ``mom[g, i·n2[g] + j, k]``, each group's coordinate
+    ``ranges`` (lo1, hi1, lo2, hi2) and its terms ``n1``, ``n2``."""
+
+    mom: np.ndarray
+    ranges: np.ndarray
+    n1: np.ndarray
+    n2: np.ndarray
 
 
 @numba.njit(cache=True)
@@ -138,8 +174,9 @@ def _terms(a, tolerance):
 
 
 @numba.njit(cache=True)
-def group_terms(ranges, mode, lam_max, delta2_max, n1, n2):
+def group_terms(ranges, ex, n1, n2):
     """Terms per group for the largest λ (and, mode 1, λ·δ2) the search can reach."""
+    mode, lam_max, delta2_max = ex.mode, ex.lam_max, ex.delta2_max
     for g in range(ranges.shape[0]):
         n1[g] = _terms(lam_max * 0.5 * (ranges[g, 1] - ranges[g, 0]), TOLERANCE)
         if mode == 1:
@@ -150,9 +187,11 @@ def group_terms(ranges, mode, lam_max, delta2_max, n1, n2):
 
 
 @numba.njit(cache=True)
-def coordinate_ranges(dist, seg, zoom, pair_rmin, pair_rmax, mode, delta2, qbroad, ranges):
+def coordinate_ranges(dist, seg, zoom, ex, ranges):
     """ranges[t] = (lo1, hi1, lo2, hi2) of the pair coordinates of each type (pairs inside
     the window only); (0, 0, 0, 0) for a type without pairs."""
+    pair_rmin, pair_rmax, mode, delta2, qbroad = (ex.pair_rmin, ex.pair_rmax, ex.mode,
+                                                  ex.delta2, ex.qbroad)
     ntypes = seg.size - 1
     for t in range(ntypes):
         lo1 = lo2 = np.inf
@@ -227,8 +266,7 @@ def _tile_product(w, table, nm, acc):
 
 
 @numba.njit(cache=True, fastmath=True)
-def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode, delta2,
-                 qbroad, ranges, n1, n2, out):
+def pair_moments(dist, seg, zoom, ex, ranges, n1, n2, out):
     """out[g, i·n2[g] + j, k] = Σ_p T_i(ĉ1_p) T_j(ĉ2_p) sin(Q_k d_p)/d_p over the pairs of
     group g (``dist[seg[g]:seg[g + 1]]``) inside the window, d_p = zoom·dist[p],
     Q_k = q0 + k·dq, ĉ the coordinates mapped onto [−1, 1] by ``ranges`` (from
@@ -238,6 +276,9 @@ def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode
     their recurrence into a (Q, pair) table, and the product of the two in register
     tiles (:func:`_tile_product`); rows are padded to multiples of 4 with zeros.
     """
+    q0, dq, kstart, nq = ex.q0, ex.dq, ex.kstart, ex.nq
+    pair_rmin, pair_rmax, mode, delta2, qbroad = (ex.pair_rmin, ex.pair_rmax, ex.mode,
+                                                  ex.delta2, ex.qbroad)
     ntypes = seg.size - 1
     nm_max = 0
     n1_max = 1
@@ -325,6 +366,15 @@ def pair_moments(dist, seg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode
                 out[t, j, k] = acc[j, k]
 
 
+@numba.njit(cache=True)
+def take_moments(dist, seg, zoom, ex, into):
+    """A motif's moments at ``zoom`` into the :class:`Moments` ``into``: the coordinate
+    ranges of its groups, the terms they need, then one pass over the pairs."""
+    coordinate_ranges(dist, seg, zoom, ex, into.ranges)
+    group_terms(into.ranges, ex, into.n1, into.n2)
+    pair_moments(dist, seg, zoom, ex, into.ranges, into.n1, into.n2, into.mom)
+
+
 #: Series coefficients 1/(j! (d + j)!) of I_d(a) = (a/2)^d Σ_j (a²/4)^j / (j! (d + j)!).
 _SERIES_J = 80
 _SERIES = np.array([[math.exp(-math.lgamma(j + 1) - math.lgamma(d + j + 1))
@@ -387,11 +437,17 @@ def _coefficient_rows(lam, h, c, n, sign, scale, order, val, d1, d2, bes):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk, f_kk,
-              p0, p1, p2):
+def _contract(mom, t, n1, n2, a, b, order, out, scratch):
     """The sums over the moments of group t for every Q point (vectorised over Q): first
     over the second coordinate's terms (p0, p1, p2: with b, b', b''), then the first's.
-    p0, p1, p2: scratch rows."""
+
+    ``a``, ``b``: the coefficient rows (value, first, second derivative) of the two
+    coordinates; ``out`` = (f, f_λ, f_κ, f_λλ, f_λκ, f_κκ); ``scratch`` = (p0, p1, p2).
+    """
+    av, a1, a2 = a
+    bv, b1, b2 = b
+    f, f_l, f_k, f_ll, f_lk, f_kk = out
+    p0, p1, p2 = scratch
     nq = f.size
     f[:] = 0.0
     if order >= 1:
@@ -428,18 +484,21 @@ def _contract(mom, t, n1, n2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, 
 
 
 @numba.njit(cache=True)
-def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, ff, norm,
-             q0, dq, order, fq, jac, hess):
-    """F(Q) of a motif from its moments (per pair group g: elements ``type_a[g]``,
-    ``type_b[g]``, ``n1[g]`` × ``n2[g]`` terms; ``ff`` one row per group) at the Uiso
-    ``u_el`` (per element) and ``delta2``;
-    with ``order`` >= 1 its derivatives ``jac[e]`` = dF/dU_e (and, when delta2 is refined,
-    ``jac[n_el]`` = dF/dδ2); with ``order`` 2 the second derivatives ``hess[i, j]``.
+def assemble(moments, groups, ex, u_el, delta2, norm, order, fq, jac, hess):
+    """F(Q) of a motif from its :class:`Moments` (per pair group g of ``groups``: elements
+    ``type_a[g]``, ``type_b[g]``, ``n1[g]`` × ``n2[g]`` terms) at the Uiso ``u_el`` (per
+    element) and ``delta2``; with ``order`` >= 1 its derivatives ``jac[e]`` = dF/dU_e
+    (and, when delta2 is refined, ``jac[n_el]`` = dF/dδ2); with ``order`` 2 the second
+    derivatives ``hess[i, j]``.
 
-    ``refine_delta2`` tells which coordinates the moments were taken in (mode 1: delta2
-    is a parameter; mode 0: it is fixed inside the coordinate). ``ff`` = 2 f_a f_b per
-    type, ``norm`` = 1/(N⟨f⟩²), both on the Q grid.
+    The expansion's mode tells which coordinates the moments were taken in (1: delta2 is
+    a parameter; 0: it is fixed inside the coordinate). ``norm`` = 1/(N⟨f⟩²) on the Q
+    grid.
     """
+    mom, ranges, n1, n2 = moments
+    type_a, type_b, ff = groups
+    refine_delta2 = ex.mode == 1
+    q0, dq = ex.q0, ex.dq
     ntypes = type_a.size
     nq = fq.size
     nel = u_el.size
@@ -503,8 +562,8 @@ def assemble(mom, ranges, n1, n2, u_el, type_a, type_b, delta2, refine_delta2, f
         _coefficient_rows(lam, h1, c1, nt1, -1, scale, order, av, a1, a2, bes)
         if refine_delta2:
             _coefficient_rows(kap, h2, c2, nt2, 1, ones, order, bv, b1, b2, bes)
-        _contract(mom, t, nt1, nt2, av, a1, a2, bv, b1, b2, order, f, f_l, f_k, f_ll, f_lk,
-                  f_kk, p0, p1, p2)
+        _contract(mom, t, nt1, nt2, (av, a1, a2), (bv, b1, b2), order,
+                  (f, f_l, f_k, f_ll, f_lk, f_kk), (p0, p1, p2))
         for k in range(nq):
             w = ff[t, k] * norm[k]
             fq[k] += w * f[k]

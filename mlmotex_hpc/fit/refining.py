@@ -25,6 +25,7 @@ A fit ends with status 3 ("at a bound") when a freed Uiso or delta2 ends on its 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -37,16 +38,23 @@ from .fast import (
     _ROOT_NEAR,
     _RW_GAIN,
     BatchFitter,
+    Frame,
+    Kernel,
+    Pairs,
+    Parent,
+    Rescale,
+    ZoomSearch,
     _add_scaled,
     _approx_rw2,
-    _brent,
     _exact,
     _exact_fq,
+    _frame_sums,
     _matvec_rows,
     _motif_pairs,
     _scan_then_root,
     _score,
     _slope_root,
+    _zoom_near,
     uniform_step,
 )
 from .fitter import (
@@ -56,14 +64,7 @@ from .fitter import (
     STATUS_OK,
     FitSettings,
 )
-from .moments import (
-    assemble,
-    coordinate_ranges,
-    group_pairs,
-    group_terms,
-    pair_moments,
-    terms_needed,
-)
+from .moments import Expansion, Groups, Moments, assemble, group_pairs, take_moments, terms_needed
 
 #: Moment passes (and round-2 zoom searches) allowed to one fit.
 ROUNDS = 3
@@ -82,6 +83,100 @@ _ALT_MARGIN = 0.002
 _LM_ITER = 80
 #: A Levenberg–Marquardt search stops when a step lowers Rw² by less than this.
 _LM_FTOL = 1e-14
+
+
+# -- the tables the compiled loops read, by name ----------------------------------------
+
+
+class Displacements(NamedTuple):
+    """The displacement parameters x = (Uiso per element[, delta2]): start, which are
+    freed, bounds per parameter."""
+
+    u0: np.ndarray  # starting Uiso per element (Å²)
+    free_u: np.ndarray  # whether the config frees each element's Uiso
+    lo: np.ndarray  # bounds of each parameter
+    hi: np.ndarray
+    d2_0: float  # starting (or fixed) delta2 (Å²)
+    refine_d2: bool
+    nel: int
+
+
+class QModel(NamedTuple):
+    """The moments' side of the fit: how pairs are expanded, over which groups, in how
+    many terms at most, and f(Q) per element for the motif's normalisation."""
+
+    expansion: Expansion
+    groups: Groups
+    edges: np.ndarray  # distance-shell edges of each pair type (Å)
+    nm_max: int  # most moments of one group
+    el_f: np.ndarray  # (elements, nq)
+
+
+class Tables(NamedTuple):
+    """Everything a batch of refining fits reads and never changes."""
+
+    parent: Parent
+    kernel: Kernel
+    q: QModel
+    disp: Displacements
+    grid: Rescale
+    search: ZoomSearch
+    anchors: np.ndarray  # the shared search's anchor zooms (empty: every frame exact)
+    near: float  # zooms closer than this are one basin
+
+
+class Motif(NamedTuple):
+    """One motif's pairs, regrouped by shell, its normalisation, its freed parameters and
+    (shared search) its moments at the anchor zooms taken so far."""
+
+    pairs: Pairs
+    gdist: np.ndarray
+    gseg: np.ndarray
+    norm: np.ndarray
+    free: np.ndarray
+    at_anchors: Moments  # each array with a leading anchor axis
+    have_anchor: np.ndarray
+
+
+class Objective(NamedTuple):
+    """Rw² in Q space of one motif against one frame, a function of the displacement
+    parameters: Rw² = 1 − (b·F)² / (Σ w g² · F·M·F)."""
+
+    moments: Moments
+    groups: Groups
+    expansion: Expansion
+    norm: np.ndarray
+    shift: np.ndarray  # added to the moments' F(Q) (real space's correction; else zeros)
+    bq: np.ndarray  # b = Kᵀ W g
+    mq: np.ndarray  # M = Kᵀ W K
+    gg: float
+
+
+class Scratch(NamedTuple):
+    """Work arrays of a batch, allocated once."""
+
+    base1: np.ndarray  # exact G at zoom 1, extended grid
+    base: np.ndarray  # G of the refined parameters, extended grid
+    gc: np.ndarray  # a model on the data points
+    fq: np.ndarray
+    jac: np.ndarray
+    hess: np.ndarray
+    shift: np.ndarray
+    x_best: np.ndarray
+    g_lo: np.ndarray  # the two anchors around a zoom (shared search)
+    g_hi: np.ndarray
+
+
+class RefineResults(NamedTuple):
+    """Where a batch's results go, each (frames, motifs[, ...])."""
+
+    rw: np.ndarray
+    scale: np.ndarray
+    zoom: np.ndarray
+    status: np.ndarray
+    u: np.ndarray  # (F, M, elements)
+    d2: np.ndarray
+    work: np.ndarray  # (F, M, 2): moment passes, Rw evaluations
 
 
 def pair_span(calc: PDFCalculator, zoom_bounds) -> tuple[float, float]:
@@ -211,6 +306,23 @@ class RefiningFitter(BatchFitter):
         else:  # the pairs whose peaks lie on the peak grid that is transformed
             self._qgrid = (q0, dq, float(kstart), g.m_lo * g.dr, (g.m_hi - 1) * g.dr)
         self._group_ff = np.ascontiguousarray(np.repeat(self._ff, self._edges.size - 1, axis=0))
+        q0, dq, kstart, pmin, pmax = self._qgrid
+        expansion = Expansion(float(q0), float(dq), int(kstart), int(self._ff.shape[1]),
+                              float(pmin), float(pmax), self._mode, self.d2_0,
+                              float(s.qbroad), self._lam_max,
+                              self.d2_hi if self.refine_delta2 else 0.0)
+        groups = Groups(self._group_a, self._group_b, self._group_ff)
+        lo, hi = self.u_lo, self.u_hi
+        if self.refine_delta2:
+            lo, hi = np.append(lo, self.d2_lo), np.append(hi, self.d2_hi)
+        zlo, zhi = self.zoom_bounds
+        self.tables = Tables(
+            self.parent, self.kernel,
+            QModel(expansion, groups, self._edges, int(self._n1 * self._n2), self._el_f),
+            Displacements(self.u0, self.free_u, lo, hi, self.d2_0, self.refine_delta2, nel),
+            self.grid, self.search, self.anchors if self.shared else np.empty(0),
+            max(20.0 * self.xatol, _NEAR * (zhi - zlo)),
+        )
 
     #: Per fit of the last :meth:`fit`: moment passes and Rw evaluations (for benchmarks).
     last_work: np.ndarray | None = None
@@ -232,20 +344,9 @@ class RefiningFitter(BatchFitter):
             "rw": np.empty((nf, m)), "scale": np.empty((nf, m)), "zoom": np.empty((nf, m)),
             "status": np.empty((nf, m), dtype=np.int8),
         }
-        q0, dq, kstart, pmin, pmax = self._qgrid
-        s = self.calc.settings
-        _refine_batch(
-            masks, self._dmat, self._tmat, self.calc._atom_type, self._type_a, self._type_b,
-            self._kind, self._tables[0], self._tables[1], self._tables[2],
-            self._ff, self._el_f, self._scalars, q0, dq, int(kstart), pmin, pmax, s.qbroad,
-            self._mode, self._n1 * self._n2, self._edges, self._group_a, self._group_b,
-            self._group_ff, self._lam_max, self.u0, self.free_u, self.u_lo, self.u_hi, self.d2_0,
-            self.refine_delta2, self.d2_lo, self.d2_hi, self._to_r, self.j0, self.envelope,
-            self.g_obs, self.weights, self._b, self._m, self.zoom_bounds[0],
-            self.zoom_bounds[1], self.refine_zoom, self.xatol, self.r_ext[0], self.step,
-            self.calc.r[0], self.anchors if self.shared else np.empty(0), out["rw"],
-            out["scale"], out["zoom"], out["status"], out_u, out_d2, work,
-        )
+        _refine_batch(masks, self.tables, self.g_obs, self.weights, self._b, self._m,
+                      RefineResults(out["rw"], out["scale"], out["zoom"], out["status"],
+                                    out_u, out_d2, work))
         self.last_work = work
         if self.free_u.any():
             for e, el in enumerate(self.elements):
@@ -269,19 +370,6 @@ def _motif_norm(counts, el_f):
         if total[k] != 0.0:
             norm[k] = n / (total[k] * total[k])
     return norm
-
-
-@numba.njit(cache=True, fastmath=True)
-def _quad(mq, x, y):
-    """x · M y for a symmetric M."""
-    n = x.size
-    acc = 0.0
-    for k in range(n):
-        row = 0.0
-        for j in range(n):
-            row += mq[k, j] * y[j]
-        acc += x[k] * row
-    return acc
 
 
 @numba.njit(cache=True)
@@ -315,16 +403,20 @@ def _solve(a, b):
     return x
 
 
+
+
 @numba.njit(cache=True)
-def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff, norm,
-               q0, dq, shift, bq, mq, gg, order, fq, jac, hq, grad, hess):
-    """Rw² of the parameters x = (U per element[, delta2]) in Q space, the scale in closed
-    form, for F(Q) from the moments plus ``shift``; with ``order`` 2 its exact gradient and
-    Hessian as well."""
-    d2 = x[nel] if refine_d2 else d2_fixed
-    assemble(mom, ranges, n1, n2, x[:nel], type_a, type_b, d2, refine_d2, ff, norm, q0, dq,
-             order, fq, jac, hq)
-    fq += shift
+def _objective(x, ob, order, fq, jac, hq, grad, hess):
+    """Rw² of the parameters x = (U per element[, delta2]) in Q space (the
+    :class:`Objective` ``ob``), the scale in closed form, for F(Q) from the moments plus
+    ``ob.shift``; with ``order`` 2 its exact gradient and Hessian as well."""
+    ex = ob.expansion
+    refine_d2 = ex.mode == 1
+    nel = x.size - (1 if refine_d2 else 0)
+    d2 = x[nel] if refine_d2 else ex.delta2
+    assemble(ob.moments, ob.groups, ex, x[:nel], d2, ob.norm, order, fq, jac, hq)
+    fq += ob.shift
+    bq, mq, gg = ob.bq, ob.mq, ob.gg
     nq = fq.size
     mfq = mq @ fq
     p = 0.0
@@ -372,13 +464,12 @@ def _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
 
 
 @numba.njit(cache=True)
-def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
-        norm, q0, dq, shift, bq, mq, gg):
+def _lm(x, free, lo, hi, ob):
     """Bounded, damped Newton search (exact Hessian, Levenberg–Marquardt damping, active
-    set on the bounds) on Rw²(x); returns (Rw², converged, evaluations) and updates
-    ``x``."""
+    set on the bounds) on Rw²(x) of the :class:`Objective` ``ob``, the freed parameters
+    ``free`` within [lo, hi]; returns (Rw², converged, evaluations) and updates ``x``."""
     npar = x.size
-    nq = ff.shape[1]
+    nq = ob.expansion.nq
     fq = np.empty(nq)
     jac = np.empty((npar, nq))
     hq = np.empty((npar, npar, nq))
@@ -386,8 +477,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
     hess = np.empty((npar, npar))
     g2 = np.empty(npar)
     h2 = np.empty((npar, npar))
-    phi = _objective(x, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2, ff,
-                     norm, q0, dq, shift, bq, mq, gg, 2, fq, jac, hq, grad, hess)
+    phi = _objective(x, ob, 2, fq, jac, hq, grad, hess)
     evals = 1
     mu = 1e-4
     xn = x.copy()
@@ -431,8 +521,7 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
         for r in range(n_act):
             i = idx[r]
             xn[i] = min(hi[i], max(lo[i], x[i] + step[r]))
-        phin = _objective(xn, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, refine_d2,
-                          ff, norm, q0, dq, shift, bq, mq, gg, 2, fq, jac, hq, g2, h2)
+        phin = _objective(xn, ob, 2, fq, jac, hq, g2, h2)
         evals += 1
         if phin < phi:
             gain = phi - phin
@@ -453,18 +542,52 @@ def _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, type_a, type_b, d2_fixed, ref
 
 
 @numba.njit(cache=True)
-def _zoom_again(zoom, zb, base, near, zlo, zhi, xatol, x0, step, r0, env, g, w, gg, gg_half):
+def _delta2_of(x, disp):
+    """delta2 of the parameters x: refined (the last one) or the fixed value."""
+    return x[disp.nel] if disp.refine_d2 else disp.d2_0
+
+
+@numba.njit(cache=True)
+def _model_g(x, ob, add_shift, to_r, s, out):
+    """G(r) (no envelope) on the rows of ``to_r`` of the moments' F(Q) at the parameters
+    x (plus ``ob.shift`` when ``add_shift``), into ``out``."""
+    ex = ob.expansion
+    nel = x.size - (1 if ex.mode == 1 else 0)
+    d2 = x[nel] if ex.mode == 1 else ex.delta2
+    assemble(ob.moments, ob.groups, ex, x[:nel], d2, ob.norm, 0, s.fq, s.jac, s.hess)
+    fq = s.fq
+    if add_shift:
+        fq += ob.shift
+    _matvec_rows(to_r, fq, 0, to_r.shape[0], out)
+
+
+@numba.njit(cache=True)
+def _defect(x, zoom, t, motif, ob, s):
+    """Real space: the moments give the Debye form of its peaks, which the peak grid's
+    ends cut; ``ob.shift`` = exact F(Q) − the moments' F(Q) at x and ``zoom``."""
+    d = t.disp
+    nel = d.nel
+    d2 = _delta2_of(x, d)
+    fx = _exact_fq(t.kernel, motif.pairs, x[:nel][t.parent.type_a] + x[:nel][t.parent.type_b],
+                   d2, zoom)
+    assemble(ob.moments, ob.groups, ob.expansion, x[:nel], d2, ob.norm, 0, s.fq, s.jac,
+             s.hess)
+    for k in range(s.fq.size):
+        ob.shift[k] = fx[k] - s.fq[k]
+
+
+@numba.njit(cache=True)
+def _zoom_again(zoom, zb, base, near, grid, search, frame):
     """Round 2 of the zoom on ``base`` (exact at zb, at the refined displacement
-    parameters): the zero of the slope of Rw² near ``zoom`` (Brent over the whole range
-    when the minimum lies beyond), and a scan of the whole range as well, because freeing
-    Uiso or delta2 can move the best zoom into another basin; the lower of the two."""
-    a = max(zlo, zoom - _ROOT_NEAR)
-    b = min(zhi, zoom + _ROOT_NEAR)
-    z_near, ok = _slope_root(a, b, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
-    if (z_near == a and a > zlo) or (z_near == b and b < zhi):
-        z_near, ok = _brent(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w, gg, 1)
+    parameters): the zero of the slope of Rw² near ``zoom`` (:func:`.fast._zoom_near`),
+    and a scan of the whole range as well, because freeing Uiso or delta2 can move the
+    best zoom into another basin; the lower of the two."""
+    zlo, zhi, xatol = search.zlo, search.zhi, search.xatol
+    x0, step, r0, env = grid.x0, grid.step, grid.r0, grid.env
+    g, w, gg = frame.g, frame.w, frame.gg
+    z_near, ok = _zoom_near(zoom, zb, base, grid, search, frame)
     z_all, ok_all = _scan_then_root(zlo, zhi, xatol, zb, base, x0, step, r0, env, g, w,
-                                    gg_half, 2)
+                                    frame.gg_half, 2)
     if abs(z_all - z_near) > near:
         a = max(zlo, z_all - _ROOT_NEAR)
         b = min(zhi, z_all + _ROOT_NEAR)
@@ -476,31 +599,28 @@ def _zoom_again(zoom, zb, base, near, zlo, zhi, xatol, x0, step, r0, env, g, w, 
 
 
 @numba.njit(cache=True)
-def _exact_rw2(z, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b, pair_w,
-               el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc):
+def _exact_rw2(z, x, t, pairs, to_rows, frame, gc):
     """Rw² of the exact G(r) at zoom z and the displacement parameters x."""
-    d2 = x[nel] if refine_d2 else d2_fixed
-    _exact(kind, dist, seg, counts, x[:nel][type_a] + x[:nel][type_b], pair_w, el_w, to_q,
-           scalars, d2, qbroad, to_rows, z, gc)
+    nel = t.disp.nel
+    _exact(t.kernel, pairs, x[:nel][t.parent.type_a] + x[:nel][t.parent.type_b],
+           _delta2_of(x, t.disp), to_rows, z, gc)
+    env = t.grid.env
     for k in range(gc.size):
         gc[k] *= env[k]
-    return _score(gc, g, w, gg)[1] ** 2
+    return _score(gc, frame.g, frame.w, frame.gg)[1] ** 2
 
 
 @numba.njit(cache=True)
-def _zoom_parabola(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
-                   pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, zlo, zhi, gc):
+def _zoom_parabola(zoom, x, t, pairs, to_rows, frame, gc):
     """The vertex of the parabola through the exact Rw² at zoom − h, zoom, zoom + h (kept
     within the bounds and 2h of zoom), or zoom when it lowers nothing."""
+    zlo, zhi = t.search.zlo, t.search.zhi
     h = _POLISH_STEP
     a = max(zlo, zoom - h)
     b = min(zhi, zoom + h)
-    fa = _exact_rw2(a, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
-                    pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
-    f0 = _exact_rw2(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a,
-                    type_b, pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
-    fb = _exact_rw2(b, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a, type_b,
-                    pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w, gg, gc)
+    fa = _exact_rw2(a, x, t, pairs, to_rows, frame, gc)
+    f0 = _exact_rw2(zoom, x, t, pairs, to_rows, frame, gc)
+    fb = _exact_rw2(b, x, t, pairs, to_rows, frame, gc)
     best, fbest = zoom, f0
     if fa < fbest:
         best, fbest = a, fa
@@ -514,25 +634,25 @@ def _zoom_parabola(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, t
         if den != 0.0:
             z = zoom - num / den
             z = min(zhi, max(zlo, min(zoom + 2 * h, max(zoom - 2 * h, z))))
-            fz = _exact_rw2(z, x, nel, refine_d2, d2_fixed, kind, dist, seg, counts, type_a,
-                            type_b, pair_w, el_w, to_q, scalars, qbroad, to_rows, env, g, w,
-                            gg, gc)
+            fz = _exact_rw2(z, x, t, pairs, to_rows, frame, gc)
             if fz < fbest:
                 best = z
     return best
 
 
 @numba.njit(cache=True)
-def _other_basin(zoom, zb, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_half, limit):
+def _other_basin(zoom, zb, base, near, grid, search, frame, limit):
     """A zoom far from ``zoom`` (beyond 2·near) where the rescaled ``base`` (exact at
     ``zb``) reaches Rw below ``limit`` on a scan of the range, or −1."""
+    zlo, zhi = search.zlo, search.zhi
     best = -1.0
     best_rw = limit
     for i in range(_ALT_SCAN):
         z = zlo + (zhi - zlo) * i / (_ALT_SCAN - 1)
         if abs(z - zoom) <= 2.0 * near:
             continue
-        rw = math.sqrt(_approx_rw2(z, zb, base, x0, step, r0, env, g, w, gg_half, 2))
+        rw = math.sqrt(_approx_rw2(z, zb, base, grid.x0, grid.step, grid.r0, grid.env,
+                                   frame.g, frame.w, frame.gg_half, 2))
         if rw < best_rw:
             best_rw = rw
             best = z
@@ -540,38 +660,23 @@ def _other_basin(zoom, zb, base, near, zlo, zhi, x0, step, r0, env, g, w, gg_hal
 
 
 @numba.njit(cache=True)
-def _store(f, m, gc, g, w, gg, zoom, converged, x, free, lo, hi, nel, d2, out_rw, out_scale,
-           out_zoom, out_status, out_u, out_d2):
+def _store(f, m, gc, frame, zoom, converged, x, free, disp, out):
     """Score the model ``gc`` against frame f and store motif m's results: status 1 when a
     search did not converge, else 3 when a freed parameter ends on its bound."""
-    scale, rw = _score(gc, g, w, gg)
+    lo, hi = disp.lo, disp.hi
+    scale, rw = _score(gc, frame.g, frame.w, frame.gg)
     status = STATUS_OK if converged else STATUS_NOT_CONVERGED
     if status == STATUS_OK:
         for i in range(x.size):
             span = 1e-6 * (hi[i] - lo[i])
             if free[i] and (x[i] <= lo[i] + span or x[i] >= hi[i] - span):
                 status = STATUS_AT_BOUND
-    out_rw[f, m] = rw
-    out_scale[f, m] = scale
-    out_zoom[f, m] = zoom
-    out_status[f, m] = status
-    out_u[f, m, :] = x[:nel]
-    out_d2[f, m] = d2
-
-
-@numba.njit(cache=True)
-def _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart, nq,
-            pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work_row):
-    """The motif's moments at anchor zoom ``ka``, taken the first time a frame needs them."""
-    if have_a[ka]:
-        return
-    coordinate_ranges(gdist, gseg, anchors[ka], pair_rmin, pair_rmax, mode, d2_fixed, qbroad,
-                      ranges_a[ka])
-    group_terms(ranges_a[ka], mode, lam_max, d2_max, n1_a[ka], n2_a[ka])
-    pair_moments(gdist, gseg, anchors[ka], q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
-                 d2_fixed, qbroad, ranges_a[ka], n1_a[ka], n2_a[ka], mom_a[ka])
-    have_a[ka] = True
-    work_row[0] += 1
+    out.rw[f, m] = rw
+    out.scale[f, m] = scale
+    out.zoom[f, m] = zoom
+    out.status[f, m] = status
+    out.u[f, m, :] = x[:disp.nel]
+    out.d2[f, m] = _delta2_of(x, disp)
 
 
 @numba.njit(cache=True)
@@ -584,19 +689,124 @@ def _nearest(anchors, z):
 
 
 @numba.njit(cache=True)
-def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges_a, n1_a, n2_a,
-                gdist, gseg, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad,
-                lam_max, refine_d2, group_a, group_b, group_ff, norm, bq, mq, gg, to_r, base,
-                g_lo, g_hi, gc, fq, dummy_j, dummy_h, near, zlo, zhi, xatol, x0, step, r0, env,
-                g, w, gg_half, converged, out_rw, out_scale, out_zoom, out_status, out_u, out_d2,
-                work):
+def _at_anchor(motif, anchors, ka, ex, work_row):
+    """The motif's moments at anchor zoom ``ka``, taken the first time a frame needs
+    them."""
+    a = motif.at_anchors
+    here = Moments(a.mom[ka], a.ranges[ka], a.n1[ka], a.n2[ka])
+    if not motif.have_anchor[ka]:
+        take_moments(motif.gdist, motif.gseg, anchors[ka], ex, here)
+        motif.have_anchor[ka] = True
+        work_row[0] += 1
+    return here
+
+
+@numba.njit(cache=True)
+def _search(x, zoom, converged, t, motif, frame, ob, s, work_row):
+    """The displacement parameters on the moments at the zoom, then the zoom on G(r) of
+    those parameters (round 2), up to :data:`ROUNDS` times; then the same from another
+    basin of the zoom when one looks nearly as good. Returns (zoom, converged) and leaves
+    the best parameters in ``x``."""
+    d = t.disp
+    search = t.search
+    x0, step, r0, env = t.grid.x0, t.grid.step, t.grid.r0, t.grid.env
+    g, w, gg = frame.g, frame.w, frame.gg
+    best_phi = np.inf
+    s.x_best[:] = x
+    z_best = zoom
+    ok_best = converged
+    for start in range(2 if search.refine else 1):
+        if start == 1:
+            # another basin of the zoom, seen on the refined G(r)? fit it too
+            z_alt = _other_basin(zoom, zoom, s.base, t.near, t.grid, search, frame,
+                                 math.sqrt(best_phi) + _ALT_MARGIN)
+            if z_alt < 0.0:
+                break
+            zoom = z_alt
+            x[:] = s.x_best
+        phi = 1.0
+        for _ in range(ROUNDS):
+            take_moments(motif.gdist, motif.gseg, zoom, ob.expansion, ob.moments)
+            work_row[0] += 1
+            phi, ok, evals = _lm(x, motif.free, d.lo, d.hi, ob)
+            work_row[1] += evals
+            converged = converged and ok
+            if not search.refine:
+                break
+            # round 2: the zoom near the current one, on G(r) of the refined parameters
+            _model_g(x, ob, False, t.grid.to_r, s, s.base)
+            znew, ok = _zoom_again(zoom, zoom, s.base, t.near, t.grid, search, frame)
+            converged = converged and ok
+            gain = math.sqrt(_approx_rw2(zoom, zoom, s.base, x0, step, r0, env, g, w, gg, 1)) \
+                - math.sqrt(_approx_rw2(znew, zoom, s.base, x0, step, r0, env, g, w, gg, 1))
+            if gain < _RW_GAIN:
+                break
+            zoom = znew
+        if phi < best_phi:
+            best_phi = phi
+            s.x_best[:] = x
+            z_best = zoom
+            ok_best = converged
+    x[:] = s.x_best
+    return z_best, ok_best
+
+
+@numba.njit(cache=True)
+def _correct(x, zoom, converged, t, motif, frame, ob, s, work_row):
+    """Real space: the search corrected by the exact F(Q) where it stands,
+    :data:`DEFECT_ROUNDS` times. Returns (zoom, converged)."""
+    d = t.disp
+    for _ in range(DEFECT_ROUNDS):
+        take_moments(motif.gdist, motif.gseg, zoom, ob.expansion, ob.moments)
+        work_row[0] += 1
+        _defect(x, zoom, t, motif, ob, s)
+        phi, ok, evals = _lm(x, motif.free, d.lo, d.hi, ob)
+        work_row[1] += evals
+        converged = converged and ok
+        if not t.search.refine:
+            continue
+        _model_g(x, ob, True, t.grid.to_r, s, s.base)
+        zoom, ok = _zoom_again(zoom, zoom, s.base, t.near, t.grid, t.search, frame)
+        converged = converged and ok
+    ob.shift[:] = 0.0
+    return zoom, converged
+
+
+@numba.njit(cache=True)
+def _polish(x, zoom, converged, t, motif, frame, ob, s, work_row):
+    """Large delta2 (or real space's fixed peak grid) makes the widths depend on the zoom,
+    which the rescaled G(r) of the zoom search ignores: a parabola through exact Rw at
+    three zooms, then the displacements again there (:data:`POLISH_ROUNDS` times).
+    Returns (zoom, converged)."""
+    d = t.disp
+    n = frame.g.size
+    j0 = t.grid.j0
+    for _ in range(POLISH_ROUNDS):
+        z_new = _zoom_parabola(zoom, x, t, motif.pairs, t.grid.to_r[j0:j0 + n], frame, s.gc)
+        if abs(z_new - zoom) < 1e-7:
+            break
+        zoom = z_new
+        take_moments(motif.gdist, motif.gseg, zoom, ob.expansion, ob.moments)
+        work_row[0] += 1
+        if t.kernel.kind != _DEBYE:
+            _defect(x, zoom, t, motif, ob, s)
+        phi, ok, evals = _lm(x, motif.free, d.lo, d.hi, ob)
+        work_row[1] += evals
+        converged = converged and ok
+    ob.shift[:] = 0.0
+    return zoom, converged
+
+
+@numba.njit(cache=True)
+def _fit_shared(f, m, x, zoom, converged, t, motif, frame, bq, mq, s, out):
     """One frame of the shared search: the displacement parameters on the moments of the
     anchor nearest its zoom, the zoom on that anchor's G(r); the reported Rw from the two
     anchors around the zoom, blended (as the shared search of :mod:`.fast`)."""
-    n_ext = to_r.shape[0]
-    npar = x.size
-    d2_max = hi[npar - 1] if refine_d2 else 0.0
-    no_shift = np.zeros(fq.size)
+    d = t.disp
+    anchors = t.anchors
+    ex = t.q.expansion
+    x0, step, r0, env = t.grid.x0, t.grid.step, t.grid.r0, t.grid.env
+    work_row = out.work[f, m]
     x_best = x.copy()
     z_best = zoom
     ok_best = converged
@@ -606,8 +816,8 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
     for start in range(2):
         if start == 1:
             # another basin of the zoom, seen on the refined G(r)? fit it too
-            z_alt = _other_basin(zoom, anchors[ka], base, near, zlo, zhi, x0, step, r0, env, g,
-                                 w, gg_half, rw_best + _ALT_MARGIN)
+            z_alt = _other_basin(zoom, anchors[ka], s.base, t.near, t.grid, t.search, frame,
+                                 rw_best + _ALT_MARGIN)
             if z_alt < 0.0:
                 break
             zoom = z_alt
@@ -615,27 +825,21 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
         converged = ok_all
         ka = _nearest(anchors, zoom)
         for _ in range(ROUNDS):
-            _anchor(ka, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq,
-                    kstart, nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max,
-                    work[f, m])
-            phi, ok, evals = _lm(x, free, lo, hi, nel, mom_a[ka], ranges_a[ka], n1_a[ka],
-                                 n2_a[ka], group_a, group_b, d2_fixed, refine_d2, group_ff,
-                                 norm, q0, dq, no_shift, bq, mq, gg)
-            work[f, m, 1] += evals
+            ob = Objective(_at_anchor(motif, anchors, ka, ex, work_row), t.q.groups, ex,
+                           motif.norm, s.shift, bq, mq, frame.gg)
+            phi, ok, evals = _lm(x, motif.free, d.lo, d.hi, ob)
+            work_row[1] += evals
             converged = converged and ok
-            assemble(mom_a[ka], ranges_a[ka], n1_a[ka], n2_a[ka], x[:nel], group_a, group_b,
-                     x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0,
-                     fq, dummy_j, dummy_h)
-            _matvec_rows(to_r, fq, 0, n_ext, base)
-            znew, ok = _zoom_again(zoom, anchors[ka], base, near, zlo, zhi, xatol, x0, step,
-                                   r0, env, g, w, gg, gg_half)
+            _model_g(x, ob, False, t.grid.to_r, s, s.base)
+            znew, ok = _zoom_again(zoom, anchors[ka], s.base, t.near, t.grid, t.search, frame)
             converged = converged and ok
             zoom = znew
             kn = _nearest(anchors, zoom)
             if kn == ka:
                 break
             ka = kn
-        rw = math.sqrt(_approx_rw2(zoom, anchors[ka], base, x0, step, r0, env, g, w, gg, 1))
+        rw = math.sqrt(_approx_rw2(zoom, anchors[ka], s.base, x0, step, r0, env, frame.g,
+                                   frame.w, frame.gg, 1))
         if rw < rw_best:
             rw_best = rw
             x_best[:] = x
@@ -648,241 +852,96 @@ def _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges
     k = 0
     while k < anchors.size - 2 and anchors[k + 1] < zoom:
         k += 1
-    for j, gk in ((k, g_lo), (k + 1, g_hi)):
-        _anchor(j, anchors, have_a, mom_a, ranges_a, n1_a, n2_a, gdist, gseg, q0, dq, kstart,
-                nq, pair_rmin, pair_rmax, mode, d2_fixed, qbroad, lam_max, d2_max, work[f, m])
-        assemble(mom_a[j], ranges_a[j], n1_a[j], n2_a[j], x[:nel], group_a, group_b,
-                 x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq, 0, fq,
-                 dummy_j, dummy_h)
-        _matvec_rows(to_r, fq, 0, n_ext, gk)
-    t = (zoom - anchors[k]) / (anchors[k + 1] - anchors[k])
-    gc[:] = 0.0
-    _add_scaled(g_lo, anchors[k], zoom, x0, step, r0, env, 1, 1.0 - t, gc)
-    _add_scaled(g_hi, anchors[k + 1], zoom, x0, step, r0, env, 1, t, gc)
-    _store(f, m, gc, g, w, gg, zoom, converged, x, free, lo, hi, nel,
-           x[nel] if refine_d2 else d2_fixed, out_rw, out_scale, out_zoom, out_status, out_u,
-           out_d2)
+    for j, gk in ((k, s.g_lo), (k + 1, s.g_hi)):
+        ob = Objective(_at_anchor(motif, anchors, j, ex, work_row), t.q.groups, ex,
+                       motif.norm, s.shift, bq, mq, frame.gg)
+        _model_g(x, ob, False, t.grid.to_r, s, gk)
+    w = (zoom - anchors[k]) / (anchors[k + 1] - anchors[k])
+    s.gc[:] = 0.0
+    _add_scaled(s.g_lo, anchors[k], zoom, x0, step, r0, env, 1, 1.0 - w, s.gc)
+    _add_scaled(s.g_hi, anchors[k + 1], zoom, x0, step, r0, env, 1, w, s.gc)
+    _store(f, m, s.gc, frame, zoom, converged, x, motif.free, d, out)
 
 
 @numba.njit(cache=True)
-def _refine_batch(masks, dmat, tmat, atom_type, type_a, type_b, kind, pair_w, el_w, to_q,
-                  ff, el_f, scalars, q0, dq,
-                  kstart, pair_rmin, pair_rmax, qbroad, mode, nm_max, edges, group_a, group_b,
-                  group_ff, lam_max, u0, free_u, u_lo, u_hi, d2_0,
-                  refine_d2, d2_lo, d2_hi, to_r, j0, env, g_obs, weights, bq, mq, zlo, zhi,
-                  refine_zoom, xatol, x0, step, r0, anchors, out_rw, out_scale, out_zoom,
-                  out_status, out_u, out_d2, work):
+def _moment_space(n_sets, ngroups, nm_max, nq):
+    """Room for the moments at ``n_sets`` zooms."""
+    return Moments(np.empty((n_sets, ngroups, nm_max, nq)), np.empty((n_sets, ngroups, 4)),
+                   np.empty((n_sets, ngroups), dtype=np.int64),
+                   np.empty((n_sets, ngroups), dtype=np.int64))
+
+
+@numba.njit(cache=True)
+def _refine_batch(masks, t, g_obs, weights, bq, mq, out):
+    """Every motif × frame (see the module notes); the results into ``out``."""
     n_frames, n = g_obs.shape
-    n_ext = to_r.shape[0]
-    ntypes = type_a.size
-    nel = el_f.shape[0]
-    nq = ff.shape[1]
-    npar = nel + (1 if refine_d2 else 0)
-    lo = np.empty(npar)
-    hi = np.empty(npar)
-    lo[:nel] = u_lo
-    hi[:nel] = u_hi
-    if refine_d2:
-        lo[nel] = d2_lo
-        hi[nel] = d2_hi
-    d2_fixed = d2_0
-    base1 = np.empty(n_ext)
-    base = np.empty(n_ext)
-    gc = np.empty(n)
-    fq = np.empty(nq)
-    dummy_j = np.empty((npar, nq))
-    dummy_h = np.empty((npar, npar, nq))
-    ngroups = group_a.size
-    mom = np.empty((ngroups, nm_max, nq))
-    ranges = np.empty((ngroups, 4))
-    n1 = np.empty(ngroups, dtype=np.int64)
-    n2 = np.empty(ngroups, dtype=np.int64)
+    d = t.disp
+    nel = d.nel
+    npar = d.lo.size
+    ex = t.q.expansion
+    nq = ex.nq
+    n_ext = t.grid.to_r.shape[0]
+    j0 = t.grid.j0
+    env = t.grid.env
+    search = t.search
+    ngroups = t.q.groups.type_a.size
+    s = Scratch(np.empty(n_ext), np.empty(n_ext), np.empty(n), np.empty(nq),
+                np.empty((npar, nq)), np.empty((npar, npar, nq)), np.zeros(nq),
+                np.empty(npar), np.empty(n_ext), np.empty(n_ext))
+    one = _moment_space(1, ngroups, t.q.nm_max, nq)
+    here = Moments(one.mom[0], one.ranges[0], one.n1[0], one.n2[0])
     # shared search (time series): moments at anchor zooms, taken where a frame needs them
-    n_anchor = anchors.size
-    shared = n_anchor > 0 and refine_zoom
-    mom_a = np.empty((n_anchor, ngroups, nm_max, nq))
-    ranges_a = np.empty((n_anchor, ngroups, 4))
-    n1_a = np.empty((n_anchor, ngroups), dtype=np.int64)
-    n2_a = np.empty((n_anchor, ngroups), dtype=np.int64)
-    have_a = np.zeros(n_anchor, dtype=np.bool_)
-    g_lo = np.empty(n_ext)
-    g_hi = np.empty(n_ext)
-    gg = np.empty(n_frames)
-    gg_half = np.zeros(n_frames)
-    for f in range(n_frames):
-        acc = 0.0
-        for k in range(n):
-            v = weights[f, k] * g_obs[f, k] * g_obs[f, k]
-            acc += v
-            if k % 2 == 0:
-                gg_half[f] += v
-        gg[f] = acc
-    near = max(20.0 * xatol, _NEAR * (zhi - zlo))
+    n_anchor = t.anchors.size
+    shared = n_anchor > 0 and search.refine
+    at_anchors = _moment_space(n_anchor, ngroups, t.q.nm_max, nq)
+    have_anchor = np.zeros(n_anchor, dtype=np.bool_)
+    gg, gg_half = _frame_sums(g_obs, weights)
     x = np.empty(npar)
-    x_best = np.empty(npar)
-    shift = np.zeros(nq)
     free = np.zeros(npar, dtype=np.bool_)
-    u_type0 = u0[type_a] + u0[type_b]
+    u_type0 = d.u0[t.parent.type_a] + d.u0[t.parent.type_b]
     for m in range(masks.shape[0]):
-        dist, seg, counts = _motif_pairs(masks[m], dmat, tmat, atom_type, ntypes, nel)
-        gdist, gseg = group_pairs(dist, seg, edges)
-        norm = _motif_norm(counts, el_f)
-        have_a[:] = False
-        has_pairs = _exact(kind, dist, seg, counts, u_type0, pair_w, el_w, to_q, scalars,
-                           d2_0, qbroad, to_r, 1.0, base1)
+        pairs = _motif_pairs(masks[m], t.parent)
+        gdist, gseg = group_pairs(pairs.dist, pairs.seg, t.q.edges)
+        norm = _motif_norm(pairs.counts, t.q.el_f)
+        have_anchor[:] = False
+        has_pairs = _exact(t.kernel, pairs, u_type0, d.d2_0, t.grid.to_r, 1.0, s.base1)
         for e in range(nel):
-            free[e] = free_u[e] and counts[e] > 0
-        if refine_d2:
+            free[e] = d.free_u[e] and pairs.counts[e] > 0
+        if d.refine_d2:
             free[npar - 1] = True
+        motif = Motif(pairs, gdist, gseg, norm, free, at_anchors, have_anchor)
         for f in range(n_frames):
-            x[:nel] = u0
-            if refine_d2:
-                x[nel] = d2_0
+            x[:nel] = d.u0
+            if d.refine_d2:
+                x[nel] = d.d2_0
             if not has_pairs:
-                out_rw[f, m], out_scale[f, m], out_zoom[f, m] = 1.0, 0.0, 1.0
-                out_status[f, m] = STATUS_NO_PAIRS
-                out_u[f, m, :] = u0
-                out_d2[f, m] = d2_0
+                out.rw[f, m], out.scale[f, m], out.zoom[f, m] = 1.0, 0.0, 1.0
+                out.status[f, m] = STATUS_NO_PAIRS
+                out.u[f, m, :] = d.u0
+                out.d2[f, m] = d.d2_0
                 continue
-            g = g_obs[f]
-            w = weights[f]
+            frame = Frame(g_obs[f], weights[f], gg[f], gg_half[f])
+            work_row = out.work[f, m]
             converged = True
             zoom = 1.0
-            if refine_zoom:
-                zoom, ok = _scan_then_root(zlo, zhi, xatol, 1.0, base1, x0, step, r0, env, g,
-                                           w, gg_half[f], 2)
+            if search.refine:
+                zoom, ok = _scan_then_root(search.zlo, search.zhi, search.xatol, 1.0, s.base1,
+                                           t.grid.x0, t.grid.step, t.grid.r0, env, frame.g,
+                                           frame.w, frame.gg_half, 2)
                 converged = converged and ok
             if shared:
-                _fit_shared(f, m, x, free, lo, hi, nel, zoom, anchors, have_a, mom_a, ranges_a,
-                            n1_a, n2_a, gdist, gseg, q0, dq, kstart, nq, pair_rmin, pair_rmax,
-                            mode, d2_fixed, qbroad, lam_max, refine_d2, group_a, group_b,
-                            group_ff, norm, bq[f], mq[f], gg[f], to_r, base, g_lo, g_hi, gc, fq,
-                            dummy_j, dummy_h, near, zlo, zhi, xatol, x0, step, r0, env, g, w,
-                            gg_half[f], converged, out_rw, out_scale, out_zoom, out_status,
-                            out_u, out_d2,
-                            work)
+                _fit_shared(f, m, x, zoom, converged, t, motif, frame, bq[f], mq[f], s, out)
                 continue
-            best_phi = np.inf
-            for start in range(2 if refine_zoom else 1):
-                if start == 1:
-                    # another basin of the zoom, seen on the refined G(r)? fit it too
-                    z_alt = _other_basin(zoom, zoom, base, near, zlo, zhi, x0, step, r0, env, g,
-                                         w, gg_half[f], math.sqrt(best_phi) + _ALT_MARGIN)
-                    if z_alt < 0.0:
-                        break
-                    zoom = z_alt
-                    x[:] = x_best
-                for _ in range(ROUNDS):
-                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
-                                      qbroad, ranges)
-                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1, n2)
-                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax, mode,
-                                 d2_fixed, qbroad, ranges, n1, n2, mom)
-                    work[f, m, 0] += 1
-                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
-                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                                         shift, bq[f], mq[f], gg[f])
-                    work[f, m, 1] += evals
-                    converged = converged and ok
-                    if not refine_zoom:
-                        break
-                    # round 2: the zoom near the current one, on G(r) of the refined parameters
-                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
-                             x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                             0, fq, dummy_j, dummy_h)
-                    _matvec_rows(to_r, fq, 0, n_ext, base)
-                    znew, ok = _zoom_again(zoom, zoom, base, near, zlo, zhi, xatol, x0, step, r0,
-                                           env, g, w, gg[f], gg_half[f])
-                    converged = converged and ok
-                    gain = math.sqrt(_approx_rw2(zoom, zoom, base, x0, step, r0, env, g, w, gg[f],
-                                                 1)) \
-                        - math.sqrt(_approx_rw2(znew, zoom, base, x0, step, r0, env, g, w, gg[f],
-                                                1))
-                    if gain < _RW_GAIN:
-                        break
-                    zoom = znew
-                if phi < best_phi:
-                    best_phi = phi
-                    x_best[:] = x
-                    z_best = zoom
-                    ok_best = converged
-            x[:] = x_best
-            zoom = z_best
-            converged = ok_best
-            if kind != _DEBYE:
-                # real space: the moments give the Debye form of its peaks, which the peak
-                # grid's ends cut; correct the search by the exact F(Q) where it stands
-                for _ in range(DEFECT_ROUNDS):
-                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
-                                      qbroad, ranges)
-                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1,
-                                n2)
-                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax,
-                                 mode, d2_fixed, qbroad, ranges, n1, n2, mom)
-                    work[f, m, 0] += 1
-                    d2 = x[nel] if refine_d2 else d2_fixed
-                    fx = _exact_fq(kind, dist, seg, counts, x[:nel][type_a] + x[:nel][type_b],
-                                   pair_w, el_w, to_q, scalars, d2, qbroad, zoom)
-                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b, d2, refine_d2,
-                             group_ff, norm, q0, dq, 0, fq, dummy_j, dummy_h)
-                    for k in range(nq):
-                        shift[k] = fx[k] - fq[k]
-                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
-                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                                         shift, bq[f], mq[f], gg[f])
-                    work[f, m, 1] += evals
-                    converged = converged and ok
-                    if not refine_zoom:
-                        continue
-                    assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b,
-                             x[nel] if refine_d2 else d2_fixed, refine_d2, group_ff, norm, q0,
-                             dq, 0, fq, dummy_j, dummy_h)
-                    fq += shift
-                    _matvec_rows(to_r, fq, 0, n_ext, base)
-                    zoom, ok = _zoom_again(zoom, zoom, base, near, zlo, zhi, xatol, x0, step,
-                                           r0, env, g, w, gg[f], gg_half[f])
-                    converged = converged and ok
-                shift[:] = 0.0
-            if refine_zoom and (refine_d2 or kind != _DEBYE):
-                # large delta2 (or real space's fixed peak grid) makes the widths depend on
-                # the zoom, which the rescaled G(r) of the zoom search ignores: a parabola
-                # through exact Rw at three zooms, then the displacements again there
-                for _ in range(POLISH_ROUNDS):
-                    z_new = _zoom_parabola(zoom, x, nel, refine_d2, d2_fixed, kind, dist, seg,
-                                           counts, type_a, type_b, pair_w, el_w, to_q, scalars,
-                                           qbroad, to_r[j0:j0 + n], env, g, w, gg[f], zlo, zhi,
-                                           gc)
-                    if abs(z_new - zoom) < 1e-7:
-                        break
-                    zoom = z_new
-                    coordinate_ranges(gdist, gseg, zoom, pair_rmin, pair_rmax, mode, d2_fixed,
-                                      qbroad, ranges)
-                    group_terms(ranges, mode, lam_max, hi[npar - 1] if refine_d2 else 0.0, n1,
-                                n2)
-                    pair_moments(gdist, gseg, zoom, q0, dq, kstart, nq, pair_rmin, pair_rmax,
-                                 mode, d2_fixed, qbroad, ranges, n1, n2, mom)
-                    work[f, m, 0] += 1
-                    if kind != _DEBYE:
-                        d2 = x[nel] if refine_d2 else d2_fixed
-                        fx = _exact_fq(kind, dist, seg, counts,
-                                       x[:nel][type_a] + x[:nel][type_b], pair_w, el_w, to_q,
-                                       scalars, d2, qbroad, zoom)
-                        assemble(mom, ranges, n1, n2, x[:nel], group_a, group_b, d2,
-                                 refine_d2, group_ff, norm, q0, dq, 0, fq, dummy_j, dummy_h)
-                        for k in range(nq):
-                            shift[k] = fx[k] - fq[k]
-                    phi, ok, evals = _lm(x, free, lo, hi, nel, mom, ranges, n1, n2, group_a,
-                                         group_b, d2_fixed, refine_d2, group_ff, norm, q0, dq,
-                                         shift, bq[f], mq[f], gg[f])
-                    work[f, m, 1] += evals
-                    converged = converged and ok
-                shift[:] = 0.0
+            ob = Objective(here, t.q.groups, ex, norm, s.shift, bq[f], mq[f], frame.gg)
+            zoom, converged = _search(x, zoom, converged, t, motif, frame, ob, s, work_row)
+            if t.kernel.kind != _DEBYE:
+                zoom, converged = _correct(x, zoom, converged, t, motif, frame, ob, s,
+                                           work_row)
+            if search.refine and (d.refine_d2 or t.kernel.kind != _DEBYE):
+                zoom, converged = _polish(x, zoom, converged, t, motif, frame, ob, s, work_row)
             # the reported Rw: the exact G(r) at the reported parameters
-            d2 = x[nel] if refine_d2 else d2_fixed
-            u_type = x[:nel][type_a] + x[:nel][type_b]
-            _exact(kind, dist, seg, counts, u_type, pair_w, el_w, to_q, scalars, d2,
-                   qbroad, to_r[j0:j0 + n], zoom, gc)
+            _exact(t.kernel, pairs, x[:nel][t.parent.type_a] + x[:nel][t.parent.type_b],
+                   _delta2_of(x, d), t.grid.to_r[j0:j0 + n], zoom, s.gc)
             for k in range(n):
-                gc[k] *= env[k]
-            _store(f, m, gc, g, w, gg[f], zoom, converged, x, free, lo, hi, nel, d2, out_rw,
-                   out_scale, out_zoom, out_status, out_u, out_d2)
+                s.gc[k] *= env[k]
+            _store(f, m, s.gc, frame, zoom, converged, x, free, d, out)
