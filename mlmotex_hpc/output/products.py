@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..extract import LABEL_CODES, confidence_labels
+from ..fit.batch import FitPlan, fit_plan
 from ..io.structure import Structure, site_labels
 from ..store import RunFile
 from . import plots
@@ -36,6 +37,26 @@ FIGURES = ("atom_contributions.png", "shap_summary.png", "parity.png", "best_fit
            "rw_vs_size.png")
 #: Fitted curves as text, in PDFgui's fit format.
 FIT_FILES = ("best_fit.fgr", "motif_fit.fgr")
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What the outputs read of a run's config: how step 2 fitted (to fit a chosen motif
+    again the same way), where its weights came from, and the model's name for headers."""
+
+    fit: FitPlan
+    model_name: str
+    data: tuple[Path, ...]  # each frame's data file (read again for dG weights)
+    weights: str  # "unit" or "dG"
+    rmin: float | None
+    rmax: float | None
+
+
+def output_plan(config, structure: Structure) -> OutputPlan:
+    """The :class:`OutputPlan` of a run's config for its model."""
+    return OutputPlan(fit=fit_plan(config, structure), model_name=config.structure.name,
+                      data=tuple(config.data), weights=config.fit.weights,
+                      rmin=config.fit.rmin, rmax=config.fit.rmax)
 
 
 @dataclass
@@ -68,35 +89,32 @@ def frame_folder(out_dir: Path, frame: int, n_frames: int) -> Path:
     return out_dir if n_frames == 1 else out_dir / f"frame_{frame:05d}"
 
 
-def frame_data(run: RunFile, config, frame: int) -> tuple[np.ndarray, np.ndarray,
-                                                           np.ndarray | None]:
+def frame_data(run: RunFile, plan: OutputPlan, frame: int) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray | None]:
     """r, G and the fit weights (None: unit) of a frame, as the run fitted them."""
     r, g = run.data(frame)
     weights = None
-    if config.fit.weights == "dG":  # the weights are not stored: read the data again
+    if plan.weights == "dG":  # the weights are not stored: read the data again
         from ..io.pdfdata import read_pdf_data
 
-        data = read_pdf_data(config.data[frame])
-        weights = data.weights(data.fit_range(config.fit.rmin, config.fit.rmax))
+        data = read_pdf_data(plan.data[frame])
+        weights = data.weights(data.fit_range(plan.rmin, plan.rmax))
     return r, g, weights
 
 
-def refit(run: RunFile, config, structure: Structure, space, frame: int,
+def refit(run: RunFile, plan: OutputPlan, structure: Structure, space, frame: int,
           motifs: list[tuple[str, np.ndarray]]) -> list[MotifFit]:
     """Fit each ``(label, permutable-atom mask)`` to the frame as step 2 does."""
-    from ..config import pdf_settings
-    from ..fit.batch import fit_settings
     from ..fit.fitter import fit_motif
     from ..pdf import make_calculator
 
-    r, g, weights = frame_data(run, config, frame)
-    calc = make_calculator(structure.elements, structure.xyz, pdf_settings(config), r)
-    settings = fit_settings(config, structure)
+    r, g, weights = frame_data(run, plan, frame)
+    calc = make_calculator(structure.elements, structure.xyz, plan.fit.pdf, r)
     out = []
     for label, mask in motifs:
         atom_mask = space.atom_masks(mask[None, :])[0]
         motif = calc.prepare(atom_mask)
-        res = fit_motif(calc, motif, g, settings, weights, config.uiso)
+        res = fit_motif(calc, motif, g, plan.fit.fit, weights, plan.fit.base_uiso)
         g_calc = res.scale * calc.gr(motif, zoom=res.zoom, uiso=res.uiso or None,
                                      delta2=res.delta2)
         out.append(MotifFit(label, atom_mask, res.rw, res.scale, res.zoom, g_calc,
@@ -116,7 +134,7 @@ def answer_labels(run: RunFile) -> np.ndarray:
                              run.atoms("confidence"), ex.label_z, ex.label_min_cf)
 
 
-def frame_products(run: RunFile, config, structure: Structure, space, out_dir: Path,
+def frame_products(run: RunFile, plan: OutputPlan, structure: Structure, space, out_dir: Path,
                    frame: int = 0, log: Callable = print) -> FrameProducts:
     """Write one frame's structure files and figures (see the module notes)."""
     n_frames = run.n_frames
@@ -130,7 +148,7 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
     acv_negative = run.atoms("acv_negative", frame)
     uncertain = answer_labels(run)[frame] == LABEL_CODES["uncertain"]
     colours = contribution_colours(acv, len(structure), permutable, pale=uncertain)
-    title = f"{config.structure.name}: atom contributions{label}"
+    title = f"{plan.model_name}: atom contributions{label}"
 
     log(f"writing the structure files{label}")
     done.files.append(write_vesta(folder / "model_contributions.vesta", structure, colours,
@@ -164,10 +182,10 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
     if in_motif.any():
         motifs.append(("polished motif" if run.has_polish() else "extracted motif",
                        in_motif))
-    done.fits = refit(run, config, structure, space, frame, motifs)
+    done.fits = refit(run, plan, structure, space, frame, motifs)
 
     log(f"drawing the figures{label}")
-    r, g, _ = frame_data(run, config, frame)
+    r, g, _ = frame_data(run, plan, frame)
     done.files.append(plots.atom_contributions(run, folder / "atom_contributions.png", frame))
     done.files.append(plots.shap_summary(run, folder / "shap_summary.png", frame))
     if run.has_test_predicted():
@@ -182,12 +200,13 @@ def frame_products(run: RunFile, config, structure: Structure, space, out_dir: P
         run, folder / "rw_vs_size.png", frame,
         marks=[(f"{f.label}: Rw {f.rw:.4f}", f.size, f.rw) for f in done.fits]))
     answer = done.fits[-1] if in_motif.any() else None
-    done.files += write_fit_files(folder, run, config, structure, frame, r, g, done.fits,
+    done.files += write_fit_files(folder, run, plan, structure, frame, r, g, done.fits,
                                   answer)
     return done
 
 
-def write_fit_files(folder: Path, run: RunFile, config, structure: Structure, frame: int,
+def write_fit_files(folder: Path, run: RunFile, plan: OutputPlan, structure: Structure,
+                    frame: int,
                     r: np.ndarray, g: np.ndarray, fits: list[MotifFit],
                     answer: MotifFit | None) -> list[Path]:
     """``best_fit.fgr`` (the fit of lowest Rw) and ``motif_fit.fgr`` (``answer``, the
@@ -203,20 +222,21 @@ def write_fit_files(folder: Path, run: RunFile, config, structure: Structure, fr
     names = run.frame_names()
     data = names[frame] if frame < len(names) else ""
     labels = site_labels(structure.elements)
+    pdf = plan.fit.pdf
     written = []
     for name, fit in chosen:
         kept = np.flatnonzero(fit.atom_mask)
         meta = [("motif", fit.label), ("rw", f"{fit.rw:.6f}"), ("zoom", f"{fit.zoom:.6f}"),
                 ("natoms", int(kept.size)), ("permuted_atoms_kept", fit.size),
                 ("atoms", " ".join(labels[i] for i in kept)),
-                ("model", config.structure.name), ("data", data), ("frame", frame),
-                ("refined", ",".join(config.fit.refine)),
-                ("calculator", config.pdf.calculator), ("qmin", config.pdf.qmin)]
+                ("model", plan.model_name), ("data", data), ("frame", frame),
+                ("refined", ",".join(plan.fit.fit.refine)),
+                ("calculator", pdf.calculator), ("qmin", pdf.qmin)]
         meta += [(f"uiso_{el}", f"{u:.6g}") for el, u in sorted(fit.uiso.items())]
         if fit.delta2 is not None:
             meta.append(("delta2", f"{fit.delta2:.6g}"))
         written.append(write_fgr(
-            folder / name, r, g, fit.g_calc, radiation=config.pdf.radiation,
-            qmax=config.pdf.qmax, qdamp=config.pdf.qdamp, qbroad=config.pdf.qbroad,
+            folder / name, r, g, fit.g_calc, radiation=pdf.radiation,
+            qmax=pdf.qmax, qdamp=pdf.qdamp, qbroad=pdf.qbroad,
             scale=fit.scale, metadata=meta))
     return written

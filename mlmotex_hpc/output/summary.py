@@ -12,16 +12,19 @@ import csv
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..catalogue import MotifSpace
-from ..config import Config
 from ..errors import InputError
 from ..extract import LABEL_NAMES
 from ..io.folders import make_folder
 from ..io.structure import Structure, site_labels, write_xyz
 from ..store import ATOM_DATASETS, RunFile
+
+if TYPE_CHECKING:  # products loads matplotlib: imported where it is used
+    from .products import OutputPlan
 
 
 def motif_structure(structure: Structure, atom_mask: np.ndarray, name: str) -> Structure:
@@ -66,7 +69,7 @@ def write_contributions_csv(
 
 def write_outputs(
     run: RunFile,
-    config: Config,
+    plan: OutputPlan,
     structure: Structure,
     space: MotifSpace,
     out_dir: Path,
@@ -125,7 +128,7 @@ def write_outputs(
             summary["extract_fits"] = polish["fits"]
     products, series_figures = None, []
     if until == "explain" and n_frames == 1:
-        products = frame_products(run, config, structure, space, out_dir, 0, log)
+        products = frame_products(run, plan, structure, space, out_dir, 0, log)
         files.extend(products.files)
     elif until == "explain":
         log("writing the series plots")
@@ -160,13 +163,14 @@ def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> li
     five figures and ``report.html``. A series gets the series figures and the report,
     and each frame of ``frames`` its own files in ``frame_NNNNN/``. Returns the files.
     """
-    from .products import frame_products
+    from .products import frame_products, output_plan
     from .report import write_report
 
     with RunFile.read(path) as run:
         config = run.config()
         structure = run.structure()
         space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
+        plan = output_plan(config, structure)
         if not run.has_atoms() or not run.has_shap():
             raise InputError(f"{path} holds no atom contributions yet (the run stopped before "
                              f"the explain stage): run `mlmotex-hpc learn {path}` first")
@@ -182,7 +186,7 @@ def redraw(path: Path, frames: list[int] | None, out_dir: Path, log=print) -> li
             log("drawing the series figures")
             series = _series_figures(run, out_dir)
             files.extend(series)
-        products = [frame_products(run, config, structure, space, out_dir, f, log)
+        products = [frame_products(run, plan, structure, space, out_dir, f, log)
                     for f in dict.fromkeys(frames)]
         for done in products:
             files.extend(done.files)

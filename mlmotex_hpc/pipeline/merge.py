@@ -86,6 +86,7 @@ def merge(paths: list[Path], out_dir: Path, overwrite: bool = False, log=print) 
 
 
 def _merge(parts: list[Part], target: Path, out_dir: Path, t0: float, log) -> dict:
+    from ..output.products import output_plan
     from ..output.summary import write_outputs
 
     start, stop = parts[0].frame_range[0], parts[-1].frame_range[1]
@@ -117,7 +118,7 @@ def _merge(parts: list[Part], target: Path, out_dir: Path, t0: float, log) -> di
         structure = run.structure()
         space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
         timings = {k: float(v) for k, v in run.timings().items() if k not in ("ranks", "note")}
-        return write_outputs(run, config, structure, space, out_dir,
+        return write_outputs(run, output_plan(config, structure), structure, space, out_dir,
                              until="explain" if parts[0].has_shap else "learn",
                              timings=timings, n_ranks=int(run.timings()["ranks"]),
                              t_start=t0, log=log)

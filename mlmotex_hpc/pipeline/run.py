@@ -275,11 +275,13 @@ def output_stage(run_file: RunFile, config: Config, inputs: Inputs, out_dir: Pat
                  timings: dict, n_ranks: int, t_start: float, log: Callable,
                  metrics: dict | None = None) -> dict:
     """Step 5 (rank 0, the finished copy open): every output file; the summary."""
-    from ..output.summary import write_outputs  # matplotlib and shap: rank 0 only
+    from ..output.products import output_plan  # matplotlib and shap: rank 0 only
+    from ..output.summary import write_outputs
 
     inject_fault("outputs")
 
-    return write_outputs(run_file, config, inputs.structure, inputs.space, out_dir,
+    return write_outputs(run_file, output_plan(config, inputs.structure), inputs.structure,
+                         inputs.space, out_dir,
                          until=until, timings=timings, n_ranks=n_ranks, t_start=t_start,
                          log=log, metrics=metrics)
 

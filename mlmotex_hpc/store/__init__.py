@@ -4,8 +4,12 @@
                   ``LAYOUT_VERSION``), the names writer and readers share, the generated
                   reference (``docs/motex-h5.md``)
 ``hdf5``          parallel HDF5 or serial: the one place that chooses; shared helpers
-``runfile``       :class:`RunFile`: the writer (``collective_*``) and the typed readers of
-                  ``motex.h5``, and ``shared``: a value read on rank 0 for every rank
+``h5file``        :class:`StoreFile`: a file of the store open serially or on every rank,
+                  ``shared`` (a value read on rank 0 for every rank), ``read_share``
+``runfile``       :class:`RunFile`: ``motex.h5``, checked when opened for reading (a
+                  ``StoreFile`` with the two parts below)
+``run_writes``    every writer of ``motex.h5`` (``create``, ``collective_*``, ``write_*``)
+``run_reads``     every typed reader of ``motex.h5``
 ``lock``          one job per output folder (:class:`RunLock`)
 ``probe``         what an existing file says about itself, for a resume
 ``learning_copy`` steps 3-4 on a copy that replaces the file when done
