@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from diffpy.structure import loadStructure
 from scipy.spatial import cKDTree
 
 from mlmotex_hpc.config import CIF_TOLERANCE, Cut, parse_config
@@ -121,12 +122,44 @@ def test_hematite_cell_keeps_its_stoichiometry():
     assert (cell.elements.count("Fe"), cell.elements.count("O")) == (12, 18)
 
 
-def test_a_misread_cell_is_refused_not_used():
-    """diffpy.structure 3.3.1 expands ICSD_26410 (Fd-3m, origin choice 2) as if it were
-    origin choice 1: its O come out 0.12 Å apart, which the minimum distance refuses."""
-    with pytest.raises(InputError) as err:
-        read_structure(CIF / "ICSD_26410.cif")
-    assert "O1" in str(err.value) and "0.116 Å apart" in str(err.value)
+@pytest.mark.parametrize("code", ["26410", "49549", "50567"])
+def test_magnetite_in_origin_choice_2_is_read_by_its_own_operators(code):
+    """diffpy.structure 3.3.1 expands these Fd-3m (origin choice 2) CIFs as if they were
+    origin choice 1 (two O 0.12 Å apart). Expanded by the operators the file lists
+    (io/cif.py), the cell is spinel's: Fe24O32, every tetrahedral Fe with 4 O at the
+    tetrahedral distance and every octahedral Fe with 6 at the octahedral one (a = 8.39 Å,
+    u(O) = 0.255: 1.89 and 2.06 Å), no two O closer than 2.8 Å."""
+    from scipy.spatial import cKDTree
+
+    cell = read_structure(CIF / f"ICSD_{code}.cif")
+    assert (cell.elements.count("Fe"), cell.elements.count("O")) == (24, 32)
+    fe = np.array([e == "Fe" for e in cell.elements])
+    lattice = np.array(loadStructure(str(CIF / f"ICSD_{code}.cif")).lattice.base)
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
+    oxygens = (cell.xyz[~fe][None] + (shifts @ lattice)[:, None]).reshape(-1, 3)
+    tree = cKDTree(oxygens)
+    counts = sorted(len(tree.query_ball_point(x, 2.2)) for x in cell.xyz[fe])
+    assert counts == [4] * 8 + [6] * 16  # 8 tetrahedral and 16 octahedral Fe
+    first = np.sort(tree.query(cell.xyz[fe], k=1)[0])
+    assert 1.87 < first[0] <= first[7] < 1.91 and 2.04 < first[8] <= first[-1] < 2.08
+    assert tree.query(cell.xyz[~fe], k=2)[0][:, 1].min() > 2.8
+
+
+def test_a_cif_reads_as_diffpy_structure_reads_it_where_that_is_right():
+    """Where diffpy.structure expands a CIF right, the gemmi reading (the file's own
+    operators) gives the same atoms, in the same order, with the same labels and Uiso."""
+    import warnings
+
+    for code in ("15840", "35643", "109725", "110294", "35000", "40089"):
+        path = CIF / f"ICSD_{code}.cif"
+        ours = read_structure(path, partial="keep")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = loadStructure(str(path), eps=CIF_TOLERANCE)
+        assert np.allclose(ours.xyz, theirs.xyz_cartn, atol=1e-9), code
+        assert ours.sites == tuple(a.label for a in theirs), code
+        u = np.array([a.Uisoequiv for a in theirs])
+        assert np.allclose(np.nan_to_num(ours.uiso), u, atol=1e-12), code
 
 
 def test_split_sites_are_refused_naming_them():

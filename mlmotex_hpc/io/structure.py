@@ -20,6 +20,7 @@ import periodictable
 
 from ..config import CIF_TOLERANCE, Cut, StructureSpec
 from ..errors import InputError
+from .cif import CIF_SUFFIXES, read_cif
 
 
 @dataclass(frozen=True, eq=False)
@@ -306,29 +307,40 @@ def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "
     if suffix not in FORMATS:
         raise InputError(f"structure file {path}: unknown format {path.suffix or '(none)'!r} "
                          f"(known: {', '.join(sorted(FORMATS))})")
-    crystal = _load_diffpy(path, FORMATS[suffix], tolerance)
-    elements = []
-    for k, atom in enumerate(crystal):
-        symbol = _element_symbol(str(atom.element))
-        if symbol is None:
-            raise InputError(f"{path}: atom {k} ({atom.label or '?'}): unknown element "
-                             f"{atom.element!r}")
-        elements.append(symbol)
-    lattice = crystal.lattice
-    problem = cell_problem(path, *(float(v) for v in lattice.abcABG()))
-    base = np.array(lattice.base, dtype=float)
+    if suffix in CIF_SUFFIXES:  # gemmi, the file's own symmetry operators (io/cif.py)
+        crystal = read_cif(path, _read_text(path, "CIF"), tolerance)
+        elements = [_element_symbol(el) or el for el in crystal.elements]
+        abc_angles = crystal.cell
+        labels, uiso, occupancy = crystal.labels, crystal.uiso, crystal.occupancy
+        frac = crystal.frac
+        problem = cell_problem(path, *abc_angles)
+        base = _lattice_base(abc_angles) if problem is None else np.eye(3)
+        periodic = True
+    else:
+        crystal = _load_diffpy(path, FORMATS[suffix], tolerance)
+        elements = []
+        for k, atom in enumerate(crystal):
+            symbol = _element_symbol(str(atom.element))
+            if symbol is None:
+                raise InputError(f"{path}: atom {k} ({atom.label or '?'}): unknown element "
+                                 f"{atom.element!r}")
+            elements.append(symbol)
+        lattice = crystal.lattice
+        abc_angles = tuple(float(v) for v in lattice.abcABG())
+        problem = cell_problem(path, *abc_angles)
+        base = np.array(lattice.base, dtype=float)
+        periodic = not np.allclose(base, np.eye(3))
+        labels = tuple(str(a.label) or f"{el}{k}" for k, (a, el) in enumerate(
+            zip(crystal, elements, strict=True)))
+        uiso = np.array([float(a.Uisoequiv) for a in crystal])
+        occupancy = np.array([float(a.occupancy) for a in crystal])
+        frac = np.array(crystal.xyz, dtype=float).reshape(-1, 3)
     if problem is None and not (np.all(np.isfinite(base)) and abs(np.linalg.det(base))
                                 > MIN_UNIT_VOLUME * np.prod(np.linalg.norm(base, axis=1))):
         problem = (f"structure file {path}: its cell is degenerate (its base vectors "
-                   f"span no volume): {_describe_cell(*lattice.abcABG())}")
+                   f"span no volume): {_describe_cell(*abc_angles)}")
     if problem is not None:
         raise InputError(problem)
-    periodic = not np.allclose(base, np.eye(3))
-    labels = tuple(str(a.label) or f"{el}{k}" for k, (a, el) in enumerate(
-        zip(crystal, elements, strict=True)))
-    uiso = np.array([float(a.Uisoequiv) for a in crystal])
-    occupancy = np.array([float(a.occupancy) for a in crystal])
-    frac = np.array(crystal.xyz, dtype=float).reshape(-1, 3)
     for what, values in (("coordinates are not finite numbers", frac),
                          ("occupancy is not a finite number", occupancy)):
         bad = np.flatnonzero(~np.all(np.isfinite(values.reshape(len(elements), -1)), axis=1))
@@ -360,6 +372,14 @@ def _parser_options(fmt: str, tolerance: float) -> dict:
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
         return offered
     return {key: value for key, value in offered.items() if key in accepted}
+
+
+def _lattice_base(cell: tuple[float, ...]) -> np.ndarray:
+    """The cell's base vectors (rows, Å) in diffpy.structure's orientation, so that a
+    crystal reads with the same Cartesian axes from any of its formats."""
+    from diffpy.structure import Lattice
+
+    return np.array(Lattice(*cell).base, dtype=float)
 
 
 def _load_diffpy(path: Path, fmt: str, tolerance: float):
