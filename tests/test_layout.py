@@ -29,7 +29,7 @@ FLOORS = [
     {"parallel", "output"},
     {"store"},
     {"fit", "learn"},
-    {"catalogue", "extract"},
+    {"catalogue", "extract", "candidates"},
     {"io"},
     {"config"},
     {"pdf"},

@@ -296,14 +296,43 @@ def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "
     applied (as PDFfit2 and PDFgui read it); a ``.pdb`` lists its atoms in Cartesian Å,
     a cell when it has a CRYST1 record, a cluster when not. See :func:`_load_diffpy`.
     """
+    crystal = read_crystal(path, tolerance=tolerance)
+    if cut is None:
+        if crystal.base is None and crystal.cell.sites is None:  # an .xyz file as it is
+            return crystal.cell
+        return _finish(crystal.path, crystal.cell, partial,
+                       f"{crystal.path.name}: the atoms of the file")
+    return cut_crystal(crystal, cut, partial)
+
+
+@dataclass(frozen=True, eq=False)
+class Crystal:
+    """A structure file read once, to be cut any number of times (:func:`cut_crystal`):
+    its atoms (a crystal: one cell, every site's symmetry copies) and the cell's base
+    vectors (rows, Å; None for a cluster: an ``.xyz``, or a file without a cell)."""
+
+    path: Path
+    cell: Structure
+    base: np.ndarray | None
+
+    @property
+    def periodic(self) -> bool:
+        return self.base is not None
+
+
+def cut_crystal(crystal: Crystal, cut: Cut, partial: str = "refuse") -> Structure:
+    """The finite cluster ``cut`` takes from ``crystal`` (see :func:`read_structure`)."""
+    return _cut(crystal.path, crystal.cell, crystal.base, cut, partial)
+
+
+def read_crystal(path: str | Path, *, tolerance: float = CIF_TOLERANCE) -> Crystal:
+    """Any structure file's atoms and cell, checked, not yet cut nor refused for partial
+    occupancy or close atoms (:func:`read_structure` does those)."""
     path = Path(path)
     _check_path(path)
     suffix = path.suffix.lower()
     if suffix == ".xyz":
-        structure = read_xyz(path)
-        if cut is None:
-            return structure
-        return _cut(path, structure, None, cut, partial)
+        return Crystal(path, read_xyz(path), None)
     if suffix not in FORMATS:
         raise InputError(f"structure file {path}: unknown format {path.suffix or '(none)'!r} "
                          f"(known: {', '.join(sorted(FORMATS))})")
@@ -350,9 +379,7 @@ def read_structure(path: str | Path, cut: Cut | None = None, *, partial: str = "
                              f"({np.array2string(values[k], separator=', ')}); {bad.size} "
                              "such atom(s)")
     cell = Structure(tuple(elements), frac @ base, f"{path.name}", labels, uiso, occupancy)
-    if cut is None:
-        return _finish(path, cell, partial, f"{path.name}: the atoms of the file")
-    return _cut(path, cell, base if periodic else None, cut, partial)
+    return Crystal(path, cell, base if periodic else None)
 
 
 def _parser_options(fmt: str, tolerance: float) -> dict:

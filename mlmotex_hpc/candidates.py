@@ -1,0 +1,262 @@
+"""Screening's candidates: the clusters a folder of structure files offers as starting models.
+
+ML-MotEx answers only from a starting model that holds the motif. A screen (issue 29) fits
+many candidate clusters to the data and extracts the motif from the best. This module makes
+the candidates; it reads files and returns clusters, and it fits nothing and opens no
+communicator.
+
+* **Templates** (:func:`template_files`): files, glob patterns or folders of structure
+  files (``.cif``, ``.xyz``, ``.stru``, ``.pdb``, ...), each file once, in sorted order.
+* **Centres** (:func:`centre_sites`): the symmetry-distinct sites of a crystal (its
+  asymmetric unit: the labels without a ``_N`` copy suffix) whose element is permuted or is
+  another heavy atom (Z > 10, so that a Keggin cage can be centred on its Si, P, V or Ge).
+* **Clusters** (:func:`template_candidates`): a sphere of each radius around each centre,
+  every site kept (the catalogue decides which are filled). An ``.xyz`` template, or a file
+  without a cell, is one candidate as it is.
+* **The same cluster once** (:func:`unique_candidates`): two clusters with the same
+  elements and the same sorted distances from their centroid and between their atoms
+  (within :data:`SAME_WITHIN` Å) are the same up to symmetry or translation. The first is
+  kept, and the others are recorded as its copies.
+* **A template that cannot be used** (:class:`Skipped`) is recorded with its reason and
+  never ends a screen: unreadable, partial sites of an element that is not permuted, no
+  permuted element, too many atoms.
+* **The radius from the data** (:func:`auto_radius`): half the r at which the measured
+  G(r) stops rising above its own noise. See the function for how.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import periodictable
+
+from .config import Cut
+from .errors import InputError
+from .io.structure import FORMATS, Crystal, Structure, cut_crystal, read_crystal
+
+#: Two clusters whose sorted distances agree within this (Å) are one candidate.
+SAME_WITHIN = 1e-3
+#: Elements heavier than this atomic number are centres besides the permuted ones.
+HEAVY_Z = 10
+#: A candidate with more atoms than this is skipped (its pair table would not fit a rank).
+MAX_ATOMS = 2000
+
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """One cluster to fit: from ``template``, around site ``centre`` (``""`` for a
+    cluster template) within ``radius`` Å (NaN: the whole file)."""
+
+    template: Path
+    centre: str
+    radius: float
+    structure: Structure
+    copies: list[str] = field(default_factory=list)  # the same cluster from elsewhere
+
+    @property
+    def name(self) -> str:
+        if not self.centre:
+            return self.template.name
+        return f"{self.template.name}:{self.centre}:{self.radius:g}"
+
+    @property
+    def formula(self) -> str:
+        counts: dict[str, int] = {}
+        for el in self.structure.elements:
+            counts[el] = counts.get(el, 0) + 1
+        return "".join(f"{el}{n if n > 1 else ''}" for el, n in counts.items())
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A template a screen cannot use, and why."""
+
+    template: Path
+    reason: str
+
+
+def template_files(specs: Sequence[str | Path], base: Path = Path(".")) -> list[Path]:
+    """Every structure file ``specs`` names (files, glob patterns, folders: their structure
+    files, not recursively), relative ones against ``base``; each once, sorted. A spec that
+    names nothing is refused in one line."""
+    found: dict[Path, None] = {}
+    for spec in specs:
+        path = Path(spec)
+        path = path if path.is_absolute() else base / path
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in FORMATS)
+        elif any(ch in str(spec) for ch in "*?["):
+            files = sorted(Path(p) for p in glob.glob(str(path)) if Path(p).is_file())
+        else:
+            files = [path] if path.is_file() else []
+        if not files:
+            raise InputError(f"config key 'templates': {spec} names no structure file "
+                             f"(known: {', '.join(sorted(FORMATS))})")
+        found.update(dict.fromkeys(p.resolve() for p in files))
+    return sorted(found)
+
+
+def heaviest_element(elements: Iterable[str]) -> str:
+    """The element of largest atomic number: a template's default permuted element."""
+    return max(set(elements), key=lambda el: periodictable.elements.symbol(el).number)
+
+
+def centre_sites(cell: Structure, permute: Sequence[str]) -> list[str]:
+    """The labels of the symmetry-distinct sites to centre on: permuted elements first,
+    then the other heavy atoms (Z > :data:`HEAVY_Z`), each in the file's order."""
+    labels = cell.sites or ()
+    first = [k for k, lab in enumerate(labels) if not re.search(r"_\d+$", lab)]
+    heavy = [k for k in first if cell.elements[k] not in permute
+             and periodictable.elements.symbol(cell.elements[k]).number > HEAVY_Z]
+    return [labels[k] for k in first if cell.elements[k] in permute] + [labels[k] for k in heavy]
+
+
+#: Elements a candidate leaves out unless ``elements`` names them: hydrogen scatters X-rays
+#: too weakly to see, and its sites are the ones CIFs leave partial or idealised.
+LEFT_OUT = ("H", "D")
+
+
+def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[str] | None,
+                        tolerance: float, elements: Sequence[str] | None = None
+                        ) -> tuple[list[Candidate], Skipped | None]:
+    """The candidates of one template, or why there are none. ``permute`` None: the
+    template's heaviest element. ``elements``: the elements a cluster keeps (None: all
+    but :data:`LEFT_OUT`)."""
+    try:
+        crystal = read_crystal(path, tolerance=tolerance)
+    except InputError as exc:
+        return [], Skipped(path, str(exc))
+    elements_here = tuple(dict.fromkeys(crystal.cell.elements))
+    keep = tuple(el for el in elements_here
+                 if (el not in LEFT_OUT if elements is None else el in elements))
+    if len(keep) < len(elements_here):
+        crystal = Crystal(crystal.path, crystal.cell.subset(
+            np.isin(crystal.cell.elements, keep)), crystal.base)
+    elements = crystal.cell.elements
+    chosen = [heaviest_element(elements)] if permute is None else list(permute)
+    if not set(chosen) & set(elements):
+        return [], Skipped(path, f"holds none of the permuted elements {', '.join(chosen)} "
+                                 f"(it has {', '.join(dict.fromkeys(elements))})")
+    if not crystal.periodic:
+        return _whole(crystal, chosen)
+    out = []
+    for label in centre_sites(crystal.cell, chosen):
+        for radius in radii:
+            try:
+                cluster = cut_crystal(crystal, Cut("sphere", (float(radius),),
+                                                   centre_atom=label), partial="keep")
+            except InputError as exc:
+                return [], Skipped(path, f"{label}, {radius:g} Å: {_after_path(exc, path)}")
+            problem = _unusable(cluster, chosen)
+            if problem:
+                return [], Skipped(path, f"{label}, {radius:g} Å: {problem}")
+            out.append(Candidate(path, label, float(radius), cluster))
+    return out, None
+
+
+def _whole(crystal: Crystal, chosen: Sequence[str]) -> tuple[list[Candidate], Skipped | None]:
+    cluster = crystal.cell
+    problem = _unusable(cluster, chosen)
+    if problem:
+        return [], Skipped(crystal.path, problem)
+    return [Candidate(crystal.path, "", math.nan, cluster)], None
+
+
+def _unusable(cluster: Structure, chosen: Sequence[str]) -> str | None:
+    """Why a cluster cannot be a starting model, or None."""
+    if len(cluster) > MAX_ATOMS:
+        return f"{len(cluster)} atoms, more than {MAX_ATOMS}"
+    partial = [(label, el) for label, _, _, el in cluster.partial_sites() if el not in chosen]
+    if partial:
+        return (f"site {partial[0][0]} is partially occupied and {partial[0][1]} is not "
+                "permuted (a screen keeps partial sites only of permuted elements)")
+    return None
+
+
+def _after_path(exc: InputError, path: Path) -> str:
+    text = str(exc)
+    return text.split(f"{path}: ", 1)[-1]
+
+
+def fingerprint(structure: Structure) -> tuple:
+    """What makes two clusters the same up to symmetry and translation: the elements
+    and the sorted distances from the centroid and between atoms (rounded to
+    :data:`SAME_WITHIN`)."""
+    xyz = structure.xyz - structure.xyz.mean(axis=0)
+    radial = np.sort(np.linalg.norm(xyz, axis=1))
+    diff = xyz[:, None, :] - xyz[None, :, :]
+    pairs = np.sort(np.linalg.norm(diff, axis=2)[np.triu_indices(len(xyz), 1)])
+    counts = tuple(sorted((el, structure.elements.count(el))
+                          for el in set(structure.elements)))
+    q = SAME_WITHIN
+    return counts, tuple(np.round(radial / q).astype(np.int64)), \
+        tuple(np.round(pairs / q).astype(np.int64))
+
+
+def unique_candidates(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Each distinct cluster once (the first met); the others are listed in its
+    ``copies``."""
+    kept: dict[tuple, Candidate] = {}
+    for cand in candidates:
+        key = fingerprint(cand.structure)
+        if key in kept:
+            kept[key].copies.append(cand.name)
+        else:
+            kept[key] = cand
+    return list(kept.values())
+
+
+#: ``auto`` gives three radii: half the signal's end, then that plus one and two steps of
+#: max(1 Å, 15 % of it). The probe of sub-motifs finds a motif inside a cluster that is too
+#: large, but nothing finds one cut off by a small one, and the signal's end errs small: a
+#: particle's few pairs near its diameter sink below the noise first (a homogeneous
+#: sphere's pair count falls to 5 % of its peak at 0.81 of its diameter).
+AUTO_STEPS = 3
+
+
+def auto_radii(r: np.ndarray, g: np.ndarray) -> tuple[list[float], str]:
+    """The radii of ``radii: auto`` (Å) and how they were found (:func:`auto_radius`)."""
+    radius, how = auto_radius(r, g)
+    step = max(1.0, 0.15 * radius)
+    radii = [round(radius + k * step, 2) for k in range(AUTO_STEPS)]
+    return radii, f"{how}; radii {', '.join(f'{x:g}' for x in radii)} Å"
+
+
+def auto_radius(r: np.ndarray, g: np.ndarray, window: float = 1.0,
+                tail: float = 0.2) -> tuple[float, str]:
+    """Half the r at which the measured PDF's signal ends: an estimate of the cluster's
+    radius from its diameter, and a line that says how it was found.
+
+    The envelope of |G| (its running maximum over ``window`` Å) is compared with the
+    noise level. The noise level is the median envelope over the last ``tail`` of the r
+    range, where a finite cluster has no pairs left. The signal ends at the last r whose
+    envelope exceeds 3 times that level and 5 % of the largest |G|. When the signal
+    reaches the end of the data, the data's rmax is the diameter, and the line says so:
+    the cluster may be larger than the data can show.
+    """
+    r = np.asarray(r, float)
+    g = np.abs(np.asarray(g, float))
+    step = float(np.median(np.diff(r))) if r.size > 1 else 0.01
+    half = max(1, int(round(0.5 * window / step)))
+    padded = np.pad(g, half, mode="edge")
+    envelope = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1).max(axis=1)
+    tail_start = r[0] + (1.0 - tail) * (r[-1] - r[0])
+    noise = float(np.median(envelope[r >= tail_start]))
+    level = max(3.0 * noise, 0.05 * float(g.max()))
+    above = np.flatnonzero(envelope > level)
+    end = float(r[above[-1]]) if above.size else float(r[-1])
+    if end >= tail_start:
+        return 0.5 * float(r[-1]), (
+            f"the signal reaches the end of the data ({r[-1]:g} Å; above {level:.3g} up to "
+            f"{end:.3g} Å): radius {0.5 * r[-1]:.3g} Å, half the data's r range (the "
+            "clusters may be larger than the data shows)")
+    return 0.5 * end, (f"|G| stays below {level:.3g} (3 × its noise {noise:.3g}, or 5 % "
+                       f"of its largest) beyond {end:.3g} Å: diameter {end:.3g} Å, "
+                       f"radius {0.5 * end:.3g} Å")
