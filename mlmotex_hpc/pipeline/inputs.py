@@ -22,6 +22,7 @@ from ..config import ALL_MOTIFS, CatalogueConfig, Config, exhaustive, extract_re
 from ..errors import InputError
 from ..fit.batch import Frame, Inputs
 from ..io.digests import changed_inputs, input_digests
+from ..io.folders import folder_problem
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import load_model
 
@@ -304,15 +305,10 @@ def check_output_dir(out_dir: Path, create: bool = True) -> None:
             raise InputError(f"config key 'output.dir' = {out_dir}: the folder is not "
                              f"writable ({where} does not allow it)")
         return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".mlmotex-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(
-            f"config key 'output.dir' = {out_dir}: the folder is not writable "
-            f"({exc.strerror or exc})") from None
+    problem = folder_problem(out_dir)
+    if problem is not None:
+        raise InputError(f"config key 'output.dir' = {out_dir}: the folder is not writable "
+                         f"({problem})")
 
 
 def node_memory() -> int:

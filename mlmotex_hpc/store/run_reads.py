@@ -314,6 +314,14 @@ class RunReads:
         config is no longer the one the run used (:func:`check_unchanged`)."""
         base = self.config_dir
         text = self.config_text
+        key = (text, base, self.frame_range, check_inputs)
+        if self._config_read is not None and self._config_read[0] == key:
+            return self._config_read[1]  # read, and its inputs checked, once per open file
+        config = self._read_config(text, base, check_inputs)
+        self._config_read = (key, config)
+        return config
+
+    def _read_config(self, text: str, base: Path | None, check_inputs: bool) -> Config:
         if base is None:
             relative = _relative_paths(text)
             if relative:

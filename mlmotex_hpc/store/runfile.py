@@ -48,6 +48,7 @@ class RunFile(StoreFile, RunReads, RunWrites):
     def __init__(self, path: Path, file: h5py.File | None, comm=None, parallel: bool = False):
         super().__init__(path, file, comm, parallel)
         self._view: np.ndarray | None | bool = False  # not read yet
+        self._config_read: tuple | None = None  # (what it was read from, the Config)
 
     @classmethod
     def read(cls, path: str | Path, mode: str = "r") -> RunFile:
