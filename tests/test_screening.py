@@ -201,3 +201,27 @@ def test_a_probe_reports_real_fits():
     general = fit_motif(calc, calc.prepare(whole_and_best[1]), data.g[sl], plan.fit, None,
                         plan.base_uiso)
     assert general.rw >= score.rw_best[0] - 1e-4
+
+
+def test_the_moox_data_picks_the_decamolybdate_and_its_seven_mo():
+    """MoOx (the paper's settings, Uiso free) against the four molybdate models: the shipped
+    Mo36 model's best sub-motifs stay above Rw 0.5, and the decamolybdate ranks first with
+    a motif of 5-7 Mo at Rw <= 0.49. The exhaustive run over its 10 Mo finds 7 Mo at Rw
+    0.485 (examples/NOTICE.md); the paper reports 5-7 Mo at about 0.45."""
+    config = load_config(ROOT / "configs" / "moox.yaml")
+    assert "uiso" in config.fit.refine
+    data = read_pdf_data(config.data[0])
+    sl = data.fit_range(config.fit.rmin, config.fit.rmax)
+    frames = [Frame("moox", data.r[sl], data.g[sl], None)]
+    moox = EXAMPLES / "moox"
+    rows = []
+    for path in template_files([moox / "Mo36_Krebs_newest.xyz", moox / "candidates"]):
+        (cand,), _ = template_candidates(path, [0.0], ("Mo",), 1e-3)
+        score = score_candidate(cand.structure, frames, fit_plan(config, cand.structure),
+                                ("Mo",), config.bond_threshold,
+                                ProbePlan(random=300, starts=4, steps=40))
+        rows.append((score.rank_rw, path.name, int(score.best_size[0])))
+    rows.sort()
+    assert rows[0][1] == "decamolybdate.xyz", rows
+    assert rows[0][0] <= 0.49 and 5 <= rows[0][2] <= 7, rows
+    assert dict((name, rw) for rw, name, _ in rows)["Mo36_Krebs_newest.xyz"] > 0.5, rows

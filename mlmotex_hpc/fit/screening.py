@@ -78,7 +78,7 @@ class _Evaluator:
             todo = np.unpackbits(np.frombuffer(b"".join(new), np.uint8).reshape(len(new), -1),
                                  axis=1, count=self.space.size).astype(bool)
             rw = fit_batch(todo, self.space, self.groups, self.frames, self.plan.fit,
-                           self.plan.base_uiso, ())["rw"]
+                           self.plan.base_uiso, self.plan.extra)["rw"]
             self.fits += rw.size
             for j, key in enumerate(new):
                 self.known[key] = rw[:, j]
