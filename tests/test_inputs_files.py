@@ -145,6 +145,27 @@ def test_magnetite_in_origin_choice_2_is_read_by_its_own_operators(code):
     assert tree.query(cell.xyz[~fe], k=2)[0][:, 1].min() > 2.8
 
 
+def test_a_cif_without_operators_is_expanded_by_its_symbol_or_read_as_p1(tmp_path):
+    """No symmetry-operator loop: the space group's operators from its H-M symbol give the
+    same cell (the same atoms; their order follows the operators); no symbol either: the
+    sites as listed (P1)."""
+    text = (CIF / "ICSD_15840.cif").read_text()
+    loop = text.index("loop_\n_space_group_symop_id")
+    end = text.index("loop_", loop + 5)
+    no_ops = tmp_path / "no_ops.cif"
+    no_ops.write_text(text[:loop] + text[end:])
+    full = read_structure(CIF / "ICSD_15840.cif")
+    by_symbol = read_structure(no_ops)
+    assert sorted(by_symbol.elements) == sorted(full.elements)
+    assert np.max(cKDTree(full.xyz).query(by_symbol.xyz)[0]) < 1e-6
+    p1 = tmp_path / "p1.cif"
+    p1.write_text((text[:loop] + text[end:]).replace("_space_group_name_H-M_alt 'R -3 c H'",
+                                                     "").replace("_space_group_IT_number 167",
+                                                                 ""))
+    assert read_structure(p1, Cut("sphere", (30.0,))).elements.count("Fe") > 0
+    assert len(read_structure(p1)) == 2  # Fe1 and O1 as listed
+
+
 def test_a_cif_reads_as_diffpy_structure_reads_it_where_that_is_right():
     """Where diffpy.structure expands a CIF right, the gemmi reading (the file's own
     operators) gives the same atoms, in the same order, with the same labels and Uiso."""

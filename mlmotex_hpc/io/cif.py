@@ -158,10 +158,8 @@ def _operators(path: Path, small) -> tuple[np.ndarray, np.ndarray]:
         except (RuntimeError, ValueError) as exc:
             raise InputError(f"structure file {path}: a symmetry operator cannot be read "
                              f"({_gemmi_message(exc)})") from None
-    else:
-        group = small.find_spacegroup()
-        if group is not None:
-            ops = list(group.operations())
+    elif small.spacegroup is not None:  # from the Hall or H-M symbol
+        ops = list(small.spacegroup.operations())
     if not ops:
         ops = [gemmi.Op("x,y,z")]
     rot = np.array([op.rot for op in ops], dtype=float) / gemmi.Op.DEN
