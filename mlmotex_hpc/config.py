@@ -425,6 +425,54 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ScreenSection:
+    """How a screen cuts its templates into candidates and probes each one."""
+
+    radii: tuple[float, ...] | None = field(default=None, metadata=_spec(
+        "radii", "sphere radii (Å) around each centre, or auto: from where the data's "
+                 "signal ends"))
+    elements: tuple[str, ...] | None = field(default=None, metadata=_spec(
+        "elements?", "elements a candidate keeps (default: all but H)"))
+    random: int = field(default=200, metadata=_spec(
+        "int", "random motifs probed per candidate", minimum=0, maximum=10**6))
+    starts: int = field(default=3, metadata=_spec(
+        "int", "polishing starts per candidate (its best motifs)", minimum=0, maximum=100))
+    steps: int = field(default=20, metadata=_spec(
+        "int", "polishing steps at most per start", minimum=0, maximum=10**4))
+    seed: int = field(default=0, metadata=_spec("int", "random seed", minimum=0,
+                                                maximum=2**32 - 1))
+    tolerance: float = field(default=CIF_TOLERANCE, metadata=_spec(
+        "float", "fractional distance under which a crystal's sites merge", exclusive_min=0.0,
+        maximum=0.1))
+    extract: int = field(default=0, metadata=_spec(
+        "int", "best candidates to extract the motif from (0: rank only)", minimum=0,
+        maximum=1000))
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """A screen: templates (structure files) ranked against measured PDFs."""
+
+    templates: tuple[str, ...] = field(metadata=_spec(
+        "templates", "structure files, glob patterns or folders to screen"))
+    data: tuple[Path, ...] = field(metadata=_spec(
+        "files", "measured PDF file(s): a path, a glob pattern or a list"))
+    permute: tuple[str, ...] | None = field(default=None, metadata=_spec(
+        "elements?", "permutable elements (default: each template's heaviest)"))
+    bond_threshold: float = field(default=2.6, metadata=_spec(
+        "float", "metal-ligand bond distance (Å)", exclusive_min=0.0, maximum=10.0))
+    catalogue: CatalogueConfig = CatalogueConfig()
+    pdf: PDFConfig = PDFConfig()
+    fit: FitConfig = FitConfig()
+    learn: LearnConfig = LearnConfig()
+    extract: ExtractConfig = ExtractConfig()
+    screen: ScreenSection = ScreenSection()
+    output: OutputConfig = OutputConfig()
+    source: str = field(default="", compare=False, metadata={"internal": True})
+    base: Path | None = field(default=None, compare=False, metadata={"internal": True})
+
+
+@dataclass(frozen=True)
 class Config:
     """A complete, validated run configuration."""
 
@@ -478,6 +526,7 @@ _SECTIONS = {
     "exact": ExactConfig,
     "frames": FramesConfig,
     "output": OutputConfig,
+    "screen": ScreenSection,
 }
 
 
@@ -582,7 +631,27 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise _fail(key, value, "expected a folder path")
         return (base / value).expanduser().resolve()
-    if kind == "elements":
+    if kind == "elements?" and value is None:
+        return None
+    if kind == "radii":
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        items = [value] if isinstance(value, int | float) and not isinstance(value, bool) \
+            else value
+        if (not isinstance(items, list) or not items
+                or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                           and 0 < v <= 100 for v in items)):
+            raise _fail(key, value, "expected auto, or radii in Å (0 < r <= 100), e.g. "
+                                    "[5.5, 6.5]")
+        return tuple(sorted({float(v) for v in items}))
+    if kind == "templates":
+        items = [value] if isinstance(value, str) else value
+        if (not isinstance(items, list) or not items
+                or not all(isinstance(v, str) and v.strip() for v in items)):
+            raise _fail(key, value, "expected a structure file, a glob pattern or a folder, "
+                                    "or a list of them")
+        return tuple(v.strip() for v in items)
+    if kind in ("elements", "elements?"):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(isinstance(e, str) for e in items):
             raise _fail(key, value, "expected a list of element symbols, e.g. [W]")
@@ -767,6 +836,61 @@ def parse_config(text: str, base: Path, name: str = "<config>") -> Config:
             (el, uiso_from_biso(b)) for el, b in config.pdf.biso))
         config = dataclasses.replace(config, pdf=pdf)
     return config
+
+
+def parse_screen_config(text: str, base: Path, name: str = "<config>") -> ScreenConfig:
+    """Build a :class:`ScreenConfig` from YAML text; relative paths resolve against
+    ``base`` (the templates are found later, by
+    :func:`mlmotex_hpc.candidates.template_files`)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"config {name}{where}: "
+                         f"{getattr(exc, 'problem', None) or 'not valid YAML'}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"config {name}: expected a mapping of keys at the top level")
+    if "structure" in raw:
+        raise InputError(f"config {name}: a screen ranks 'templates', it has no 'structure' "
+                         "(give the files, globs or folders to screen as templates)")
+    sc = _build(ScreenConfig, raw, "", base)
+    if sc.pdf.qmax <= sc.pdf.qmin:
+        raise _fail("pdf.qmax", sc.pdf.qmax, f"must exceed pdf.qmin = {sc.pdf.qmin}")
+    if sc.fit.rmax <= sc.fit.rmin:
+        raise _fail("fit.rmax", sc.fit.rmax, f"must exceed fit.rmin = {sc.fit.rmin}")
+    if sc.pdf.uiso and sc.pdf.biso:
+        raise _fail("pdf.biso", dict(sc.pdf.biso), "give Uiso (pdf.uiso) or Biso "
+                    "(pdf.biso), not both")
+    base = Path(base).resolve()
+    output = sc.output if "output" in raw and isinstance(raw["output"], dict) \
+        and "dir" in raw["output"] else dataclasses.replace(
+            sc.output, dir=(base / sc.output.dir).resolve())
+    pdf = sc.pdf
+    if pdf.biso:
+        pdf = dataclasses.replace(pdf, uiso=tuple((el, uiso_from_biso(b)) for el, b in pdf.biso))
+    return dataclasses.replace(sc, source=text, base=base, output=output, pdf=pdf)
+
+
+def candidate_config(sc: ScreenConfig, structure: Path, permute: tuple[str, ...]) -> Config:
+    """The run config of one candidate of a screen: its structure file and permuted
+    elements with the screen's data and sections (what scoring and extraction use)."""
+    return Config(structure=Path(structure), permute=tuple(permute), data=sc.data,
+                  bond_threshold=sc.bond_threshold, catalogue=sc.catalogue, pdf=sc.pdf,
+                  fit=sc.fit, learn=sc.learn, extract=sc.extract, output=sc.output,
+                  base=sc.base)
+
+
+def load_screen_config(path: str | Path) -> ScreenConfig:
+    """Read and validate a screen's YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read config file {path}: {exc}") from None
+    return parse_screen_config(text, path.parent, str(path))
 
 
 def load_config(path: str | Path) -> Config:

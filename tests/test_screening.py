@@ -225,3 +225,30 @@ def test_the_moox_data_picks_the_decamolybdate_and_its_seven_mo():
     assert rows[0][1] == "decamolybdate.xyz", rows
     assert rows[0][0] <= 0.49 and 5 <= rows[0][2] <= 7, rows
     assert dict((name, rw) for rw, name, _ in rows)["Mo36_Krebs_newest.xyz"] > 0.5, rows
+
+
+def test_a_screen_config_is_read_and_each_candidate_gets_a_run_config(tmp_path):
+    from mlmotex_hpc.config import candidate_config, parse_screen_config
+
+    text = (f"templates: [{CIF}, {KEGGIN_XYZ}]\n"
+            f"data: {KEGGIN_GR}\n"
+            "pdf: {qmin: 0.7, qmax: 20.0, qdamp: 0.05, qbroad: 0.01, uiso: {W: 0.00507}}\n"
+            "fit: {rmin: 1.6, rmax: 10.0}\n"
+            "screen: {radii: [6.5, 5.5], random: 50, extract: 1}\n")
+    sc = parse_screen_config(text, tmp_path)
+    assert sc.templates == (str(CIF), str(KEGGIN_XYZ)) and sc.data == (KEGGIN_GR,)
+    assert sc.screen.radii == (5.5, 6.5) and sc.screen.extract == 1 and sc.permute is None
+    assert sc.output.dir == (tmp_path / "out").resolve()
+    auto = parse_screen_config(text.replace("[6.5, 5.5]", "auto"), tmp_path)
+    assert auto.screen.radii is None
+    cage = cut_crystal(read_crystal(CIF / "ICSD_110294.cif"),
+                       Cut("sphere", (6.0,), centre_atom="V1", elements=("W", "O", "V")))
+    config = candidate_config(sc, KEGGIN_XYZ, ("W",))
+    plan = fit_plan(config, cage)
+    assert plan.pdf.qmax == 20.0 and plan.fit.refine == ("scale", "zoom")
+    for bad, words in [("screen: {radii: [6.5, 5.5]", "screen: {radii: [-1]"),
+                       ("templates: [", "structure: x.xyz\ntemplates: ["),
+                       ("screen: {", "screen: {sizes: 3, ")]:
+        with pytest.raises(InputError) as err:
+            parse_screen_config(text.replace(bad, words), tmp_path)
+        assert "\n" not in str(err.value)
