@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import h5py
 import numpy as np
 import pytest
 
@@ -252,3 +253,47 @@ def test_a_screen_config_is_read_and_each_candidate_gets_a_run_config(tmp_path):
         with pytest.raises(InputError) as err:
             parse_screen_config(text.replace(bad, words), tmp_path)
         assert "\n" not in str(err.value)
+
+
+def test_the_screen_file_holds_candidates_scores_and_skipped_templates(tmp_path):
+    """screen.h5 (store/screenfile.py): written as candidates are scored, reopened for a
+    resume with the done ones marked, every dataset described by its layout, and the
+    generated reference is docs/screen-h5.md."""
+    from mlmotex_hpc.store import ScreenFile
+    from mlmotex_hpc.store.screen_layout import reference, undescribed
+
+    cands, skipped = [], []
+    for path in (CIF / "ICSD_110294.cif", CIF / "ICSD_15840.cif", CIF / "ICSD_710064.cif"):
+        made, skip = template_candidates(path, [6.0], None, 1e-3)
+        cands += made
+        skipped += [(str(skip.template), skip.reason)] if skip else []
+    cands = unique_candidates(cands)
+    rows = [{"template": str(c.template), "centre": c.centre, "radius": c.radius,
+             "atoms": len(c.structure), "formula": c.formula, "copies": c.copies,
+             "permuted": c.structure.elements.count(heaviest_element(c.structure.elements))}
+            for c in cands]
+    path = tmp_path / "screen.h5"
+    screen = ScreenFile.create(path, config_text="templates: x\n", frame_names=["a.gr"],
+                               candidates=rows, skipped=skipped,
+                               max_permuted=max(r["permuted"] for r in rows))
+    mask = np.zeros(rows[1]["permuted"], bool)
+    mask[[0, 3, 4]] = True
+    screen.write_score(1, rw_whole=np.array([0.5]), rw_best=np.array([0.4]),
+                       best_mask=mask[None], fits=123)
+    screen.close()
+    with ScreenFile.read(path, "r+") as again:
+        done = again.done()
+        assert done.tolist() == [False, True] + [False] * (len(rows) - 2)
+        scores = again.scores()
+        assert scores["rw_best"][0, 1] == 0.4 and np.isnan(scores["rw_best"][0, 0])
+        assert scores["best_size"][0, 1] == 3 and scores["fits"][1] == 123
+        assert np.flatnonzero(scores["best_mask"][0, 1]).tolist() == [0, 3, 4]
+        assert again.candidates()["centre"][0] == rows[0]["centre"]
+        assert again.skipped()[0][0].endswith("ICSD_710064.cif")
+        assert again.frame_names() == ["a.gr"] and not again.complete
+        assert undescribed(again.file) == []
+    assert (ROOT / "docs" / "screen-h5.md").read_text() == reference()
+    with h5py.File(tmp_path / "other.h5", "w") as f:  # an HDF5 file that is no screen
+        f.attrs["kind"] = "run"
+    with pytest.raises(InputError, match="is not the screen.h5"):
+        ScreenFile.read(tmp_path / "other.h5")

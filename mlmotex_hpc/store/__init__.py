@@ -10,6 +10,10 @@
                   ``StoreFile`` with the two parts below)
 ``run_writes``    every writer of ``motex.h5`` (``create``, ``collective_*``, ``write_*``)
 ``run_reads``     every typed reader of ``motex.h5``
+``layout``        a file layout as data (:class:`~.layout.Entry`), checked against real files
+                  and rendered as a reference, for every file kind
+``screen_layout`` the layout of ``screen.h5`` (``docs/screen-h5.md``)
+``screenfile``    :class:`ScreenFile`: ``screen.h5``, a screen's candidates and scores
 ``lock``          one job per output folder (:class:`RunLock`)
 ``probe``         what an existing file says about itself, for a resume
 ``learning_copy`` steps 3-4 on a copy that replaces the file when done
@@ -32,8 +36,9 @@ from .run_layout import (
     STAGES,
 )
 from .runfile import RunFile
+from .screenfile import ScreenFile
 
 __all__ = ["ATOM_DATASETS", "FIT_FIELDS", "LAYOUT_VERSION", "ORIGIN_CODES", "STAGES",
-           "Part", "Probe", "RunFile", "RunLock", "announce_fallback", "config_hash",
+           "Part", "Probe", "RunFile", "RunLock", "ScreenFile", "announce_fallback", "config_hash",
            "creating_path", "finish_on_copy", "finishing_path", "fits_hash", "lock_path",
            "merge_parts", "parallel_hdf5_available", "probe", "read_part"]

@@ -14,8 +14,8 @@ runs), K best motifs kept, T convergence trials, C convergence columns.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from . import layout
+from .layout import Entry
 
 #: The layout this version writes, and the newest it reads. 1: files written before the
 #: ``layout_version`` attribute existed (the same layout as 2, read as they are).
@@ -83,7 +83,7 @@ PREDICTED_DEFINITION = (
 
 
 #: When a dataset or attribute is there.
-ALWAYS = "always"
+ALWAYS = layout.ALWAYS
 LEARNED = "after step 3"
 EXPLAINED = "after step 4"
 EXTRACTED = "after the extract stage"
@@ -97,26 +97,6 @@ CONVERGENCE = "after mlmotex-hpc convergence"
 TASK = "a job-array task's file"
 MERGED = "a merged file"
 TABLE = "a run on a fits table"
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One dataset (``shape`` given) or group of the file, with its attributes.
-
-    ``path`` may hold placeholders: ``<frame>`` (5-digit frame number), ``<El>`` (an
-    element symbol). ``dtype`` is a NumPy kind and size (``f8``, ``u1``, ``S``: bytes).
-    """
-
-    path: str
-    meaning: str
-    shape: tuple[str, ...] | None = None  # None: a group
-    dtype: str = ""
-    when: str = ALWAYS
-    attrs: tuple[tuple[str, str], ...] = ()
-
-    def pattern(self) -> re.Pattern:
-        text = re.escape(self.path).replace(re.escape("<frame>"), r"\d{5}")
-        return re.compile("^" + text.replace(re.escape("<El>"), r"[A-Z][a-z]?") + "$")
 
 
 LAYOUT: tuple[Entry, ...] = (
@@ -259,53 +239,20 @@ LAYOUT: tuple[Entry, ...] = (
 
 
 def entry_for(path: str) -> Entry | None:
-    """The entry that describes ``path`` (``/fits/uiso_W``, ``/data/00003/r``)."""
-    return next((e for e in LAYOUT if e.pattern().match(path)), None)
+    """The entry of :data:`LAYOUT` that describes ``path`` (``/fits/uiso_W``)."""
+    return layout.entry_for(LAYOUT, path)
 
 
 def undescribed(h5) -> list[str]:
-    """What the open file ``h5`` holds that :data:`LAYOUT` does not describe, or describes
-    otherwise (another rank or type, a group for a dataset), one line each."""
-    import h5py
-
-    problems: list[str] = []
-
-    def check(path: str, obj) -> None:
-        entry = entry_for(path)
-        if entry is None:
-            problems.append(f"{path}: not in the layout")
-            return
-        if isinstance(obj, h5py.Group) and entry.shape is not None:
-            problems.append(f"{path}: a group, the layout says a dataset")
-        if isinstance(obj, h5py.Dataset):
-            if entry.shape is None:
-                problems.append(f"{path}: a dataset, the layout says a group")
-            elif obj.ndim != len(entry.shape):
-                problems.append(f"{path}: {obj.ndim} dimensions, the layout says "
-                                f"{len(entry.shape)}")
-            elif obj.dtype.kind != entry.dtype[0] and not (
-                    entry.dtype[0] == "S" and obj.dtype.kind in "SO"):
-                problems.append(f"{path}: dtype {obj.dtype}, the layout says {entry.dtype}")
-        for key in obj.attrs:
-            if key not in dict(entry.attrs):
-                problems.append(f"{path}: attribute {key} not in the layout")
-
-    check("/", h5)
-    h5.visititems(lambda name, obj: check("/" + name, obj))
-    return problems
+    """What the open ``motex.h5`` holds that :data:`LAYOUT` does not describe, or
+    describes otherwise, one line each."""
+    return layout.undescribed(LAYOUT, h5)
 
 
 def reference() -> str:
     """The file-format reference of ``motex.h5``, as Markdown."""
-    lines = [f"### `motex.h5` (layout version {LAYOUT_VERSION})", "",
-             __doc__.split("\n\n")[-1].strip().replace("\n", " "), "",
-             "| path | shape | type | when | meaning |", "|---|---|---|---|---|"]
-    for e in LAYOUT:
-        shape = "group" if e.shape is None else f"({', '.join(e.shape)})"
-        lines.append(f"| `{e.path}` | {shape} | {e.dtype or ''} | {e.when} | {e.meaning} |")
-        for key, meaning in e.attrs:
-            lines.append(f"| `{e.path}` @{key} | attribute | | | {meaning} |")
-    return "\n".join(lines) + "\n"
+    return layout.reference(LAYOUT, "motex.h5", LAYOUT_VERSION,
+                            __doc__.split("\n\n")[-1].strip().replace("\n", " "))
 
 
 if __name__ == "__main__":  # python -m mlmotex_hpc.store.run_layout > docs/motex-h5.md
