@@ -2,13 +2,14 @@
 
 Each module imports only the standard library at its top, so that building the parser
 (``mlmotex-hpc --help``) loads neither numba, nor h5py, nor MPI; ``main`` imports the
-stages it runs. Only ``run`` (without ``--dry-run``), ``learn`` and ``convergence``
+stages it runs. Only ``run`` (without ``--dry-run``), ``screen``, ``learn`` and ``convergence``
 start MPI; the others
 are serial programs, and under ``mpirun`` the ranks other than 0 do nothing.
 
 ===========  ==============================================================
 init         a commented starting config: every key, its default and meaning
 run          the four ML-MotEx steps from a YAML config (``--dry-run``: cost)
+screen       rank structure files against the data (candidate clusters)
 cut          a finite cluster cut from a crystal (cookie-cutter)
 learn        steps 3-4 again on the finished fits of a run
 convergence  from an exhaustive run: how many motifs ML-MotEx needs
@@ -25,7 +26,8 @@ from __future__ import annotations
 import os
 
 #: Subcommands in the order ``--help`` lists them.
-COMMANDS = ("init", "run", "cut", "pdf", "refine", "learn", "convergence", "merge", "plot", "info")
+COMMANDS = ("init", "run", "screen", "cut", "pdf", "refine", "learn", "convergence", "merge",
+            "plot", "info")
 
 _RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")
 

@@ -142,8 +142,10 @@ def _check_finite(path: Path, block) -> None:
 
 
 def _gemmi_message(exc: BaseException) -> str:
+    """gemmi's message, its first line; the text's position as a line number."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"^string:(\d+):[\d()]*:?\s*", r"line \1: ", line)
 
 
 def _operators(path: Path, small) -> tuple[np.ndarray, np.ndarray]:

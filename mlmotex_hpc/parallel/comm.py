@@ -98,6 +98,12 @@ def from_root(value, comm: MPI.Comm, root: int = 0):
     return value if comm.size == 1 else comm.bcast(value if comm.rank == root else None, root)
 
 
+def on_root(func, comm: MPI.Comm, root: int = 0):
+    """``func()`` on ``root`` alone (what only it holds: a file it writes); None on the
+    other ranks. Not collective."""
+    return func() if comm.rank == root else None
+
+
 def gather_everywhere(items: list, comm: MPI.Comm) -> list:
     """Every rank's ``items``, joined in rank order, on every rank."""
     if comm.size == 1:

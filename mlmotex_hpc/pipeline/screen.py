@@ -1,0 +1,227 @@
+"""``mlmotex-hpc screen``: the stage order of a screen (issue 29).
+
+1. Rank 0 reads the data, sets the radii (given, or ``auto`` from the first frame's
+   signal), cuts every template into candidates (:mod:`mlmotex_hpc.candidates`) and makes
+   or reopens ``screen.h5``. A file of the same config and the same candidates resumes with
+   the candidates not yet done; another one is refused unless ``--overwrite``.
+2. Every rank probes candidates handed out on demand
+   (:func:`mlmotex_hpc.parallel.screening.score_everywhere`), and rank 0 writes each row.
+3. Rank 0 ranks them by the best Rw found (frame mean; ties by candidate order) and writes
+   ``screen.csv``: the candidates ranked, then the skipped templates with their reasons.
+
+Still to come (issue 29): ``screen.extract: K`` chaining the whole pipeline on the K best,
+the report page and ``--dry-run``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..candidates import (
+    Candidate,
+    auto_radii,
+    heaviest_element,
+    template_candidates,
+    template_files,
+    unique_candidates,
+)
+from ..config import ScreenConfig, candidate_config
+from ..errors import InputError
+from ..fit.batch import Frame, fit_plan
+from ..fit.screening import ProbePlan, Score, score_candidate
+from ..io.folders import make_folder
+from ..io.pdfdata import read_pdf_data
+from ..parallel.comm import get_comm, on_root
+from ..parallel.exits import root_then_bcast
+from ..parallel.log import Log
+from ..parallel.screening import score_everywhere
+from ..store import RunLock, ScreenFile, config_hash
+
+SCREEN_FILE = "screen.h5"
+SCREEN_CSV = "screen.csv"
+CSV_COLUMNS = ("rank", "template", "centre", "radius", "atoms", "formula", "rw_whole",
+               "rw_best", "best_size", "permuted", "copies", "reason")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScreenPlan:
+    """What every rank needs: the frames, the candidates, which are still to score."""
+
+    frames: list[Frame]
+    candidates: list[Candidate]
+    pending: np.ndarray
+    path: Path
+
+
+def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
+           overwrite: bool = False, quiet: bool = False) -> dict | None:
+    """Run a screen on every rank of ``comm``; on rank 0 the summary."""
+    comm = get_comm(comm)
+    log = Log(comm, quiet=quiet)
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir or config.output.dir)
+    path = out_dir / SCREEN_FILE
+    lock = RunLock(path)
+    try:
+        plan = root_then_bcast(lambda: _prepare(config, path, overwrite, lock, log), comm)
+        writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
+        try:
+            probe = ProbePlan(random=config.screen.random, starts=config.screen.starts,
+                              steps=config.screen.steps, seed=config.screen.seed)
+
+            def score(index: int) -> Score:
+                cand = plan.candidates[index]
+                permute = config.permute or (heaviest_element(cand.structure.elements),)
+                run_config = candidate_config(config, cand.template, permute)
+                return score_candidate(cand.structure, plan.frames,
+                                       fit_plan(run_config, cand.structure), permute,
+                                       config.bond_threshold, probe)
+
+            def write(index: int, result: Score) -> None:
+                writer.write_score(index, rw_whole=result.rw_whole, rw_best=result.rw_best,
+                                   best_mask=result.best_mask, fits=result.fits)
+
+            log(f"probing {plan.pending.size} of {len(plan.candidates)} candidates on "
+                f"{comm.size} rank(s)")
+            fits = score_everywhere(plan.pending, score, write if writer else None, comm, log)
+            if writer is None:
+                return None
+            writer.mark_complete()
+            summary = _finish(writer, out_dir, log)
+        finally:
+            if writer is not None:
+                writer.close()
+        summary.update(fits=fits, seconds=time.perf_counter() - t0, ranks=comm.size)
+        log(f"{fits:,} fits in {summary['seconds']:.1f} s; {out_dir / SCREEN_CSV}")
+        return summary
+    finally:
+        lock.release()
+
+
+def _frames(config: ScreenConfig) -> list[Frame]:
+    frames = []
+    for data_path in config.data:
+        data = read_pdf_data(data_path)
+        try:
+            sl = data.fit_range(config.fit.rmin, config.fit.rmax)
+        except InputError as exc:
+            raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
+        weights = data.weights(sl) if config.fit.weights == "dG" else None
+        frames.append(Frame(data_path.name, data.r[sl], data.g[sl], weights))
+    return frames
+
+
+def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
+             log: Log) -> ScreenPlan:
+    """Rank 0: the inputs, the candidates and ``screen.h5`` (new or resumed)."""
+    make_folder(path.parent)
+    lock.acquire()
+    frames = _frames(config)
+    radii = config.screen.radii
+    if radii is None:
+        first = read_pdf_data(config.data[0])
+        radii, how = auto_radii(first.r, first.g)
+        log(f"radii auto: {how}")
+    templates = template_files(config.templates, config.base or Path("."))
+    cands, skipped = [], []
+    for template in templates:
+        made, skip = template_candidates(template, radii, config.permute,
+                                         config.screen.tolerance, config.screen.elements)
+        cands += made
+        if skip is not None:
+            skipped.append((str(skip.template), skip.reason))
+    cands = unique_candidates(cands)
+    if not cands:
+        raise InputError(f"no template of {len(templates)} gave a candidate (the first "
+                         f"skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped else
+                         "no candidate to screen")
+    log(f"mlmotex-hpc screen: {len(templates)} templates, {len(cands)} distinct candidates "
+        f"(radii {', '.join(f'{r:g}' for r in radii)} Å), {len(skipped)} skipped, "
+        f"{len(frames)} frame(s)")
+    rows = [_row(c, config) for c in cands]
+    old = _previous(path, log) if path.exists() and not overwrite else None
+    if old is not None:
+        old_hash, old_names, done = old
+        if old_hash != config_hash(config.source):
+            raise InputError(f"{path} was made by another config: use --overwrite to "
+                             "replace it")
+        if old_names != [_name(r["template"], r["centre"], r["radius"]) for r in rows]:
+            raise InputError(f"{path}: the templates give other candidates than when it "
+                             "was made (files added, removed or changed): use "
+                             "--overwrite to screen them anew")
+        log(f"resuming {path}: {int(done.sum())} of {done.size} candidates done")
+    else:
+        ScreenFile.create(path, config_text=config.source,
+                          frame_names=[f.name for f in frames], candidates=rows,
+                          skipped=skipped, max_permuted=max(r["permuted"] for r in rows)
+                          ).close()
+        done = np.zeros(len(rows), bool)
+    return ScreenPlan(frames, cands, np.flatnonzero(~done), path)
+
+
+def _name(template, centre, radius) -> str:
+    return f"{template}|{centre}|{float(radius)!r}"
+
+
+def _previous(path: Path, log: Log) -> tuple[str, list[str], np.ndarray] | None:
+    """What an existing ``screen.h5`` says (its config hash, candidates, done flags), or
+    None when a kill left it unreadable (it is then made anew, with a warning)."""
+    try:
+        with ScreenFile.read(path) as old:
+            table = old.candidates()
+            names = [_name(t, c, r) for t, c, r in zip(table["template"], table["centre"],
+                                                       table["radius"], strict=True)]
+            return old.config_hash, names, old.done()
+    except InputError as exc:
+        if "is not the screen.h5" in str(exc) or "layout version" in str(exc):
+            raise
+        log.warning(f"{path} cannot be read ({exc}): it is screened anew")
+        return None
+
+
+def _row(cand: Candidate, config: ScreenConfig) -> dict:
+    permute = config.permute or (heaviest_element(cand.structure.elements),)
+    return {"template": str(cand.template), "centre": cand.centre, "radius": cand.radius,
+            "atoms": len(cand.structure), "formula": cand.formula, "copies": cand.copies,
+            "permuted": int(np.isin(cand.structure.elements, permute).sum())}
+
+
+def ranking(rw_best: np.ndarray) -> np.ndarray:
+    """Candidate indices, best first: by the best Rw averaged over the frames (NaN last),
+    ties by candidate order, so a resumed screen ranks as an uninterrupted one."""
+    values = np.nanmean(rw_best, axis=0) if rw_best.size else rw_best
+    key = np.where(np.isfinite(values), values, np.inf)
+    return np.lexsort((np.arange(key.size), key))
+
+
+def _finish(screen_file: ScreenFile, out_dir: Path, log: Log) -> dict:
+    """Rank 0: ``screen.csv`` from the finished file; the summary."""
+    cands = screen_file.candidates()
+    scores = screen_file.scores()
+    order = ranking(scores["rw_best"])
+    csv_path = out_dir / SCREEN_CSV
+    with open(csv_path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(CSV_COLUMNS)
+        for rank, i in enumerate(order, start=1):
+            out.writerow([rank, cands["template"][i], cands["centre"][i],
+                          f"{cands['radius'][i]:g}", int(cands["atoms"][i]),
+                          cands["formula"][i],
+                          f"{np.nanmean(scores['rw_whole'][:, i]):.6f}",
+                          f"{np.nanmean(scores['rw_best'][:, i]):.6f}",
+                          int(scores["best_size"][0, i]), int(cands["permuted"][i]),
+                          ";".join(cands["copies"][i]), ""])
+        for template, reason in screen_file.skipped():
+            out.writerow(["", template, "", "", "", "", "", "", "", "", "", reason])
+    best = int(order[0])
+    log(f"best: {Path(cands['template'][best]).name} {cands['centre'][best]} "
+        f"{cands['radius'][best]:g} Å, Rw {np.nanmean(scores['rw_best'][:, best]):.4f} with "
+        f"{int(scores['best_size'][0, best])} of {int(cands['permuted'][best])} permuted "
+        "atoms")
+    return {"candidates": len(order), "best": best, "csv": csv_path,
+            "best_rw": float(np.nanmean(scores["rw_best"][:, best]))}

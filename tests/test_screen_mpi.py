@@ -1,0 +1,136 @@
+"""``mlmotex-hpc screen`` end to end under mpirun (issue 29): one ranking on any number of
+ranks, a broken template listed with its reason, a killed screen resumed to the same
+ranking, bad input in one line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from .conftest import CLI, EXAMPLES, KEGGIN_GR, MPIRUN, mpi_env, run_cli
+from .test_resume import errors
+
+CIF = EXAMPLES / "cif"
+TEMPLATES = ("ICSD_110294.cif", "ICSD_15840.cif", "ICSD_26410.cif", "ICSD_710064.cif")
+
+
+def _config(tmp_path, out="out", **screen):
+    folder = tmp_path / "templates"
+    if not folder.exists():
+        folder.mkdir()
+        for name in TEMPLATES:
+            shutil.copy(CIF / name, folder / name)
+        (folder / "broken.cif").write_text("data_broken\n_cell_length_a 5\nloop_\n"
+                                           "_atom_site_label\n_atom_site_fract_x\nFe1\n")
+    config = {
+        "templates": str(folder), "data": str(KEGGIN_GR),
+        "pdf": {"qmin": 0.7, "qmax": 20.0, "qdamp": 0.05, "qbroad": 0.01,
+                "uiso": {"W": 0.00507, "O": 0.00507}},
+        "fit": {"rmin": 1.6, "rmax": 10.0},
+        "screen": {"radii": [6.0], "random": 20, "starts": 2, "steps": 2, **screen},
+        "output": {"dir": str(tmp_path / out)},
+    }
+    path = tmp_path / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / out
+
+
+def _rows(out):
+    """screen.csv's rows, each template by its file name (the folders differ by test)."""
+    with open(out / "screen.csv") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["template"] = row["template"].rsplit("/", 1)[-1]
+        row["reason"] = re.sub(r"\S*/templates/", "", row["reason"])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("screen1")
+    path, out = _config(tmp)
+    proc = run_cli("screen", str(path), ranks=1)
+    assert proc.returncode == 0, proc.stderr
+    return _rows(out), proc, out
+
+
+def _out_of(one_rank):
+    return one_rank[2]
+
+
+def test_a_screen_ranks_a_keggin_salt_first_and_lists_what_it_skipped(one_rank):
+    rows, proc, _ = one_rank
+    ranked = [r for r in rows if r["rank"]]
+    assert ranked[0]["template"] == "ICSD_110294.cif", ranked[:3]
+    assert float(ranked[0]["rw_best"]) < 0.42
+    assert {r["template"] for r in ranked} == {
+        "ICSD_110294.cif", "ICSD_15840.cif", "ICSD_26410.cif"}  # the magnetite too
+    skipped = {r["template"]: r["reason"] for r in rows if not r["rank"]}
+    assert set(skipped) == {"broken.cif", "ICSD_710064.cif"}, skipped
+    assert "0.242 Å apart" in skipped["ICSD_710064.cif"]
+    assert skipped["broken.cif"] == ("structure file broken.cif: not a readable CIF (line 3: "
+                                     "Wrong number of values in loop _atom_site_*)")
+    assert "best: ICSD_110294.cif" in proc.stdout
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_any_number_of_ranks_gives_the_same_ranking(one_rank, tmp_path, ranks):
+    path, out = _config(tmp_path)
+    proc = run_cli("screen", str(path), ranks=ranks)
+    assert proc.returncode == 0, proc.stderr
+    assert _rows(out) == one_rank[0]
+
+
+def test_a_killed_screen_resumes_to_the_same_ranking(one_rank, tmp_path):
+    """kill -9 of the whole job mid-screen, then the same command: the candidates done
+    are kept and the ranking is the uninterrupted one's."""
+    path, out = _config(tmp_path)
+    proc = subprocess.Popen(
+        [MPIRUN, "--bind-to", "none", "-n", "2", str(CLI), "screen", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=mpi_env(MLMOTEX_TEST_PAUSE="screen:0.5"), start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if line.startswith("probing") or time.time() > deadline:
+                break
+        time.sleep(2.5)  # a few candidates scored and written
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    again = run_cli("screen", str(path), ranks=2)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stdout or "screened anew" in again.stderr, again.stdout
+    if "resuming" in again.stdout:
+        done = int(again.stdout.split("resuming", 1)[1].split(":", 1)[1].split()[0])
+        assert done > 0, again.stdout
+    assert _rows(out) == one_rank[0]
+
+
+def test_a_bad_screen_config_is_one_line_and_exit_2(tmp_path):
+    path, _ = _config(tmp_path, radii=[-1])
+    proc = run_cli("screen", str(path), ranks=2)
+    lines = errors(proc)  # mpirun adds its own banner when a rank exits non-zero
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "screen.radii" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_screen_file_of_another_config_is_kept_unless_overwrite(one_rank, tmp_path):
+    path, out = _config(tmp_path)
+    shutil.copytree(_out_of(one_rank), out)
+    changed, _ = _config(tmp_path, out="changed", random=21)
+    text = changed.read_text().replace(str(tmp_path / "changed"), str(out))
+    changed.write_text(text)
+    proc = run_cli("screen", str(changed), ranks=1)
+    assert proc.returncode == 2 and "made by another config" in proc.stderr, proc.stderr
+    assert len(errors(proc)) == 1
+    proc = run_cli("screen", str(changed), "--overwrite", ranks=1)
+    assert proc.returncode == 0, proc.stderr
