@@ -134,3 +134,34 @@ def test_a_screen_file_of_another_config_is_kept_unless_overwrite(one_rank, tmp_
     assert len(errors(proc)) == 1
     proc = run_cli("screen", str(changed), "--overwrite", ranks=1)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
+    """``--extract 1``: the best candidate becomes an ordinary run in extract_1 (its model,
+    its config, motex.h5, the motif and the report), in the same job. The motif is made of
+    the candidate's atoms."""
+    import numpy as np
+
+    from mlmotex_hpc.io.structure import read_xyz
+
+    path, out = _config(tmp_path)
+    text = path.read_text() + ("catalogue: {size: 300, seed: 1, batch_size: 16}\n"
+                               "learn: {cv_folds: 3, search_iterations: 0, seed: 0, params: "
+                               "{learning_rate: 0.1, max_depth: 3, n_estimators: 100}}\n")
+    path.write_text(text)
+    proc = run_cli("screen", str(path), "--extract", "1", ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    best = _rows(out)[0]
+    folder = out / "extract_1"
+    for name in ("candidate.xyz", "run.yaml", "motex.h5", "motif.xyz",
+                 "atom_contributions.csv", "report.html"):
+        assert (folder / name).is_file(), name
+    run_config = yaml.safe_load((folder / "run.yaml").read_text())
+    assert run_config["structure"] == str(folder / "candidate.xyz")
+    assert "templates" not in run_config and "screen" not in run_config
+    candidate, motif = read_xyz(folder / "candidate.xyz"), read_xyz(folder / "motif.xyz")
+    assert len(candidate) == int(best["atoms"])
+    assert 0 < motif.elements.count("W") <= candidate.elements.count("W")
+    nearest = np.min(np.linalg.norm(motif.xyz[:, None] - candidate.xyz[None], axis=2), axis=1)
+    assert nearest.max() < 1e-4  # every motif atom is one of the candidate's
+    assert f"extracting from {best['template']}" in proc.stdout

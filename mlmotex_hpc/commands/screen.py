@@ -3,8 +3,9 @@
 Every template (crystal or cluster file) is cut into candidate clusters, each candidate is
 fitted whole and probed for its best sub-motif, and ``screen.csv`` ranks them
 (:mod:`mlmotex_hpc.pipeline.screen`). Runs on any number of ranks; a killed screen resumes
-where it stopped. Issue 29 is in progress: ``screen.extract`` (the motif extracted from the
-best candidates in the same job), the report and ``--dry-run`` are still to come.
+where it stopped. ``--extract K`` (or ``screen.extract``) then runs the whole pipeline on
+the K best candidates in the same job. Issue 29 is in progress: the report and
+``--dry-run`` are still to come.
 """
 
 from __future__ import annotations
@@ -18,19 +19,37 @@ HELP = "rank structure files (crystals, clusters) against measured PDFs: candida
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the screen's YAML config (templates:, data:, screen:)")
     parser.add_argument("-o", "--out", help="output folder (default: output.dir)")
+    parser.add_argument("--extract", type=int, metavar="K",
+                        help="extract the motif from the K best candidates (the whole "
+                             "pipeline in extract_1, ..., extract_K; default screen.extract)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing screen.h5 of another config")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
-def main(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace):
+    import dataclasses
+
     from ..config import load_screen_config
+    from ..errors import InputError
+
+    config = load_screen_config(args.config)
+    if args.extract is not None:
+        if args.extract < 0:
+            raise InputError(f"--extract {args.extract}: the number of best candidates to "
+                             "extract from, 0 or more")
+        config = dataclasses.replace(config, screen=dataclasses.replace(
+            config.screen, extract=args.extract))
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
     from ..pipeline.screen import screen
 
     comm = get_comm()
-    config = root_then_bcast(lambda: load_screen_config(args.config), comm)
+    config = root_then_bcast(lambda: _config(args), comm)
     screen(config, comm, out_dir=Path(args.out).resolve() if args.out else None,
            overwrite=args.overwrite, quiet=args.quiet)
     return 0

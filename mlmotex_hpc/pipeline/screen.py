@@ -9,8 +9,10 @@
 3. Rank 0 ranks them by the best Rw found (frame mean; ties by candidate order) and writes
    ``screen.csv``: the candidates ranked, then the skipped templates with their reasons.
 
-Still to come (issue 29): ``screen.extract: K`` chaining the whole pipeline on the K best,
-the report page and ``--dry-run``.
+4. ``screen.extract: K``: the whole pipeline (:func:`mlmotex_hpc.pipeline.run.run`) on
+   each of the K best, in ``extract_1``, ``extract_2``, ..., on the same ranks.
+
+Still to come (issue 29): the report page and ``--dry-run``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from ..candidates import (
     Candidate,
@@ -30,12 +33,14 @@ from ..candidates import (
     template_files,
     unique_candidates,
 )
-from ..config import ScreenConfig, candidate_config
+from ..config import Config, ScreenConfig, candidate_config, load_config
 from ..errors import InputError
 from ..fit.batch import Frame, fit_plan
 from ..fit.screening import ProbePlan, Score, score_candidate
+from ..io.defaults import with_file_defaults
 from ..io.folders import make_folder
 from ..io.pdfdata import read_pdf_data
+from ..io.structure import write_xyz
 from ..parallel.comm import get_comm, on_root
 from ..parallel.exits import root_then_bcast
 from ..parallel.log import Log
@@ -89,18 +94,49 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
             log(f"probing {plan.pending.size} of {len(plan.candidates)} candidates on "
                 f"{comm.size} rank(s)")
             fits = score_everywhere(plan.pending, score, write if writer else None, comm, log)
-            if writer is None:
-                return None
-            writer.mark_complete()
-            summary = _finish(writer, out_dir, log)
+            summary = root_then_bcast(lambda: _finish(writer, out_dir, log), comm)
         finally:
             if writer is not None:
                 writer.close()
         summary.update(fits=fits, seconds=time.perf_counter() - t0, ranks=comm.size)
         log(f"{fits:,} fits in {summary['seconds']:.1f} s; {out_dir / SCREEN_CSV}")
-        return summary
     finally:
         lock.release()
+    summary["extracted"] = [
+        _extract(config, plan.candidates[int(index)], out_dir / f"extract_{k}", comm, quiet,
+                 log)
+        for k, index in enumerate(summary["order"][:config.screen.extract], start=1)]
+    return summary
+
+
+def _extract(config: ScreenConfig, cand: Candidate, folder: Path, comm, quiet: bool,
+             log: Log) -> dict | None:
+    """The whole pipeline on one candidate, in ``folder``, on every rank: its model
+    (``candidate.xyz``) and its run config (``run.yaml``) written first, so the folder is
+    an ordinary run that ``plot``, ``refine`` or ``run`` itself can take up again."""
+    from .run import run
+
+    permute = config.permute or (heaviest_element(cand.structure.elements),)
+    log(f"extracting from {cand.name} into {folder}")
+    run_config = root_then_bcast(lambda: _run_config(config, cand, folder, permute), comm)
+    return run(run_config, comm, out_dir=folder, quiet=quiet)
+
+
+def _run_config(config: ScreenConfig, cand: Candidate, folder: Path, permute) -> Config:
+    """Rank 0: ``folder/candidate.xyz`` and ``folder/run.yaml`` (the screen's sections,
+    this model, its data by absolute path), read back as a run's config."""
+    make_folder(folder)
+    model = folder / "candidate.xyz"
+    write_xyz(model, cand.structure, f"{cand.name} ({cand.formula}), a screen's candidate")
+    raw = yaml.safe_load(config.source) or {}
+    for key in ("templates", "screen"):
+        raw.pop(key, None)
+    raw.update(structure=str(model), permute=list(permute),
+               data=[str(p) for p in config.data], output={"dir": str(folder)})
+    path = folder / "run.yaml"
+    path.write_text(f"# the run of {cand.name}, the screen's config with this model\n"
+                    + yaml.safe_dump(raw, sort_keys=False))
+    return with_file_defaults(load_config(path))
 
 
 def _frames(config: ScreenConfig) -> list[Frame]:
@@ -200,7 +236,8 @@ def ranking(rw_best: np.ndarray) -> np.ndarray:
 
 
 def _finish(screen_file: ScreenFile, out_dir: Path, log: Log) -> dict:
-    """Rank 0: ``screen.csv`` from the finished file; the summary."""
+    """Rank 0: the file marked complete, ``screen.csv`` from it; the summary."""
+    screen_file.mark_complete()
     cands = screen_file.candidates()
     scores = screen_file.scores()
     order = ranking(scores["rw_best"])
@@ -223,5 +260,5 @@ def _finish(screen_file: ScreenFile, out_dir: Path, log: Log) -> dict:
         f"{cands['radius'][best]:g} Å, Rw {np.nanmean(scores['rw_best'][:, best]):.4f} with "
         f"{int(scores['best_size'][0, best])} of {int(cands['permuted'][best])} permuted "
         "atoms")
-    return {"candidates": len(order), "best": best, "csv": csv_path,
+    return {"candidates": len(order), "best": best, "csv": csv_path, "order": order,
             "best_rw": float(np.nanmean(scores["rw_best"][:, best]))}
