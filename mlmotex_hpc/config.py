@@ -881,28 +881,25 @@ def candidate_config(sc: ScreenConfig, structure: Path, permute: tuple[str, ...]
                   base=sc.base)
 
 
-def load_screen_config(path: str | Path) -> ScreenConfig:
-    """Read and validate a screen's YAML config file."""
-    path = Path(path)
+def _config_text(path: Path) -> str:
     try:
-        text = path.read_text()
+        return path.read_text()
     except FileNotFoundError:
         raise InputError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read config file {path}: {exc}") from None
-    return parse_screen_config(text, path.parent, str(path))
+
+
+def load_screen_config(path: str | Path) -> ScreenConfig:
+    """Read and validate a screen's YAML config file."""
+    path = Path(path)
+    return parse_screen_config(_config_text(path), path.resolve().parent, str(path))
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError(f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read config file {path}: {exc}") from None
-    return parse_config(text, path.resolve().parent, str(path))
+    return parse_config(_config_text(path), path.resolve().parent, str(path))
 
 
 def exhaustive(config: Config, n_permutable: int) -> bool:

@@ -62,15 +62,7 @@ def load_inputs(config: Config, local_ranks: int = 1) -> Inputs:
         return _table_inputs(config, structure)
     frames = []
     for path in config.data:
-        data = read_pdf_data(path)
-        try:
-            sl = data.fit_range(config.fit.rmin, config.fit.rmax)
-        except InputError as exc:
-            raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
-        weights = data.weights(sl) if config.fit.weights == "dG" else None
-        frame = Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights)
-        check_frame(frame, path)
-        frames.append(frame)
+        frames.append(read_frame(path, config.fit))
     space = MotifSpace.from_structure(structure, config.permute, config.bond_threshold)
     check_calculators(config, structure, frames)
     check_learning(config)
@@ -147,6 +139,20 @@ G_LIMITS = (1e-30, 1e30)
 #: Fitting every motif is refused above this many permutable atoms (2^32 motifs: a
 #: 240 GB file; the disk and memory checks refuse smaller ones that would not fit).
 MAX_ENUMERATED = 32
+
+
+def read_frame(path: Path, fit) -> Frame:
+    """One data file restricted to the fit range (``fit``: the config's ``fit`` section),
+    its weights when ``fit.weights`` is dG, checked (:func:`check_frame`)."""
+    data = read_pdf_data(path)
+    try:
+        sl = data.fit_range(fit.rmin, fit.rmax)
+    except InputError as exc:
+        raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
+    weights = data.weights(sl) if fit.weights == "dG" else None
+    frame = Frame(path.name, data.r[sl].copy(), data.g[sl].copy(), weights)
+    check_frame(frame, path)
+    return frame
 
 
 def check_frame(frame: Frame, path: Path) -> None:

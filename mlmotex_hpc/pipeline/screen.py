@@ -46,6 +46,7 @@ from ..parallel.exits import root_then_bcast
 from ..parallel.log import Log
 from ..parallel.screening import score_everywhere
 from ..store import RunLock, ScreenFile, config_hash
+from .inputs import read_frame
 
 SCREEN_FILE = "screen.h5"
 SCREEN_CSV = "screen.csv"
@@ -139,25 +140,12 @@ def _run_config(config: ScreenConfig, cand: Candidate, folder: Path, permute) ->
     return with_file_defaults(load_config(path))
 
 
-def _frames(config: ScreenConfig) -> list[Frame]:
-    frames = []
-    for data_path in config.data:
-        data = read_pdf_data(data_path)
-        try:
-            sl = data.fit_range(config.fit.rmin, config.fit.rmax)
-        except InputError as exc:
-            raise InputError(f"config keys 'fit.rmin'/'fit.rmax': {exc}") from None
-        weights = data.weights(sl) if config.fit.weights == "dG" else None
-        frames.append(Frame(data_path.name, data.r[sl], data.g[sl], weights))
-    return frames
-
-
 def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
              log: Log) -> ScreenPlan:
     """Rank 0: the inputs, the candidates and ``screen.h5`` (new or resumed)."""
     make_folder(path.parent)
     lock.acquire()
-    frames = _frames(config)
+    frames = [read_frame(path, config.fit) for path in config.data]
     radii = config.screen.radii
     if radii is None:
         first = read_pdf_data(config.data[0])
