@@ -165,3 +165,16 @@ def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
     nearest = np.min(np.linalg.norm(motif.xyz[:, None] - candidate.xyz[None], axis=2), axis=1)
     assert nearest.max() < 1e-4  # every motif atom is one of the candidate's
     assert f"extracting from {best['template']}" in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["0", "1"])
+def test_a_crash_on_one_rank_ends_the_whole_screen(tmp_path, where):
+    """A fault while probing, on rank 0 or on rank 1 alone: every rank leaves (no hang),
+    the job fails with the error printed once, and the rows written are kept."""
+    path, out = _config(tmp_path)
+    proc = run_cli("screen", str(path), ranks=2, timeout=300,
+                   env={"MLMOTEX_FAULT": f"screen:{where}"})
+    assert proc.returncode != 0
+    assert proc.stderr.count("injected fault in stage 'screen'") == 1, proc.stderr
+    again = run_cli("screen", str(path), ranks=2)
+    assert again.returncode == 0, again.stderr

@@ -38,6 +38,17 @@ def score_everywhere(pending: Sequence[int], score: Callable[[int], Score],
     root = comm.rank == 0
     n = len(pending)
     sends, finished = [], 0
+    fits, error = 0, None
+
+    def keep(index: int, result: Score) -> None:
+        """Rank 0: write a row; after a failed write (a full disk) keep receiving the
+        others' rows without writing, so that every rank still reaches the end."""
+        nonlocal error
+        if error is None:
+            try:
+                write(index, result)
+            except Exception as exc:  # noqa: BLE001 - raised on every rank below
+                error = exc
 
     def drain(block: bool) -> None:
         nonlocal finished
@@ -51,11 +62,10 @@ def score_everywhere(pending: Sequence[int], score: Callable[[int], Score],
             if item is None:  # that rank has no more candidates
                 finished += 1
                 continue
-            write(*item)
+            keep(*item)
 
     counter = Counter(comm=comm)
     progress = Progress()
-    fits, error = 0, None
     try:
         while (k := counter.next()) < n:
             inject_fault("screen", comm)
@@ -64,7 +74,9 @@ def score_everywhere(pending: Sequence[int], score: Callable[[int], Score],
             pause_for_tests("screen")
             fits += result.fits
             if root:
-                write(index, result)
+                keep(index, result)
+                if error is not None:
+                    raise error
                 drain(block=False)
                 if (state := progress(k + 1, n)) is not None:
                     frac, elapsed, eta = state
@@ -75,7 +87,7 @@ def score_everywhere(pending: Sequence[int], score: Callable[[int], Score],
     except Exception as exc:  # noqa: BLE001 - it must reach the other ranks
         if comm.size == 1:
             raise
-        error = exc
+        error = error or exc
         counter.next(n)  # the others stop after the candidate in hand
     finally:
         counter.free()

@@ -42,7 +42,7 @@ from ..io.folders import make_folder
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import write_xyz
 from ..parallel.comm import get_comm, on_root
-from ..parallel.exits import root_then_bcast
+from ..parallel.exits import agreed, root_then_bcast
 from ..parallel.log import Log
 from ..parallel.screening import score_everywhere
 from ..store import RunLock, ScreenFile, config_hash
@@ -75,7 +75,9 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
     lock = RunLock(path)
     try:
         plan = root_then_bcast(lambda: _prepare(config, path, overwrite, lock, log), comm)
-        writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
+        writer = None
+        with agreed(comm):  # a file rank 0 cannot open ends every rank, not only rank 0
+            writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
         try:
             probe = ProbePlan(random=config.screen.random, starts=config.screen.starts,
                               steps=config.screen.steps, seed=config.screen.seed)
