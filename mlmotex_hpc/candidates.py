@@ -20,6 +20,8 @@ communicator.
 * **A template that cannot be used** (:class:`Skipped`) is recorded with its reason and
   never ends a screen: unreadable, partial sites of an element that is not permuted, no
   permuted element, too many atoms.
+* **The model an extraction starts from** (:func:`grown`): the candidate's sphere grown by
+  a margin, so that a motif the sphere cut off is whole again.
 * **The radius from the data** (:func:`auto_radius`): half the r at which the measured
   G(r) stops rising above its own noise. See the function for how.
 """
@@ -67,10 +69,15 @@ class Candidate:
 
     @property
     def formula(self) -> str:
-        counts: dict[str, int] = {}
-        for el in self.structure.elements:
-            counts[el] = counts.get(el, 0) + 1
-        return "".join(f"{el}{n if n > 1 else ''}" for el, n in counts.items())
+        return formula(self.structure.elements)
+
+
+def formula(elements: Iterable[str]) -> str:
+    """A cluster's formula, its elements in the order met: ``W12VO40``."""
+    counts: dict[str, int] = {}
+    for el in elements:
+        counts[el] = counts.get(el, 0) + 1
+    return "".join(f"{el}{n if n > 1 else ''}" for el, n in counts.items())
 
 
 @dataclass(frozen=True)
@@ -130,15 +137,9 @@ def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[st
     template's heaviest element. ``elements``: the elements a cluster keeps (None: all
     but :data:`LEFT_OUT`)."""
     try:
-        crystal = read_crystal(path, tolerance=tolerance)
+        crystal = _template(path, tolerance, elements)
     except InputError as exc:
         return [], Skipped(path, str(exc))
-    elements_here = tuple(dict.fromkeys(crystal.cell.elements))
-    keep = tuple(el for el in elements_here
-                 if (el not in LEFT_OUT if elements is None else el in elements))
-    if len(keep) < len(elements_here):
-        crystal = Crystal(crystal.path, crystal.cell.subset(
-            np.isin(crystal.cell.elements, keep)), crystal.base)
     elements = crystal.cell.elements
     chosen = [heaviest_element(elements)] if permute is None else list(permute)
     if not set(chosen) & set(elements):
@@ -159,6 +160,47 @@ def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[st
                 return [], Skipped(path, f"{label}, {radius:g} Å: {problem}")
             out.append(Candidate(path, label, float(radius), cluster))
     return out, None
+
+
+def _template(path: Path, tolerance: float, elements: Sequence[str] | None) -> Crystal:
+    """A template read, holding only the elements a candidate keeps."""
+    crystal = read_crystal(path, tolerance=tolerance)
+    elements_here = tuple(dict.fromkeys(crystal.cell.elements))
+    keep = tuple(el for el in elements_here
+                 if (el not in LEFT_OUT if elements is None else el in elements))
+    if len(keep) < len(elements_here):
+        crystal = Crystal(crystal.path, crystal.cell.subset(
+            np.isin(crystal.cell.elements, keep)), crystal.base)
+    return crystal
+
+
+def grown(cand: Candidate, margin: float, permute: Sequence[str], tolerance: float,
+          elements: Sequence[str] | None = None) -> tuple[Structure, str]:
+    """The model an extraction starts from: ``cand``'s template cut around the same centre
+    at ``cand.radius + margin``, and a line that says what it is.
+
+    A candidate's sphere is sized to the motif, so a probe finds its best piece, but the
+    sphere can cut the motif off, and ML-MotEx reads an atom's importance from the contrast
+    between motifs with and without it: the paper's starting models hold more than the
+    motif. A motif of radius ``margin`` centred anywhere inside the candidate lies wholly
+    inside the grown sphere. A cluster template (``.xyz``), a zero margin, or a grown
+    cluster a screen could not use (too many atoms, partial sites) gives the candidate as
+    probed, and the line says why."""
+    as_probed = cand.structure
+    if not cand.centre or margin <= 0:
+        return as_probed, f"{cand.name} as probed"
+    radius = cand.radius + margin
+    try:
+        crystal = _template(cand.template, tolerance, elements)
+        cluster = cut_crystal(crystal, Cut("sphere", (radius,), centre_atom=cand.centre),
+                              partial="keep")
+    except InputError as exc:
+        return as_probed, f"{cand.name} as probed (grown to {radius:g} Å: {exc})"
+    problem = _unusable(cluster, permute)
+    if problem:
+        return as_probed, f"{cand.name} as probed (grown to {radius:g} Å: {problem})"
+    return cluster, (f"{cand.name} grown by {margin:g} Å: a {radius:g} Å sphere around "
+                     f"{cand.centre}, {len(cluster)} atoms")
 
 
 def _whole(crystal: Crystal, chosen: Sequence[str]) -> tuple[list[Candidate], Skipped | None]:

@@ -447,6 +447,9 @@ class ScreenSection:
     extract: int = field(default=0, metadata=_spec(
         "int", "best candidates to extract the motif from (0: rank only)", minimum=0,
         maximum=1000))
+    grow: float | None = field(default=None, metadata=_spec(
+        "margin", "Å added to a crystal candidate's radius for its extraction's model (auto: "
+                  "the radius read from the data; 0: the candidate as probed)"))
 
 
 @dataclass(frozen=True)
@@ -644,6 +647,13 @@ def _convert(key: str, value: Any, meta: dict[str, Any], base: Path) -> Any:
             raise _fail(key, value, "expected auto, or radii in Å (0 < r <= 100), e.g. "
                                     "[5.5, 6.5]")
         return tuple(sorted({float(v) for v in items}))
+    if kind == "margin":
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return None
+        if not (isinstance(value, int | float) and not isinstance(value, bool)
+                and 0 <= value <= 100):
+            raise _fail(key, value, "expected auto, or a margin in Å (0 <= m <= 100)")
+        return float(value)
     if kind == "templates":
         items = [value] if isinstance(value, str) else value
         if (not isinstance(items, list) or not items

@@ -144,7 +144,7 @@ def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
 
     from mlmotex_hpc.io.structure import read_xyz
 
-    path, out = _config(tmp_path)
+    path, out = _config(tmp_path, grow=0)
     text = path.read_text() + ("catalogue: {size: 300, seed: 1, batch_size: 16}\n"
                                "learn: {cv_folds: 3, search_iterations: 0, seed: 0, params: "
                                "{learning_rate: 0.1, max_depth: 3, n_estimators: 100}}\n")
@@ -165,6 +165,43 @@ def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
     nearest = np.min(np.linalg.norm(motif.xyz[:, None] - candidate.xyz[None], axis=2), axis=1)
     assert nearest.max() < 1e-4  # every motif atom is one of the candidate's
     assert f"extracting from {best['template']}" in proc.stdout
+
+
+def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
+    """The issue's test as a new user runs it: ``configs/screen_keggin.yaml`` (the 24 CIFs,
+    the α-Keggin data, radii auto, ``extract: 1``) on 2 ranks. A Keggin salt ranks first,
+    and ``extract_1/motif.xyz`` is one whole W12 cage with at most 2 stray W (W of the
+    model that are not that cage's). The best candidate, a sphere that cuts the cage
+    (11 of 12 W), is grown for its extraction, so the whole cage is there to be found."""
+    import h5py
+    import numpy as np
+
+    from mlmotex_hpc.io.structure import read_xyz
+
+    from .conftest import ROOT
+
+    proc = run_cli("screen", str(ROOT / "configs" / "screen_keggin.yaml"), "--out",
+                   str(tmp_path), ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(tmp_path)
+    assert rows[0]["template"] in {"ICSD_109725.cif", "ICSD_110294.cif", "ICSD_166876.cif",
+                                   "ICSD_710064.cif"}, rows[0]
+    folder = tmp_path / "extract_1"
+    model, motif = read_xyz(folder / "candidate.xyz"), read_xyz(folder / "motif.xyz")
+    w = motif.xyz[[el == "W" for el in motif.elements]]
+    centres = model.xyz[[el in ("P", "Si", "V", "Ge") for el in model.elements]]
+    model_w = model.xyz[[el == "W" for el in model.elements]]
+    cages = [model_w[np.linalg.norm(model_w - c, axis=1) < 4.0] for c in centres]
+    whole = [c for c in cages if len(c) == 12]
+    assert whole, "the extraction's model holds no whole cage"
+    best = max(whole, key=lambda cage: np.sum(
+        np.min(np.linalg.norm(cage[:, None] - w[None], axis=2), axis=1) < 1e-4))
+    found = np.min(np.linalg.norm(best[:, None] - w[None], axis=2), axis=0) < 1e-4
+    in_cage = np.min(np.linalg.norm(best[:, None] - w[None], axis=2), axis=1) < 1e-4
+    assert in_cage.all(), f"{in_cage.sum()} of the cage's 12 W"
+    assert np.sum(~found) <= 2, f"{np.sum(~found)} stray W"
+    with h5py.File(folder / "motex.h5") as f:
+        assert np.isfinite(f["polish/rw"][()]).all()
 
 
 @pytest.mark.parametrize("where", ["0", "1"])

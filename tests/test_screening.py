@@ -17,6 +17,7 @@ from mlmotex_hpc.candidates import (
     auto_radii,
     auto_radius,
     centre_sites,
+    grown,
     heaviest_element,
     template_candidates,
     template_files,
@@ -154,6 +155,42 @@ def _screen(data_path, config_name, radii):
     return sorted(rows, key=lambda row: row[0])
 
 
+def _cage_w(structure, centre):
+    """The W of the Keggin cage around ``centre`` (the W within 4 Å of it)."""
+    w = np.array([x for x, el in zip(structure.xyz, structure.elements, strict=True)
+                  if el == "W"])
+    return w[np.linalg.norm(w - centre, axis=1) < 4.0]
+
+
+def test_an_extraction_model_holds_the_motif_its_candidate_cut_off():
+    """A sphere of 6.5 Å around W5 of ICSD 110294 holds 11 of its cage's 12 W: the probe
+    can rank it first, but an extraction from it cannot answer the whole cage. Grown by the
+    data's radius (4.5 Å), the model holds the whole cage and more; a margin of 0, or a
+    cluster template, gives the candidate as probed."""
+    path = CIF / "ICSD_110294.cif"
+    cands, skipped = template_candidates(path, [6.5], ["W"], 1e-3)
+    assert skipped is None
+    cand = next(c for c in cands if c.centre == "W5")
+    vanadium = [x for x, el in zip(cand.structure.xyz, cand.structure.elements, strict=True)
+                if el == "V"]
+    assert len(vanadium) == 1
+    assert len(_cage_w(cand.structure, vanadium[0])) == 11
+    model, what = grown(cand, 4.5, ["W"], 1e-3)
+    assert len(_cage_w(model, vanadium[0])) == 12
+    assert model.elements.count("W") > 12
+    assert "grown by 4.5 Å: a 11 Å sphere around W5" in what
+    # every atom of the candidate is in the grown model, at the same place
+    nearest = np.min(np.linalg.norm(cand.structure.xyz[:, None] - model.xyz[None], axis=2),
+                     axis=1)
+    assert nearest.max() < 1e-6
+    assert grown(cand, 0.0, ["W"], 1e-3)[0] is cand.structure
+    assert "too many atoms" not in what
+    huge, why = grown(cand, 40.0, ["W"], 1e-3)
+    assert huge is cand.structure and "as probed" in why and "atoms, more than" in why
+    xyz, = template_candidates(KEGGIN_XYZ, [6.5], ["W"], 1e-3)[0]
+    assert grown(xyz, 4.5, ["W"], 1e-3)[0] is xyz.structure
+
+
 def test_the_keggin_data_picks_a_keggin_salt():
     """The database's first known answer: for the α-Keggin data, clusters cut from the
     Keggin salts fit far better than any iron-oxide cluster."""
@@ -241,7 +278,9 @@ def test_a_screen_config_is_read_and_each_candidate_gets_a_run_config(tmp_path):
     assert sc.screen.radii == (5.5, 6.5) and sc.screen.extract == 1 and sc.permute is None
     assert sc.output.dir == (tmp_path / "out").resolve()
     auto = parse_screen_config(text.replace("[6.5, 5.5]", "auto"), tmp_path)
-    assert auto.screen.radii is None
+    assert auto.screen.radii is None and auto.screen.grow is None
+    assert parse_screen_config(text.replace("extract: 1", "extract: 1, grow: 2"),
+                               tmp_path).screen.grow == 2.0
     cage = cut_crystal(read_crystal(CIF / "ICSD_110294.cif"),
                        Cut("sphere", (6.0,), centre_atom="V1", elements=("W", "O", "V")))
     config = candidate_config(sc, KEGGIN_XYZ, ("W",))
@@ -249,7 +288,9 @@ def test_a_screen_config_is_read_and_each_candidate_gets_a_run_config(tmp_path):
     assert plan.pdf.qmax == 20.0 and plan.fit.refine == ("scale", "zoom")
     for bad, words in [("screen: {radii: [6.5, 5.5]", "screen: {radii: [-1]"),
                        ("templates: [", "structure: x.xyz\ntemplates: ["),
-                       ("screen: {", "screen: {sizes: 3, ")]:
+                       ("screen: {", "screen: {sizes: 3, "),
+                       ("extract: 1", "extract: 1, grow: -1"),
+                       ("extract: 1", "extract: 1, grow: big")]:
         with pytest.raises(InputError) as err:
             parse_screen_config(text.replace(bad, words), tmp_path)
         assert "\n" not in str(err.value)

@@ -28,6 +28,8 @@ import yaml
 from ..candidates import (
     Candidate,
     auto_radii,
+    formula,
+    grown,
     heaviest_element,
     template_candidates,
     template_files,
@@ -62,6 +64,7 @@ class ScreenPlan:
     candidates: list[Candidate]
     pending: np.ndarray
     path: Path
+    margin: float  # Å an extraction's model grows beyond its candidate's sphere
 
 
 def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
@@ -106,31 +109,36 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
     finally:
         lock.release()
     summary["extracted"] = [
-        _extract(config, plan.candidates[int(index)], out_dir / f"extract_{k}", comm, quiet,
-                 log)
+        _extract(config, plan.candidates[int(index)], plan.margin, out_dir / f"extract_{k}",
+                 comm, quiet, log)
         for k, index in enumerate(summary["order"][:config.screen.extract], start=1)]
     return summary
 
 
-def _extract(config: ScreenConfig, cand: Candidate, folder: Path, comm, quiet: bool,
-             log: Log) -> dict | None:
+def _extract(config: ScreenConfig, cand: Candidate, margin: float, folder: Path, comm,
+             quiet: bool, log: Log) -> dict | None:
     """The whole pipeline on one candidate, in ``folder``, on every rank: its model
-    (``candidate.xyz``) and its run config (``run.yaml``) written first, so the folder is
-    an ordinary run that ``plot``, ``refine`` or ``run`` itself can take up again."""
+    (``candidate.xyz``: the candidate grown by ``margin``, :func:`grown`) and its run
+    config (``run.yaml``) written first, so the folder is an ordinary run that ``plot``,
+    ``refine`` or ``run`` itself can take up again."""
     from .run import run
 
     permute = config.permute or (heaviest_element(cand.structure.elements),)
-    log(f"extracting from {cand.name} into {folder}")
-    run_config = root_then_bcast(lambda: _run_config(config, cand, folder, permute), comm)
+    run_config = root_then_bcast(
+        lambda: _run_config(config, cand, margin, folder, permute, log), comm)
     return run(run_config, comm, out_dir=folder, quiet=quiet)
 
 
-def _run_config(config: ScreenConfig, cand: Candidate, folder: Path, permute) -> Config:
+def _run_config(config: ScreenConfig, cand: Candidate, margin: float, folder: Path,
+                permute, log: Log) -> Config:
     """Rank 0: ``folder/candidate.xyz`` and ``folder/run.yaml`` (the screen's sections,
     this model, its data by absolute path), read back as a run's config."""
     make_folder(folder)
     model = folder / "candidate.xyz"
-    write_xyz(model, cand.structure, f"{cand.name} ({cand.formula}), a screen's candidate")
+    structure, what = grown(cand, margin, permute, config.screen.tolerance,
+                            config.screen.elements)
+    log(f"extracting from {what}, into {folder}")
+    write_xyz(model, structure, f"{what} ({formula(structure.elements)}), from a screen")
     raw = yaml.safe_load(config.source) or {}
     for key in ("templates", "screen"):
         raw.pop(key, None)
@@ -148,11 +156,18 @@ def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
     make_folder(path.parent)
     lock.acquire()
     frames = [read_frame(path, config.fit) for path in config.data]
-    radii = config.screen.radii
-    if radii is None:
+    radii, margin = config.screen.radii, config.screen.grow
+    if radii is None or margin is None:
         first = read_pdf_data(config.data[0])
-        radii, how = auto_radii(first.r, first.g)
-        log(f"radii auto: {how}")
+        auto, how = auto_radii(first.r, first.g)
+        if radii is None:
+            radii = auto
+            log(f"radii auto: {how}")
+        if margin is None:
+            margin = auto[0]
+            if config.screen.extract:
+                log(f"an extraction's model: its candidate's sphere grown by {margin:g} Å "
+                    "(the radius read from the data)")
     templates = template_files(config.templates, config.base or Path("."))
     cands, skipped = [], []
     for template in templates:
@@ -187,7 +202,7 @@ def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
                           skipped=skipped, max_permuted=max(r["permuted"] for r in rows)
                           ).close()
         done = np.zeros(len(rows), bool)
-    return ScreenPlan(frames, cands, np.flatnonzero(~done), path)
+    return ScreenPlan(frames, cands, np.flatnonzero(~done), path, float(margin))
 
 
 def _name(template, centre, radius) -> str:
