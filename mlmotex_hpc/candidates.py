@@ -242,12 +242,15 @@ def fingerprint(structure: Structure) -> tuple:
         tuple(np.round(pairs / q).astype(np.int64))
 
 
-def unique_candidates(candidates: Iterable[Candidate]) -> list[Candidate]:
+def unique_candidates(candidates: Sequence[Candidate],
+                      keys: Sequence[tuple] | None = None) -> list[Candidate]:
     """Each distinct cluster once (the first met); the others are listed in its
-    ``copies``."""
+    ``copies``. ``keys``: the candidates' :func:`fingerprint`, when made already (by the
+    ranks that cut them)."""
     kept: dict[tuple, Candidate] = {}
-    for cand in candidates:
-        key = fingerprint(cand.structure)
+    if keys is None:
+        keys = [fingerprint(cand.structure) for cand in candidates]
+    for cand, key in zip(candidates, keys, strict=True):
         if key in kept:
             kept[key].copies.append(cand.name)
         else:

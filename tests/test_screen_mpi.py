@@ -136,6 +136,35 @@ def test_a_screen_file_of_another_config_is_kept_unless_overwrite(one_rank, tmp_
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_dry_run_measures_the_screen_and_writes_nothing(one_rank, tmp_path):
+    """``screen --dry-run --ranks N``: the templates, the candidates (as the screen cuts
+    them), the probe's measured cost, the walltime on N ranks and the projection to a
+    database, and nothing written; what the screen would refuse, it refuses in one line."""
+    rows, _, _ = one_rank
+    path, out = _config(tmp_path)
+    proc = run_cli("screen", str(path), "--dry-run", "--ranks", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert not out.exists()
+    text = proc.stdout
+    n = sum(1 for row in rows if row["rank"])
+    skipped = len(rows) - n
+    assert skipped >= 1  # the broken CIF
+    assert f"templates       {len(TEMPLATES) + 1} files, {skipped} skipped" in text
+    assert f"candidates      {n} distinct" in text
+    assert re.search(rf"screen          {n} candidates to probe, about [\d,]+ fits: "
+                     r"[\d.]+ (s|min|h) on 4 rank\(s\)", text), text
+    assert "projection      100,000 templates on 256 ranks" in text
+    assert f"output          {out / 'screen.h5'}: new" in text
+    shutil.copytree(_out_of(one_rank), out)
+    changed = path.read_text().replace("random: 20", "random: 21")
+    path.write_text(changed)
+    proc = run_cli("screen", str(path), "--dry-run")
+    assert proc.returncode == 2 and "made by another config" in proc.stderr
+    assert len(errors(proc)) == 1 and "Traceback" not in proc.stderr
+    proc = run_cli("screen", str(path), "--dry-run", "--ranks", "0")
+    assert proc.returncode == 2 and len(errors(proc)) == 1, proc.stderr
+
+
 def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
     """``--extract 1``: the best candidate becomes an ordinary run in extract_1 (its model,
     its config, motex.h5, the motif and the report), in the same job. The motif is made of
@@ -202,6 +231,43 @@ def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
     assert np.sum(~found) <= 2, f"{np.sum(~found)} stray W"
     with h5py.File(folder / "motex.h5") as f:
         assert np.isfinite(f["polish/rw"][()]).all()
+
+
+def test_the_shipped_moox_screen_answers_five_to_seven_mo(tmp_path):
+    """``configs/screen_moox.yaml`` (the shipped Mo36 and three molybdate models, Uiso
+    free, ``extract: 1``) on 2 ranks: the decamolybdate ranks first and the chained answer
+    is a connected motif of 5-7 Mo at Rw <= 0.49 (``/polish/rw``); the paper reports
+    5-7 Mo at about 0.45."""
+    import h5py
+    import numpy as np
+
+    from mlmotex_hpc.io.structure import read_xyz
+
+    from .conftest import ROOT
+
+    proc = run_cli("screen", str(ROOT / "configs" / "screen_moox.yaml"), "--out",
+                   str(tmp_path), ranks=2)
+    assert proc.returncode == 0, proc.stderr
+    assert _rows(tmp_path)[0]["template"] == "decamolybdate.xyz"
+    folder = tmp_path / "extract_1"
+    motif = read_xyz(folder / "motif.xyz")
+    assert 5 <= motif.elements.count("Mo") <= 7
+    with h5py.File(folder / "motex.h5") as f:
+        rw = float(f["polish/rw"][()][0])
+    assert rw <= 0.49, rw
+    # connected: every Mo shares an O (within the bond threshold, 2.6 Å) with another Mo
+    mo = motif.xyz[[el == "Mo" for el in motif.elements]]
+    o = motif.xyz[[el == "O" for el in motif.elements]]
+    bonded = np.linalg.norm(mo[:, None] - o[None], axis=2) < 2.6  # (Mo, O)
+    linked = (bonded.astype(int) @ bonded.T.astype(int)) > 0
+    reached, frontier = {0}, [0]
+    while frontier:
+        k = frontier.pop()
+        for j in np.flatnonzero(linked[k]):
+            if int(j) not in reached:
+                reached.add(int(j))
+                frontier.append(int(j))
+    assert len(reached) == len(mo)
 
 
 @pytest.mark.parametrize("where", ["0", "1"])

@@ -4,8 +4,8 @@ Every template (crystal or cluster file) is cut into candidate clusters, each ca
 fitted whole and probed for its best sub-motif, and ``screen.csv`` ranks them
 (:mod:`mlmotex_hpc.pipeline.screen`). Runs on any number of ranks; a killed screen resumes
 where it stopped. ``--extract K`` (or ``screen.extract``) then runs the whole pipeline on
-the K best candidates in the same job. Issue 29 is in progress: the report and
-``--dry-run`` are still to come.
+the K best candidates in the same job. ``--dry-run`` measures what the screen would cost,
+on one process, and writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing screen.h5 of another config")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="read and cut every template, probe a sample of candidates, and "
+                             "print the cost on --ranks ranks (and for 10^5 templates on "
+                             "256); writes nothing")
+    parser.add_argument("--ranks", type=int, default=1, metavar="N",
+                        help="ranks to estimate the walltime of --dry-run for (default 1)")
 
 
 def _config(args: argparse.Namespace):
@@ -44,6 +50,20 @@ def _config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.dry_run:  # serial: no MPI
+        from . import launcher_rank
+
+        if launcher_rank() != 0:
+            return 0
+        from ..errors import InputError
+        from ..pipeline.screen_dryrun import screen_dry_run
+
+        if args.ranks < 1:
+            raise InputError(f"--ranks {args.ranks}: the ranks to estimate for, 1 or more")
+        print(screen_dry_run(_config(args), args.ranks,
+                             Path(args.out).resolve() if args.out else None,
+                             overwrite=args.overwrite), flush=True)
+        return 0
     from ..parallel.comm import get_comm
     from ..parallel.exits import root_then_bcast
     from ..pipeline.screen import screen

@@ -1,18 +1,19 @@
 """``mlmotex-hpc screen``: the stage order of a screen (issue 29).
 
-1. Rank 0 reads the data, sets the radii (given, or ``auto`` from the first frame's
-   signal), cuts every template into candidates (:mod:`mlmotex_hpc.candidates`) and makes
-   or reopens ``screen.h5``. A file of the same config and the same candidates resumes with
-   the candidates not yet done; another one is refused unless ``--overwrite``.
+1. Rank 0 reads the data and sets the radii (given, or ``auto`` from the first frame's
+   signal). Every rank reads and cuts its share of the templates into candidates
+   (:mod:`mlmotex_hpc.candidates`; a database screen parses every file), and rank 0 keeps
+   each distinct cluster once and makes or reopens ``screen.h5``. A file of the same
+   config and the same candidates resumes with the candidates not yet done; another one
+   is refused unless ``--overwrite``.
 2. Every rank probes candidates handed out on demand
    (:func:`mlmotex_hpc.parallel.screening.score_everywhere`), and rank 0 writes each row.
 3. Rank 0 ranks them by the best Rw found (frame mean; ties by candidate order) and writes
    ``screen.csv``: the candidates ranked, then the skipped templates with their reasons.
-
 4. ``screen.extract: K``: the whole pipeline (:func:`mlmotex_hpc.pipeline.run.run`) on
    each of the K best, in ``extract_1``, ``extract_2``, ..., on the same ranks.
 
-Still to come (issue 29): the report page and ``--dry-run``.
+``--dry-run`` is :mod:`mlmotex_hpc.pipeline.screen_dryrun`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ import yaml
 from ..candidates import (
     Candidate,
     auto_radii,
+    fingerprint,
     formula,
     grown,
     heaviest_element,
@@ -43,7 +46,7 @@ from ..io.defaults import with_file_defaults
 from ..io.folders import make_folder
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import write_xyz
-from ..parallel.comm import get_comm, on_root
+from ..parallel.comm import gather_to_root, get_comm, my_tasks, on_root
 from ..parallel.exits import agreed, root_then_bcast
 from ..parallel.log import Log
 from ..parallel.screening import score_everywhere
@@ -77,21 +80,20 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
     path = out_dir / SCREEN_FILE
     lock = RunLock(path)
     try:
-        plan = root_then_bcast(lambda: _prepare(config, path, overwrite, lock, log), comm)
+        setup = root_then_bcast(lambda: _begin(config, path, lock, log), comm)
+        t_cut = time.perf_counter()
+        with agreed(comm):  # the templates read and cut on every rank
+            mine = cut_templates(config, setup, my_tasks(len(setup.templates), comm))
+        cuts = gather_to_root(mine, comm)
+        plan = root_then_bcast(lambda: _prepare(
+            config, path, overwrite, collect(setup, cuts, time.perf_counter() - t_cut, log),
+            log), comm)
         writer = None
         with agreed(comm):  # a file rank 0 cannot open ends every rank, not only rank 0
             writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
         try:
-            probe = ProbePlan(random=config.screen.random, starts=config.screen.starts,
-                              steps=config.screen.steps, seed=config.screen.seed)
-
             def score(index: int) -> Score:
-                cand = plan.candidates[index]
-                permute = config.permute or (heaviest_element(cand.structure.elements),)
-                run_config = candidate_config(config, cand.template, permute)
-                return score_candidate(cand.structure, plan.frames,
-                                       fit_plan(run_config, cand.structure), permute,
-                                       config.bond_threshold, probe)
+                return probe_candidate(config, plan.candidates[index], plan.frames)
 
             def write(index: int, result: Score) -> None:
                 writer.write_score(index, rw_whole=result.rw_whole, rw_best=result.rw_best,
@@ -113,6 +115,17 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
                  comm, quiet, log)
         for k, index in enumerate(summary["order"][:config.screen.extract], start=1)]
     return summary
+
+
+def probe_candidate(config: ScreenConfig, cand: Candidate, frames: list[Frame]) -> Score:
+    """One candidate's probe (:func:`~mlmotex_hpc.fit.screening.score_candidate`) with the
+    screen's settings."""
+    permute = config.permute or (heaviest_element(cand.structure.elements),)
+    run_config = candidate_config(config, cand.template, permute)
+    probe = ProbePlan(random=config.screen.random, starts=config.screen.starts,
+                      steps=config.screen.steps, seed=config.screen.seed)
+    return score_candidate(cand.structure, frames, fit_plan(run_config, cand.structure),
+                           permute, config.bond_threshold, probe)
 
 
 def _extract(config: ScreenConfig, cand: Candidate, margin: float, folder: Path, comm,
@@ -150,11 +163,39 @@ def _run_config(config: ScreenConfig, cand: Candidate, margin: float, folder: Pa
     return with_file_defaults(load_config(path))
 
 
-def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
-             log: Log) -> ScreenPlan:
-    """Rank 0: the inputs, the candidates and ``screen.h5`` (new or resumed)."""
-    make_folder(path.parent)
-    lock.acquire()
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """What a screen reads before it cuts: the frames, the radii, the margin an
+    extraction's model grows by, and the template files."""
+
+    frames: list[Frame]
+    radii: list[float]
+    margin: float
+    templates: list[Path]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Candidates:
+    """Every template cut: each distinct cluster once, and the templates skipped."""
+
+    setup: Setup
+    candidates: list[Candidate]
+    skipped: list[tuple[str, str]]
+    cut: int  # candidates cut, before the same cluster was kept once
+    seconds: float  # reading and cutting the templates (wall)
+
+    @property
+    def frames(self) -> list[Frame]:
+        return self.setup.frames
+
+
+#: One template cut: its index in ``Setup.templates``, its candidates, their fingerprints
+#: (made where they were cut), and why it was skipped.
+TemplateCut = tuple[int, list[Candidate], list[tuple], tuple[str, str] | None]
+
+
+def screen_setup(config: ScreenConfig, log: Log) -> Setup:
+    """The frames, the radii (given, or ``auto``), the margin, and the template files."""
     frames = [read_frame(path, config.fit) for path in config.data]
     radii, margin = config.screen.radii, config.screen.grow
     if radii is None or margin is None:
@@ -169,40 +210,90 @@ def _prepare(config: ScreenConfig, path: Path, overwrite: bool, lock: RunLock,
                 log(f"an extraction's model: its candidate's sphere grown by {margin:g} Å "
                     "(the radius read from the data)")
     templates = template_files(config.templates, config.base or Path("."))
-    cands, skipped = [], []
-    for template in templates:
-        made, skip = template_candidates(template, radii, config.permute,
+    return Setup(frames, list(radii), float(margin), templates)
+
+
+def cut_templates(config: ScreenConfig, setup: Setup, indices: Iterable[int]) -> list[TemplateCut]:
+    """The templates ``indices`` cut into candidates (a template that cannot be used is
+    skipped with its reason)."""
+    out = []
+    for k in indices:
+        made, skip = template_candidates(setup.templates[k], setup.radii, config.permute,
                                          config.screen.tolerance, config.screen.elements)
-        cands += made
-        if skip is not None:
-            skipped.append((str(skip.template), skip.reason))
-    cands = unique_candidates(cands)
-    if not cands:
-        raise InputError(f"no template of {len(templates)} gave a candidate (the first "
-                         f"skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped else
-                         "no candidate to screen")
-    log(f"mlmotex-hpc screen: {len(templates)} templates, {len(cands)} distinct candidates "
-        f"(radii {', '.join(f'{r:g}' for r in radii)} Å), {len(skipped)} skipped, "
-        f"{len(frames)} frame(s)")
-    rows = [_row(c, config) for c in cands]
+        out.append((k, made, [fingerprint(c.structure) for c in made],
+                    None if skip is None else (str(skip.template), skip.reason)))
+    return out
+
+
+def collect(setup: Setup, cuts: list[TemplateCut], seconds: float, log: Log) -> Candidates:
+    """The cuts of every template, in template order: each distinct cluster once."""
+    cuts = sorted(cuts, key=lambda cut: cut[0])
+    cands = [c for _, made, _, _ in cuts for c in made]
+    skipped = [skip for _, _, _, skip in cuts if skip is not None]
+    unique = unique_candidates(cands, [key for _, _, keys, _ in cuts for key in keys])
+    if not unique:
+        raise InputError(f"no template of {len(setup.templates)} gave a candidate (the "
+                         f"first skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped
+                         else "no candidate to screen")
+    log(f"mlmotex-hpc screen: {len(setup.templates)} templates, {len(unique)} distinct "
+        f"candidates (radii {', '.join(f'{r:g}' for r in setup.radii)} Å), {len(skipped)} "
+        f"skipped, {len(setup.frames)} frame(s)")
+    return Candidates(setup, unique, skipped, len(cands), seconds)
+
+
+def read_candidates(config: ScreenConfig, log: Log) -> Candidates:
+    """:func:`screen_setup`, then every template cut here, on one process."""
+    setup = screen_setup(config, log)
+    t0 = time.perf_counter()
+    cuts = cut_templates(config, setup, range(len(setup.templates)))
+    return collect(setup, cuts, time.perf_counter() - t0, log)
+
+
+def rows_of(found: Candidates, config: ScreenConfig) -> list[dict]:
+    return [_row(c, config) for c in found.candidates]
+
+
+def previous_state(config: ScreenConfig, path: Path, rows: list[dict], overwrite: bool,
+                   log: Log) -> np.ndarray | None:
+    """The done flags of an existing ``screen.h5`` this screen resumes, or None when it is
+    made anew; one that another config or other candidates made is refused unless
+    ``overwrite``."""
     old = _previous(path, log) if path.exists() and not overwrite else None
-    if old is not None:
-        old_hash, old_names, done = old
-        if old_hash != config_hash(config.source):
-            raise InputError(f"{path} was made by another config: use --overwrite to "
-                             "replace it")
-        if old_names != [_name(r["template"], r["centre"], r["radius"]) for r in rows]:
-            raise InputError(f"{path}: the templates give other candidates than when it "
-                             "was made (files added, removed or changed): use "
-                             "--overwrite to screen them anew")
+    if old is None:
+        return None
+    old_hash, old_names, done = old
+    if old_hash != config_hash(config.source):
+        raise InputError(f"{path} was made by another config: use --overwrite to "
+                         "replace it")
+    if old_names != [_name(r["template"], r["centre"], r["radius"]) for r in rows]:
+        raise InputError(f"{path}: the templates give other candidates than when it "
+                         "was made (files added, removed or changed): use "
+                         "--overwrite to screen them anew")
+    return done
+
+
+def _begin(config: ScreenConfig, path: Path, lock: RunLock, log: Log) -> Setup:
+    """Rank 0: the output folder made, the screen's lock taken, the inputs read."""
+    make_folder(path.parent)
+    lock.acquire()
+    return screen_setup(config, log)
+
+
+def _prepare(config: ScreenConfig, path: Path, overwrite: bool, found: Candidates,
+             log: Log) -> ScreenPlan:
+    """Rank 0: ``screen.h5`` made, or reopened to resume."""
+    rows = rows_of(found, config)
+    done = previous_state(config, path, rows, overwrite, log)
+    if done is not None:
         log(f"resuming {path}: {int(done.sum())} of {done.size} candidates done")
     else:
         ScreenFile.create(path, config_text=config.source,
-                          frame_names=[f.name for f in frames], candidates=rows,
-                          skipped=skipped, max_permuted=max(r["permuted"] for r in rows)
-                          ).close()
+                          frame_names=[f.name for f in found.frames], candidates=rows,
+                          skipped=found.skipped,
+                          max_permuted=max(r["permuted"] for r in rows)).close()
         done = np.zeros(len(rows), bool)
-    return ScreenPlan(frames, cands, np.flatnonzero(~done), path, float(margin))
+    return ScreenPlan(found.frames, found.candidates, np.flatnonzero(~done), path,
+                      found.setup.margin)
 
 
 def _name(template, centre, radius) -> str:
