@@ -58,8 +58,14 @@ class Candidate:
     template: Path
     centre: str
     radius: float
-    structure: Structure
+    structure: Structure | None  # None: a reference, cut again where probed (Recutter)
     copies: list[str] = field(default_factory=list)  # the same cluster from elsewhere
+    permute: tuple[str, ...] = ()  # its permuted elements
+
+    def reference(self) -> Candidate:
+        """This candidate without its cluster: what the ranks are sent."""
+        return Candidate(self.template, self.centre, self.radius, None, self.copies,
+                         self.permute)
 
     @property
     def name(self) -> str:
@@ -158,7 +164,7 @@ def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[st
             problem = _unusable(cluster, chosen)
             if problem:
                 return [], Skipped(path, f"{label}, {radius:g} Å: {problem}")
-            out.append(Candidate(path, label, float(radius), cluster))
+            out.append(Candidate(path, label, float(radius), cluster, permute=tuple(chosen)))
     return out, None
 
 
@@ -172,6 +178,36 @@ def _template(path: Path, tolerance: float, elements: Sequence[str] | None) -> C
         crystal = Crystal(crystal.path, crystal.cell.subset(
             np.isin(crystal.cell.elements, keep)), crystal.base)
     return crystal
+
+
+class Recutter:
+    """Clusters cut again from their templates, where they are probed.
+
+    A database screen has 10⁶ candidates: the ranks are sent references
+    (:meth:`Candidate.reference`), not clusters, and each cuts the ones it probes, as
+    :func:`template_candidates` cut them (the same file, sites and radius give the same
+    cluster, atom for atom). The last :data:`KEEP` templates read are kept, since the
+    candidates of a template are handed out together."""
+
+    KEEP = 4
+
+    def __init__(self, tolerance: float, elements: Sequence[str] | None = None):
+        self.tolerance, self.elements = tolerance, elements
+        self._read: dict[Path, Crystal] = {}
+
+    def __call__(self, cand: Candidate) -> Structure:
+        if cand.structure is not None:
+            return cand.structure
+        crystal = self._read.pop(cand.template, None)
+        if crystal is None:
+            crystal = _template(cand.template, self.tolerance, self.elements)
+        self._read[cand.template] = crystal  # the most recent last
+        while len(self._read) > self.KEEP:
+            del self._read[next(iter(self._read))]
+        if not cand.centre:
+            return crystal.cell
+        return cut_crystal(crystal, Cut("sphere", (cand.radius,), centre_atom=cand.centre),
+                           partial="keep")
 
 
 def grown(cand: Candidate, margin: float, permute: Sequence[str], tolerance: float,
@@ -208,7 +244,7 @@ def _whole(crystal: Crystal, chosen: Sequence[str]) -> tuple[list[Candidate], Sk
     problem = _unusable(cluster, chosen)
     if problem:
         return [], Skipped(crystal.path, problem)
-    return [Candidate(crystal.path, "", math.nan, cluster)], None
+    return [Candidate(crystal.path, "", math.nan, cluster, permute=tuple(chosen))], None
 
 
 def _unusable(cluster: Structure, chosen: Sequence[str]) -> str | None:

@@ -194,6 +194,10 @@ def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
     nearest = np.min(np.linalg.norm(motif.xyz[:, None] - candidate.xyz[None], axis=2), axis=1)
     assert nearest.max() < 1e-4  # every motif atom is one of the candidate's
     assert f"extracting from {best['template']}" in proc.stdout
+    page = (out / "report.html").read_text()  # the screen's page links the extraction
+    assert 'href="extract_1/report.html"' in page and best["template"] in page
+    for name in ("screen_rw_per_template.png", "screen_top_fits.png"):
+        assert (out / name).stat().st_size > 0
 
 
 def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):

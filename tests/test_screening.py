@@ -14,6 +14,7 @@ import pytest
 
 from mlmotex_hpc.candidates import (
     Candidate,
+    Recutter,
     auto_radii,
     auto_radius,
     centre_sites,
@@ -189,6 +190,25 @@ def test_an_extraction_model_holds_the_motif_its_candidate_cut_off():
     assert huge is cand.structure and "as probed" in why and "atoms, more than" in why
     xyz, = template_candidates(KEGGIN_XYZ, [6.5], ["W"], 1e-3)[0]
     assert grown(xyz, 4.5, ["W"], 1e-3)[0] is xyz.structure
+
+
+def test_a_reference_is_cut_again_atom_for_atom():
+    """The ranks are sent references, not clusters: each cluster cut again from its
+    template (a crystal at any centre and radius, a cluster file whole) is the one first
+    cut, atom for atom, whichever order the references come in."""
+    cands = []
+    for name in ("ICSD_110294.cif", "ICSD_26410.cif", "ICSD_15840.cif", "ICSD_35643.cif",
+                 "ICSD_166876.cif"):
+        cands += template_candidates(CIF / name, [4.5, 6.5], None, 1e-3)[0]
+    cands += template_candidates(KEGGIN_XYZ, [4.5], None, 1e-3)[0]
+    assert len({c.template for c in cands}) > Recutter.KEEP  # the cache is cycled
+    recut = Recutter(1e-3)
+    for cand in cands[::-1] + cands:
+        ref = cand.reference()
+        assert ref.structure is None and ref.permute == cand.permute
+        again = recut(ref)
+        assert again.elements == cand.structure.elements
+        assert np.array_equal(again.xyz, cand.structure.xyz)
 
 
 def test_the_keggin_data_picks_a_keggin_salt():

@@ -12,8 +12,9 @@ some, on every frame given, with the run's own fitter and ``fit.refine``:
    ``ProbePlan.starts`` best motifs met so far, at most ``ProbePlan.steps`` steps.
 
 The score is the lowest Rw found (mean over the frames when there are several). The
-whole-cluster Rw and the best motif's mask and size are kept alongside it. Arrays in,
-arrays out: no file and no communicator here.
+whole-cluster Rw and the best motif's mask and size are kept alongside it.
+:func:`best_curve` fits one such motif again to one frame, with the same fitter, for the
+curve a report draws. Arrays in, arrays out: no file and no communicator here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ..catalogue import MotifSpace, sample_masks
 from ..extract import Descent, Polisher, best_of
 from ..io.structure import Structure
 from .batch import FitPlan, Frame, Inputs, fit_batch, make_fit_groups
+from .fitter import rw as rw_of
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,43 @@ def score_candidate(structure: Structure, frames: list[Frame], plan: FitPlan,
     return Score(rw_whole=rw_whole, rw_best=np.array([d.rw for d in best]),
                  best_mask=np.stack([d.mask for d in best]), fits=evaluate.fits,
                  n_permutable=n)
+
+
+def best_curve(structure: Structure, frame: Frame, plan: FitPlan, permute: tuple[str, ...],
+               bond_threshold: float, mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """One motif of a candidate fitted again to one frame: its G_calc on ``frame.r``
+    (Å⁻², scale applied) and the Rw of that curve.
+
+    ``mask`` is over the candidate's permutable atoms, as ``Score.best_mask[f]``; a row of
+    ``ScreenFile.scores()["best_mask"]``, padded with False to whole bytes, is taken as
+    it is.
+
+    The fit is the probe's own (:func:`~.batch.make_fit_groups` with the exact zoom
+    search, then :func:`~.batch.fit_batch`), so the Rw is the one the probe stored for
+    this motif and frame: the curve is computed again with the calculator (``calc.gr`` at
+    the fitted scale, zoom, Uiso and delta2) rather than inside the compiled fitter, which
+    changes only the last bits (measured: 2e-15). :func:`~.fitter.fit_motif` alone gives
+    another Rw, most often lower by 1e-5 to 1.5e-4 (measured on the Keggin data): the
+    compiled fitter finds its zoom on a G(r) computed at a nearby zoom and read at
+    r·z_b/z, whose slope in zoom is not the exact one (peak widths and the Q window do not
+    scale with the zoom), so on a flat Rw(zoom) its zoom can lie 1e-3 from the exact
+    minimum. The curve drawn is the one the ranking used.
+    """
+    space = MotifSpace.from_structure(structure, permute, bond_threshold)
+    mask = np.asarray(mask, dtype=bool).ravel()
+    if mask.size < space.size or mask[space.size:].any():
+        raise ValueError(f"a motif mask of {mask.size} entries ({int(mask.sum())} kept) is "
+                         f"not one over this candidate's {space.size} permutable atoms")
+    mask = mask[:space.size]
+    inputs = Inputs(structure, space, [frame], np.empty((0, 0), np.uint8), space.size)
+    (group,) = make_fit_groups(inputs, plan.pdf, plan.fit, search="exact")
+    fitted = fit_batch(mask[None], space, [group], [frame], plan.fit, plan.base_uiso,
+                       plan.extra)
+    freed = {name[5:]: float(fitted[name][0, 0]) for name in plan.extra
+             if name.startswith("uiso_")}
+    motif = group.calc.prepare(space.atom_masks(mask[None])[0])
+    g_calc = float(fitted["scale"][0, 0]) * group.calc.gr(
+        motif, zoom=float(fitted["zoom"][0, 0]),
+        uiso=freed or None,  # the others are the calculator's own, as in the fit
+        delta2=float(fitted["delta2"][0, 0]) if "delta2" in fitted else None)
+    return g_calc, rw_of(frame.g, g_calc, frame.weights)

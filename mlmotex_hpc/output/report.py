@@ -54,33 +54,38 @@ vertical-align:middle}
 """
 
 
-def _esc(value) -> str:
+def esc(value) -> str:
+    """``value`` as text, HTML-escaped (quotes included)."""
     return html.escape(str(value))
 
 
-def _table(header: list[str] | None, rows: list[list], left: int = 1) -> str:
+def table(header: list[str] | None, rows: list[list], left: int = 1) -> str:
     """An HTML table (no header row when ``header`` is None); the first ``left`` columns
-    left-aligned."""
+    left-aligned. Header names are escaped here; cells are HTML as given (escape what
+    comes from files with :func:`esc`)."""
     width = len(header) if header else len(rows[0])
     cls = [' class="l"' if i < left else "" for i in range(width)]
     out = ["<table>"]
     if header:
-        out.append("<tr>" + "".join(f"<th{c}>{_esc(h)}</th>" for c, h in zip(cls, header,
-                                                                           strict=True)) + "</tr>")
+        out.append("<tr>" + "".join(f"<th{c}>{esc(h)}</th>"
+                                    for c, h in zip(cls, header, strict=True)) + "</tr>")
     for row in rows:
-        out.append("<tr>" + "".join(f"<td{c}>{cell}</td>" for c, cell in zip(cls, row,
-                                                                       strict=True)) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{c}>{cell}</td>"
+                                    for c, cell in zip(cls, row, strict=True)) + "</tr>")
     return "".join(out) + "</table>"
 
 
-def _figure(path: Path) -> str:
+def figure(path: Path, caption: str | None = None) -> str:
+    """A PNG embedded as a data URI, with its name and ``caption`` (by default its entry
+    in :data:`CAPTIONS`) below it."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = CAPTIONS.get(path.name, "")
-    return (f'<figure><img alt="{_esc(path.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption><b>{_esc(path.name)}</b>: {_esc(caption)}</figcaption></figure>")
+    caption = CAPTIONS.get(path.name, "") if caption is None else caption
+    return (f'<figure><img alt="{esc(path.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption><b>{esc(path.name)}</b>: {esc(caption)}</figcaption></figure>")
 
 
-def _num(value, fmt: str = ".4f") -> str:
+def num(value, fmt: str = ".4f") -> str:
+    """A number in ``fmt``; "–" for NaN or infinity."""
     value = float(value)
     return "–" if not np.isfinite(value) else format(value, fmt)
 
@@ -108,25 +113,25 @@ def _exact_section(run: RunFile, structure: Structure, permutable: np.ndarray,
     def listed(mask):
         return " ".join(site_labels(structure.elements)[i] for i in permutable[mask])
 
-    rows = [[str(k + 1), str(int(best["row"][frame, k])), _num(best["rw"][frame, k]),
-             str(int(best["mask"][frame, k].sum())), _esc(listed(best["mask"][frame, k]))]
+    rows = [[str(k + 1), str(int(best["row"][frame, k])), num(best["rw"][frame, k]),
+             str(int(best["mask"][frame, k].sum())), esc(listed(best["mask"][frame, k]))]
             for k in range(min(5, best["row"].shape[1])) if best["row"][frame, k] >= 0]
     out = ["<h2>Exact answer (every motif fitted)</h2>",
            f"<p>The {best['row'].shape[1]} lowest Rw of all {run.n_table:,} motifs are in "
            "/best; the five best:</p>",
-           _table(["rank", "motif", "Rw", "atoms", "kept"], rows)]
+           table(["rank", "motif", "Rw", "atoms", "kept"], rows)]
     if run.has_atoms():
         acv = run.atoms("contribution", frame)
         order = np.argsort(shapley, kind="stable")
         agree = np.sign(acv) == np.sign(shapley)
-        rows = [[_esc(site_labels(structure.elements)[permutable[i]]),
-                 _num(shapley[i], ".5f"), _num(main[i], ".5f"), _num(acv[i], ".5f"),
+        rows = [[esc(site_labels(structure.elements)[permutable[i]]),
+                 num(shapley[i], ".5f"), num(main[i], ".5f"), num(acv[i], ".5f"),
                  "yes" if agree[i] else "<b>no</b>"] for i in order]
         out.append(f"<p>Exact Shapley values of the game v(S) = Rw (v(∅) = 1) and main "
                    f"effects, from every fit, beside the ACVs that ML-MotEx learned from "
                    f"{run.n_motifs:,} of the motifs: {int(agree.sum())} of {agree.size} signs "
                    "agree.</p>")
-        out.append(_table(["atom", "Shapley", "main effect", "ACV", "same sign"], rows))
+        out.append(table(["atom", "Shapley", "main effect", "ACV", "same sign"], rows))
     return "\n".join(out)
 
 
@@ -140,10 +145,10 @@ def _convergence_section(run: RunFile) -> str:
             agree = 100 * col["sign_agreement"][at]
             rows.append([name, f"{int(size):,}", str(int(at.sum())),
                          f"{np.mean(agree):.1f} % ({np.min(agree):.1f}–{np.max(agree):.1f})",
-                         _num(np.mean(col["spearman"][at]), ".3f"),
-                         _num(np.mean(col["answer_errors"][at]), ".1f"),
+                         num(np.mean(col["spearman"][at]), ".3f"),
+                         num(np.mean(col["answer_errors"][at]), ".1f"),
                          f"{100 * np.mean(col['mean_sign_agreement'][at]):.1f} %",
-                         _num(np.mean(col["best_rw"][at] - col["global_rw"][at]), ".4f"),
+                         num(np.mean(col["best_rw"][at] - col["global_rw"][at]), ".4f"),
                          f"{int(col['best_is_global'][at].sum())} of {int(at.sum())}"])
     return "\n".join([
         "<h2>How many motifs are enough</h2>",
@@ -151,9 +156,9 @@ def _convergence_section(run: RunFile) -> str:
         "not refitted), steps 3-4 on each, against the exact Shapley values; ranges over "
         "the seeds; convergence.png draws it. Main-effect signs: the catalogue's own mean "
         "Rw keeping minus removing each atom, without a model.</p>",
-        _table(["catalogue", "motifs", "seeds", "ACV signs right", "Spearman",
-                "atoms misassigned", "main-effect signs right", "best Rw − global",
-                "global best found"], rows)])
+        table(["catalogue", "motifs", "seeds", "ACV signs right", "Spearman",
+               "atoms misassigned", "main-effect signs right", "best Rw − global",
+               "global best found"], rows)])
 
 
 def _sources_section(run: RunFile, structure: Structure) -> str:
@@ -164,11 +169,11 @@ def _sources_section(run: RunFile, structure: Structure) -> str:
     try:
         config = run.config()
     except InputError as exc:  # the inputs moved since: the settings are in the config
-        return f"<p class=\"sub\">Where the settings came from: not known ({_esc(exc)})</p>"
-    rows = [[_esc(key), _esc(value), _esc(source)]
+        return f"<p class=\"sub\">Where the settings came from: not known ({esc(exc)})</p>"
+    rows = [[esc(key), esc(value), esc(source)]
             for key, value, source in setting_sources(config, structure.elements)]
     return ("<h2>Where the settings came from</h2>"
-            + _table(["setting", "value", "from"], rows, left=3))
+            + table(["setting", "value", "from"], rows, left=3))
 
 
 def write_report(path: Path, run: RunFile, structure: Structure, files: list[Path],
@@ -184,19 +189,19 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
     permutable = run.permutable()
     n_motifs = run.n_motifs
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>mlmotex-hpc report: {_esc(path.parent.name)}</title>"
+             f"<title>mlmotex-hpc report: {esc(path.parent.name)}</title>"
              f"<style>{STYLE}</style></head><body>"]
-    parts.append(f"<h1>mlmotex-hpc report</h1><p class=\"sub\">{_esc(path.parent)} — "
-                 f"mlmotex-hpc {_esc(__version__)}, written {time.strftime('%Y-%m-%d %H:%M')}"
+    parts.append(f"<h1>mlmotex-hpc report</h1><p class=\"sub\">{esc(path.parent)} — "
+                 f"mlmotex-hpc {esc(__version__)}, written {time.strftime('%Y-%m-%d %H:%M')}"
                  "</p>")
 
     # -- summary
     parts.append("<h2>Summary</h2>")
-    rows = [["starting model", _esc(f"{len(structure)} atoms, {len(permutable)} permutable "
-                                    f"({', '.join(sorted(set(structure.elements)))})")],
-            ["data", _esc(f"fits table {run.fits_table} (no data fitted: steps 3-4 on its Rw)"
-                          if run.fits_table else names[0] if n_frames == 1 else
-                          f"{n_frames} frames: {names[0]} … {names[-1]}")],
+    rows = [["starting model", esc(f"{len(structure)} atoms, {len(permutable)} permutable "
+                                   f"({', '.join(sorted(set(structure.elements)))})")],
+            ["data", esc(f"fits table {run.fits_table} (no data fitted: steps 3-4 on its Rw)"
+                         if run.fits_table else names[0] if n_frames == 1 else
+                         f"{n_frames} frames: {names[0]} … {names[-1]}")],
             ["motifs fitted", _fitted(run, n_motifs, n_frames)]]
 
     def listed(mask):
@@ -209,23 +214,23 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         frame_note = "" if n_frames == 1 else f" (frame {frame})"
         how = "polished, connected" if polish is not None else "the answer"
         rows.append([f"extracted motif{frame_note}",
-                     _esc(f"{int(in_motif.sum())} permutable atoms: {listed(in_motif)} "
-                          f"({how})")])
+                     esc(f"{int(in_motif.sum())} permutable atoms: {listed(in_motif)} "
+                         f"({how})")])
         if not np.array_equal(in_motif, acv_negative):
             added, removed = in_motif & ~acv_negative, acv_negative & ~in_motif
-            rows.append(["ACV < 0 set", _esc(
+            rows.append(["ACV < 0 set", esc(
                 f"{int(acv_negative.sum())} atoms; the answer adds {listed(added) or 'none'}"
                 f" and removes {listed(removed) or 'none'}")])
         labels = answer_labels(run)[frame]
         counts = [f"{int((labels == LABEL_CODES[name]).sum())} {name}"
                   for name in ("in", "out", "uncertain")]
-        rows.append(["confidence labels", _esc(", ".join(counts))])
+        rows.append(["confidence labels", esc(", ".join(counts))])
     if products is not None:
         for fit in products.fits:
-            rows.append([_esc(f"{fit.label}, refitted"), f"Rw {fit.rw:.4f} (scale {fit.scale:.4g}, "
-                                          f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
-                                          "atoms)"])
-    parts.append(_table(None, rows, left=2))
+            rows.append([esc(f"{fit.label}, refitted"), f"Rw {fit.rw:.4f} (scale {fit.scale:.4g}, "
+                                         f"zoom {fit.zoom:.5f}, {int(fit.atom_mask.sum())} "
+                                         "atoms)"])
+    parts.append(table(None, rows, left=2))
     parts.append(_sources_section(run, structure))
 
     # -- polishing
@@ -242,12 +247,12 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
                 atom_names = site_labels(structure.elements)
                 moved = " ".join([f"+{atom_names[permutable[i]]}" for i in step["added"]]
                                  + [f"−{atom_names[permutable[i]]}" for i in step["removed"]])
-                rows.append([_esc(start["origin"]), str(step["step"]), _esc(moved or "start"),
-                             str(step["n_atoms"]), _num(step["rw"], ".4f"),
-                             _num(step.get("score", np.nan), ".4f"),
-                             _esc(start["stop"]) if step is start["steps"][-1] else ""])
-        parts.append(_table(["start", "step", "move", "atoms", "Rw", "objective", "end"],
-                            rows))
+                rows.append([esc(start["origin"]), str(step["step"]), esc(moved or "start"),
+                             str(step["n_atoms"]), num(step["rw"], ".4f"),
+                             num(step.get("score", np.nan), ".4f"),
+                             esc(start["stop"]) if step is start["steps"][-1] else ""])
+        parts.append(table(["start", "step", "move", "atoms", "Rw", "objective", "end"],
+                           rows))
 
     # -- exhaustive runs: the exact answer, and how many motifs ML-MotEx needs
     if run.has_exact():
@@ -261,16 +266,16 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         header = ["frame", "test MAE", "test RMSE", "test R²", "baseline MAE", "CV RMSE",
                   "train", "test"]
         shown = range(n_frames) if n_frames <= 40 else sorted({0, frame, n_frames - 1})
-        rows = [[_esc(names[f]), *(_num(frame_metric(ml, k, f)) for k in
+        rows = [[esc(names[f]), *(num(frame_metric(ml, k, f)) for k in
                  ("test_mae", "test_rmse", "test_r2", "baseline_mae", "cv_score")),
-                 *(_num(frame_metric(ml, k, f), ".0f") for k in ("n_train", "n_test"))]
+                 *(num(frame_metric(ml, k, f), ".0f") for k in ("n_train", "n_test"))]
                 for f in shown]
-        parts.append(_table(header, rows))
+        parts.append(table(header, rows))
         r2 = np.atleast_1d(ml["test_r2"])
         low = [names[f] for f in range(n_frames) if r2[f if r2.size > 1 else 0] < 0.5]
         if low:
             parts.append(f"<p class=\"warn\">Test R² below 0.5 for {len(low)} frame(s) "
-                         f"({_esc(', '.join(low[:10]))}{' …' if len(low) > 10 else ''}): the "
+                         f"({esc(', '.join(low[:10]))}{' …' if len(low) > 10 else ''}): the "
                          "model did not learn Rw well there, and those atom contributions are "
                          "not to be trusted.</p>")
         params = ml.get("params")
@@ -280,7 +285,7 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
             described = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                               for k, v in chosen.items())
             parts.append("<p>Hyperparameters" + ("" if n_frames == 1 else f" (frame {frame})")
-                         + f": {_esc(described)}</p>")
+                         + f": {esc(described)}</p>")
 
     # -- timings
     if timings:
@@ -293,20 +298,20 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         if "ranks" in timings:
             rows.append(["MPI ranks", str(int(timings["ranks"]))])
         if "note" in timings:
-            rows.append(["note", _esc(timings["note"])])
-        parts.append(_table(["stage", ""], rows))
+            rows.append(["note", esc(timings["note"])])
+        parts.append(table(["stage", ""], rows))
 
     # -- figures
     if series_figures:
         parts.append("<h2>The series</h2>")
-        parts.extend(_figure(p) for p in series_figures)
+        parts.extend(figure(p) for p in series_figures)
     if products is not None:
-        title = "Figures" if n_frames == 1 else f"Frame {frame} ({_esc(names[frame])})"
+        title = "Figures" if n_frames == 1 else f"Frame {frame} ({esc(names[frame])})"
         parts.append(f"<h2>{title}</h2>")
-        parts.extend(_figure(products.folder / name) for name in FIGURES
+        parts.extend(figure(products.folder / name) for name in FIGURES
                      if (products.folder / name).exists())
         if run.has_convergence() and (products.folder / "convergence.png").exists():
-            parts.append(_figure(products.folder / "convergence.png"))
+            parts.append(figure(products.folder / "convergence.png"))
 
     # -- atoms
     if run.has_atoms():
@@ -327,10 +332,10 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
             rgb = "#" + "".join(f"{int(round(255 * c)):02x}" for c in colours[i])
             x, y, z = structure.xyz[i]
             rows.append([f'<span class="swatch" style="background:{rgb}"></span> '
-                         f"{_esc(atom_names[i])}", f"{x:.3f}", f"{y:.3f}",
-                         f"{z:.3f}", _num(acv[k], ".5f"), _num(se[k], ".5f"),
-                         _num(sigma[k], ".5f"),
-                         _num(conf[k], ".2f"), LABEL_NAMES[int(labels[k])],
+                         f"{esc(atom_names[i])}", f"{x:.3f}", f"{y:.3f}",
+                         f"{z:.3f}", num(acv[k], ".5f"), num(se[k], ".5f"),
+                         num(sigma[k], ".5f"),
+                         num(conf[k], ".2f"), LABEL_NAMES[int(labels[k])],
                          "yes" if in_motif[k] else ""])
         n_explained = run.explained(frame).size
         sample = ("" if n_explained == run.n_motifs else
@@ -343,20 +348,20 @@ def write_report(path: Path, run: RunFile, structure: Structure, files: list[Pat
         parts.append("<p>Label: <i>in</i> when the ACV is below −z SE, <i>out</i> when above "
                      "+z SE, <i>uncertain</i> (drawn pale) otherwise; <i>in motif</i>: the "
                      "answer, after connected pieces and polishing.</p>")
-        parts.append(_table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "SE", "σ", "CF",
-                             "label", "in motif"], rows))
+        parts.append(table(["atom", "x (Å)", "y (Å)", "z (Å)", "ACV", "SE", "σ", "CF",
+                            "label", "in motif"], rows))
         motif_xyz = (products.folder if products is not None else path.parent) / "motif.xyz"
         if n_frames > 1:
             motif_xyz = path.parent / "motifs" / f"motif_{frame:05d}.xyz"
         if motif_xyz.exists():
-            parts.append(f"<h2>Extracted motif</h2><p>{_esc(motif_xyz.name)}:</p>"
-                         f"<pre>{_esc(motif_xyz.read_text())}</pre>")
+            parts.append(f"<h2>Extracted motif</h2><p>{esc(motif_xyz.name)}:</p>"
+                         f"<pre>{esc(motif_xyz.read_text())}</pre>")
 
     # -- inputs
     parts.append("<h2>Config</h2>")
-    parts.append(f"<pre>{_esc(config_text)}</pre>")
+    parts.append(f"<pre>{esc(config_text)}</pre>")
     parts.append("<h2>Files</h2><ul>")
-    parts.extend(f"<li>{_esc(p)}</li>" for p in files)
-    parts.append(f"<li>{_esc(path)}</li></ul></body></html>")
+    parts.extend(f"<li>{esc(p)}</li>" for p in files)
+    parts.append(f"<li>{esc(path)}</li></ul></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

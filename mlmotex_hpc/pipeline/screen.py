@@ -29,11 +29,11 @@ import yaml
 
 from ..candidates import (
     Candidate,
+    Recutter,
     auto_radii,
     fingerprint,
     formula,
     grown,
-    heaviest_element,
     template_candidates,
     template_files,
     unique_candidates,
@@ -41,11 +41,12 @@ from ..candidates import (
 from ..config import Config, ScreenConfig, candidate_config, load_config
 from ..errors import InputError
 from ..fit.batch import Frame, fit_plan
-from ..fit.screening import ProbePlan, Score, score_candidate
+from ..fit.screening import ProbePlan, Score, best_curve, score_candidate
 from ..io.defaults import with_file_defaults
 from ..io.folders import make_folder
 from ..io.pdfdata import read_pdf_data
 from ..io.structure import write_xyz
+from ..output.screen_report import write_screen_report
 from ..parallel.comm import gather_to_root, get_comm, my_tasks, on_root
 from ..parallel.exits import agreed, root_then_bcast
 from ..parallel.log import Log
@@ -68,6 +69,7 @@ class ScreenPlan:
     pending: np.ndarray
     path: Path
     margin: float  # Å an extraction's model grows beyond its candidate's sphere
+    notes: list[str]  # how the candidates were made, for the report
 
 
 def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
@@ -92,8 +94,10 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
         with agreed(comm):  # a file rank 0 cannot open ends every rank, not only rank 0
             writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
         try:
+            recut = Recutter(config.screen.tolerance, config.screen.elements)
+
             def score(index: int) -> Score:
-                return probe_candidate(config, plan.candidates[index], plan.frames)
+                return probe_candidate(config, plan.candidates[index], plan.frames, recut)
 
             def write(index: int, result: Score) -> None:
                 writer.write_score(index, rw_whole=result.rw_whole, rw_best=result.rw_best,
@@ -112,34 +116,66 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
         lock.release()
     summary["extracted"] = [
         _extract(config, plan.candidates[int(index)], plan.margin, out_dir / f"extract_{k}",
-                 comm, quiet, log)
+                 comm, quiet, overwrite, log)
         for k, index in enumerate(summary["order"][:config.screen.extract], start=1)]
+    summary["report"] = root_then_bcast(lambda: _report(config, plan, out_dir, summary),
+                                        comm)
+    log(f"screen report: {summary['report']}")
     return summary
 
 
-def probe_candidate(config: ScreenConfig, cand: Candidate, frames: list[Frame]) -> Score:
+#: Candidates whose best motif the report draws over the data.
+TOP_CURVES = 3
+
+
+def _report(config: ScreenConfig, plan: ScreenPlan, out_dir: Path, summary: dict) -> Path:
+    """Rank 0: ``report.html``, the best motifs of the top candidates refitted to the first
+    frame (:func:`~mlmotex_hpc.fit.screening.best_curve`)."""
+    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    order = summary["order"]
+    frame = plan.frames[0]
+    with ScreenFile.read(plan.path) as screen_file:
+        masks = screen_file.scores()["best_mask"]
+        curves = []
+        for rank, index in enumerate(order[:TOP_CURVES], start=1):
+            cand = plan.candidates[int(index)]
+            structure = recut(cand)
+            run_config = candidate_config(config, cand.template, cand.permute)
+            g_calc, rw = best_curve(structure, frame, fit_plan(run_config, structure),
+                                    cand.permute, config.bond_threshold, masks[0, index])
+            curves.append((f"#{rank} {cand.name}", frame.r, frame.g, g_calc, rw))
+        notes = [*plan.notes,
+                 f"{summary['fits']:,} fits on {summary['ranks']} rank(s) in "
+                 f"{summary['seconds']:.1f} s"]
+        return write_screen_report(
+            out_dir, screen_file, order, curves,
+            [out_dir / f"extract_{k}" for k in range(1, config.screen.extract + 1)], notes)
+
+
+def probe_candidate(config: ScreenConfig, cand: Candidate, frames: list[Frame],
+                    recut: Recutter) -> Score:
     """One candidate's probe (:func:`~mlmotex_hpc.fit.screening.score_candidate`) with the
-    screen's settings."""
-    permute = config.permute or (heaviest_element(cand.structure.elements),)
-    run_config = candidate_config(config, cand.template, permute)
+    screen's settings, its cluster cut again by ``recut`` when ``cand`` is a reference."""
+    structure = recut(cand)
+    run_config = candidate_config(config, cand.template, cand.permute)
     probe = ProbePlan(random=config.screen.random, starts=config.screen.starts,
                       steps=config.screen.steps, seed=config.screen.seed)
-    return score_candidate(cand.structure, frames, fit_plan(run_config, cand.structure),
-                           permute, config.bond_threshold, probe)
+    return score_candidate(structure, frames, fit_plan(run_config, structure),
+                           cand.permute, config.bond_threshold, probe)
 
 
 def _extract(config: ScreenConfig, cand: Candidate, margin: float, folder: Path, comm,
-             quiet: bool, log: Log) -> dict | None:
+             quiet: bool, overwrite: bool, log: Log) -> dict | None:
     """The whole pipeline on one candidate, in ``folder``, on every rank: its model
     (``candidate.xyz``: the candidate grown by ``margin``, :func:`grown`) and its run
     config (``run.yaml``) written first, so the folder is an ordinary run that ``plot``,
-    ``refine`` or ``run`` itself can take up again."""
+    ``refine`` or ``run`` itself can take up again. A finished one is kept, unless the
+    screen is run with ``--overwrite``; an interrupted one resumes."""
     from .run import run
 
-    permute = config.permute or (heaviest_element(cand.structure.elements),)
     run_config = root_then_bcast(
-        lambda: _run_config(config, cand, margin, folder, permute, log), comm)
-    return run(run_config, comm, out_dir=folder, quiet=quiet)
+        lambda: _run_config(config, cand, margin, folder, cand.permute, log), comm)
+    return run(run_config, comm, out_dir=folder, quiet=quiet, overwrite=overwrite)
 
 
 def _run_config(config: ScreenConfig, cand: Candidate, margin: float, folder: Path,
@@ -148,6 +184,8 @@ def _run_config(config: ScreenConfig, cand: Candidate, margin: float, folder: Pa
     this model, its data by absolute path), read back as a run's config."""
     make_folder(folder)
     model = folder / "candidate.xyz"
+    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    cand = dataclasses.replace(cand, structure=recut(cand))
     structure, what = grown(cand, margin, permute, config.screen.tolerance,
                             config.screen.elements)
     log(f"extracting from {what}, into {folder}")
@@ -172,6 +210,7 @@ class Setup:
     radii: list[float]
     margin: float
     templates: list[Path]
+    how: list[str]  # how the radii and the margin were set
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -188,6 +227,15 @@ class Candidates:
     def frames(self) -> list[Frame]:
         return self.setup.frames
 
+    def notes(self) -> list[str]:
+        """How the candidates were made, in a few lines (the report's)."""
+        setup = self.setup
+        return [*setup.how,
+                f"{len(setup.templates)} templates read and cut in {self.seconds:.1f} s: "
+                f"{self.cut} candidates, {len(self.candidates)} distinct, "
+                f"{len(self.skipped)} templates skipped",
+                f"an extraction's model: its candidate's sphere grown by {setup.margin:g} Å"]
+
 
 #: One template cut: its index in ``Setup.templates``, its candidates, their fingerprints
 #: (made where they were cut), and why it was skipped.
@@ -198,19 +246,20 @@ def screen_setup(config: ScreenConfig, log: Log) -> Setup:
     """The frames, the radii (given, or ``auto``), the margin, and the template files."""
     frames = [read_frame(path, config.fit) for path in config.data]
     radii, margin = config.screen.radii, config.screen.grow
+    said = []
     if radii is None or margin is None:
         first = read_pdf_data(config.data[0])
         auto, how = auto_radii(first.r, first.g)
         if radii is None:
             radii = auto
-            log(f"radii auto: {how}")
+            said.append(f"radii auto: {how}")
         if margin is None:
             margin = auto[0]
-            if config.screen.extract:
-                log(f"an extraction's model: its candidate's sphere grown by {margin:g} Å "
-                    "(the radius read from the data)")
+            said.append(f"screen.grow auto: {margin:g} Å, the radius read from the data")
+    for line in said:
+        log(line)
     templates = template_files(config.templates, config.base or Path("."))
-    return Setup(frames, list(radii), float(margin), templates)
+    return Setup(frames, list(radii), float(margin), templates, said)
 
 
 def cut_templates(config: ScreenConfig, setup: Setup, indices: Iterable[int]) -> list[TemplateCut]:
@@ -249,8 +298,9 @@ def read_candidates(config: ScreenConfig, log: Log) -> Candidates:
     return collect(setup, cuts, time.perf_counter() - t0, log)
 
 
-def rows_of(found: Candidates, config: ScreenConfig) -> list[dict]:
-    return [_row(c, config) for c in found.candidates]
+def rows_of(found: Candidates) -> list[dict]:
+    """``screen.h5``'s candidate rows."""
+    return [_row(c) for c in found.candidates]
 
 
 def previous_state(config: ScreenConfig, path: Path, rows: list[dict], overwrite: bool,
@@ -282,7 +332,7 @@ def _begin(config: ScreenConfig, path: Path, lock: RunLock, log: Log) -> Setup:
 def _prepare(config: ScreenConfig, path: Path, overwrite: bool, found: Candidates,
              log: Log) -> ScreenPlan:
     """Rank 0: ``screen.h5`` made, or reopened to resume."""
-    rows = rows_of(found, config)
+    rows = rows_of(found)
     done = previous_state(config, path, rows, overwrite, log)
     if done is not None:
         log(f"resuming {path}: {int(done.sum())} of {done.size} candidates done")
@@ -292,8 +342,8 @@ def _prepare(config: ScreenConfig, path: Path, overwrite: bool, found: Candidate
                           skipped=found.skipped,
                           max_permuted=max(r["permuted"] for r in rows)).close()
         done = np.zeros(len(rows), bool)
-    return ScreenPlan(found.frames, found.candidates, np.flatnonzero(~done), path,
-                      found.setup.margin)
+    return ScreenPlan(found.frames, [c.reference() for c in found.candidates],
+                      np.flatnonzero(~done), path, found.setup.margin, found.notes())
 
 
 def _name(template, centre, radius) -> str:
@@ -316,11 +366,10 @@ def _previous(path: Path, log: Log) -> tuple[str, list[str], np.ndarray] | None:
         return None
 
 
-def _row(cand: Candidate, config: ScreenConfig) -> dict:
-    permute = config.permute or (heaviest_element(cand.structure.elements),)
+def _row(cand: Candidate) -> dict:
     return {"template": str(cand.template), "centre": cand.centre, "radius": cand.radius,
             "atoms": len(cand.structure), "formula": cand.formula, "copies": cand.copies,
-            "permuted": int(np.isin(cand.structure.elements, permute).sum())}
+            "permuted": int(np.isin(cand.structure.elements, cand.permute).sum())}
 
 
 def ranking(rw_best: np.ndarray) -> np.ndarray:

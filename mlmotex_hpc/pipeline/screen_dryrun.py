@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..candidates import Recutter
 from ..config import ScreenConfig
 from .dryrun import _bytes, _duration
 from .inputs import check_output_dir
@@ -78,19 +79,21 @@ def screen_dry_run(config: ScreenConfig, ranks: int, out_dir: Path | None = None
     t1 = time.perf_counter()
     found = collect(setup, cuts, t1 - t0, notes)
     keep_once = time.perf_counter() - t1
-    held = len(pickle.dumps(found.candidates, protocol=pickle.HIGHEST_PROTOCOL))
+    held = len(pickle.dumps([c.reference() for c in found.candidates],
+                            protocol=pickle.HIGHEST_PROTOCOL))
     path = out_dir / SCREEN_FILE
-    done = previous_state(config, path, rows_of(found, config), overwrite, notes)
+    done = previous_state(config, path, rows_of(found), overwrite, notes)
     cands = found.candidates
     n, n_templates = len(cands), len(found.setup.templates)
     sizes = np.array([len(c.structure) for c in cands])
-    permuted = np.array([row["permuted"] for row in rows_of(found, config)])
-    probe_candidate(config, cands[int(np.argmin(sizes))], found.frames)  # compile
+    permuted = np.array([row["permuted"] for row in rows_of(found)])
+    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    probe_candidate(config, cands[int(np.argmin(sizes))], found.frames, recut)  # compile
     sample = sample_of(sizes)
     cpu, fits = [], []
     for index in sample:
         start = time.process_time()
-        score = probe_candidate(config, cands[int(index)], found.frames)
+        score = probe_candidate(config, cands[int(index)], found.frames, recut)
         cpu.append(time.process_time() - start)
         fits.append(score.fits)
     per_candidate, fits_per = float(np.mean(cpu)), float(np.mean(fits))
