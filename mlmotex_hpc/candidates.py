@@ -11,15 +11,20 @@ communicator.
   asymmetric unit: the labels without a ``_N`` copy suffix) whose element is permuted or is
   another heavy atom (Z > 10, so that a Keggin cage can be centred on its Si, P, V or Ge).
 * **Clusters** (:func:`template_candidates`): a sphere of each radius around each centre,
-  every site kept (the catalogue decides which are filled). An ``.xyz`` template, or a file
-  without a cell, is one candidate as it is.
+  every site kept (the catalogue decides which are filled). In a screen a cluster keeps
+  only the atoms that can be in a motif: the permuted atoms and the others within the bond
+  threshold of one. A motif never holds the rest (a counter-ion, solvent, a Keggin cage's
+  heteroatom), so they change no fit, and a disordered cation must not refuse the cage
+  beside it. An ``.xyz`` template, or a file without a cell, is one candidate as it is.
 * **The same cluster once** (:func:`unique_candidates`): two clusters with the same
   elements and the same sorted distances from their centroid and between their atoms
   (within :data:`SAME_WITHIN` Å) are the same up to symmetry or translation. The first is
   kept, and the others are recorded as its copies.
 * **A template that cannot be used** (:class:`Skipped`) is recorded with its reason and
-  never ends a screen: unreadable, partial sites of an element that is not permuted, no
-  permuted element, too many atoms.
+  never ends a screen: unreadable, no permuted element, or no cut that can be used. A
+  cut that cannot (too many atoms, atoms on one another, a partial site of an element not
+  permuted, no permuted atom) is left out alone, and the template's record counts them
+  and gives the first reason.
 * **The model an extraction starts from** (:func:`grown`): the candidate's sphere grown by
   a margin, so that a motif the sphere cut off is whole again.
 * **The radius from the data** (:func:`auto_radius`): half the r at which the measured
@@ -88,7 +93,7 @@ def formula(elements: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class Skipped:
-    """A template a screen cannot use, and why."""
+    """A template a screen cannot use, or the cuts of it that it cannot, and why."""
 
     template: Path
     reason: str
@@ -137,11 +142,14 @@ LEFT_OUT = ("H", "D")
 
 
 def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[str] | None,
-                        tolerance: float, elements: Sequence[str] | None = None
+                        tolerance: float, elements: Sequence[str] | None = None,
+                        bond_threshold: float | None = None
                         ) -> tuple[list[Candidate], Skipped | None]:
     """The candidates of one template, or why there are none. ``permute`` None: the
     template's heaviest element. ``elements``: the elements a cluster keeps (None: all
-    but :data:`LEFT_OUT`)."""
+    but :data:`LEFT_OUT`). ``bond_threshold``: a crystal's clusters keep only the atoms
+    that can be in a motif, the permuted ones and the others within this of one
+    (:func:`~mlmotex_hpc.io.structure.cut_crystal`'s ``near``); None keeps every atom."""
     try:
         crystal = _template(path, tolerance, elements)
     except InputError as exc:
@@ -153,19 +161,33 @@ def template_candidates(path: Path, radii: Sequence[float], permute: Sequence[st
                                  f"(it has {', '.join(dict.fromkeys(elements))})")
     if not crystal.periodic:
         return _whole(crystal, chosen)
-    out = []
+    out, problems, tried = [], [], 0
     for label in centre_sites(crystal.cell, chosen):
         for radius in radii:
+            tried += 1
             try:
                 cluster = cut_crystal(crystal, Cut("sphere", (float(radius),),
-                                                   centre_atom=label), partial="keep")
+                                                   centre_atom=label), partial="keep",
+                                      near=_near(chosen, bond_threshold))
+                problem = _unusable(cluster, chosen)
             except InputError as exc:
-                return [], Skipped(path, f"{label}, {radius:g} Å: {_after_path(exc, path)}")
-            problem = _unusable(cluster, chosen)
+                problem = _after_path(exc, path)
             if problem:
-                return [], Skipped(path, f"{label}, {radius:g} Å: {problem}")
-            out.append(Candidate(path, label, float(radius), cluster, permute=tuple(chosen)))
-    return out, None
+                problems.append(f"{label}, {radius:g} Å: {problem}")
+            else:
+                out.append(Candidate(path, label, float(radius), cluster,
+                                     permute=tuple(chosen)))
+    if not problems:
+        return out, None
+    if not out:
+        more = f" (and {len(problems) - 1} other cuts)" if len(problems) > 1 else ""
+        return [], Skipped(path, problems[0] + more)
+    return out, Skipped(path, f"{len(problems)} of {tried} cuts left out, the first: "
+                              f"{problems[0]}")
+
+
+def _near(permute: Sequence[str], bond_threshold: float | None):
+    return None if bond_threshold is None else (tuple(permute), float(bond_threshold))
 
 
 def _template(path: Path, tolerance: float, elements: Sequence[str] | None) -> Crystal:
@@ -191,8 +213,10 @@ class Recutter:
 
     KEEP = 4
 
-    def __init__(self, tolerance: float, elements: Sequence[str] | None = None):
+    def __init__(self, tolerance: float, elements: Sequence[str] | None = None,
+                 bond_threshold: float | None = None):
         self.tolerance, self.elements = tolerance, elements
+        self.bond_threshold = bond_threshold
         self._read: dict[Path, Crystal] = {}
 
     def __call__(self, cand: Candidate) -> Structure:
@@ -207,11 +231,12 @@ class Recutter:
         if not cand.centre:
             return crystal.cell
         return cut_crystal(crystal, Cut("sphere", (cand.radius,), centre_atom=cand.centre),
-                           partial="keep")
+                           partial="keep", near=_near(cand.permute, self.bond_threshold))
 
 
 def grown(cand: Candidate, margin: float, permute: Sequence[str], tolerance: float,
-          elements: Sequence[str] | None = None) -> tuple[Structure, str]:
+          elements: Sequence[str] | None = None, bond_threshold: float | None = None
+          ) -> tuple[Structure, str]:
     """The model an extraction starts from: ``cand``'s template cut around the same centre
     at ``cand.radius + margin``, and a line that says what it is.
 
@@ -229,7 +254,7 @@ def grown(cand: Candidate, margin: float, permute: Sequence[str], tolerance: flo
     try:
         crystal = _template(cand.template, tolerance, elements)
         cluster = cut_crystal(crystal, Cut("sphere", (radius,), centre_atom=cand.centre),
-                              partial="keep")
+                              partial="keep", near=_near(permute, bond_threshold))
     except InputError as exc:
         return as_probed, f"{cand.name} as probed (grown to {radius:g} Å: {exc})"
     problem = _unusable(cluster, permute)
@@ -249,6 +274,8 @@ def _whole(crystal: Crystal, chosen: Sequence[str]) -> tuple[list[Candidate], Sk
 
 def _unusable(cluster: Structure, chosen: Sequence[str]) -> str | None:
     """Why a cluster cannot be a starting model, or None."""
+    if not np.isin(cluster.elements, list(chosen)).any():
+        return f"no atom of {', '.join(chosen)}"
     if len(cluster) > MAX_ATOMS:
         return f"{len(cluster)} atoms, more than {MAX_ATOMS}"
     partial = [(label, el) for label, _, _, el in cluster.partial_sites() if el not in chosen]

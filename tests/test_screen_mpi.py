@@ -209,7 +209,8 @@ def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
     import h5py
     import numpy as np
 
-    from mlmotex_hpc.io.structure import read_xyz
+    from mlmotex_hpc.config import Cut
+    from mlmotex_hpc.io.structure import cut_crystal, read_crystal, read_xyz
 
     from .conftest import ROOT
 
@@ -222,7 +223,14 @@ def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
     folder = tmp_path / "extract_1"
     model, motif = read_xyz(folder / "candidate.xyz"), read_xyz(folder / "motif.xyz")
     w = motif.xyz[[el == "W" for el in motif.elements]]
-    centres = model.xyz[[el in ("P", "Si", "V", "Ge") for el in model.elements]]
+    # the cages' heteroatoms, which no motif holds (not bonded to W), from the template:
+    # the same sphere, every atom kept, in the same coordinates
+    margin = float(re.search(r"screen.grow auto: ([\d.]+) Å", proc.stdout).group(1))
+    whole_sphere = cut_crystal(read_crystal(CIF / rows[0]["template"]), Cut(
+        "sphere", (float(rows[0]["radius"]) + margin,), centre_atom=rows[0]["centre"]),
+        partial="keep")
+    centres = whole_sphere.xyz[[el in ("P", "Si", "V", "Ge")
+                                for el in whole_sphere.elements]]
     model_w = model.xyz[[el == "W" for el in model.elements]]
     cages = [model_w[np.linalg.norm(model_w - c, axis=1) < 4.0] for c in centres]
     whole = [c for c in cages if len(c) == 12]

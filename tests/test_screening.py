@@ -192,6 +192,37 @@ def test_an_extraction_model_holds_the_motif_its_candidate_cut_off():
     assert grown(xyz, 4.5, ["W"], 1e-3)[0] is xyz.structure
 
 
+def test_a_cluster_keeps_only_the_atoms_a_motif_can_hold():
+    """With the bond threshold, a crystal's cluster keeps the permuted atoms and the atoms
+    bonded to one; the rest (cations, water, the cage's heteroatom) are in no motif, so
+    every fit is the same without them. A Keggin salt with disordered cations far from
+    its cage (ICSD 166876) is then screened, not skipped."""
+    cif = CIF / "ICSD_110294.cif"
+    every = template_candidates(cif, [6.5], ["W"], 1e-3)[0]
+    trimmed = template_candidates(cif, [6.5], ["W"], 1e-3, bond_threshold=2.6)[0]
+    assert [c.name for c in every] == [c.name for c in trimmed]
+    base = load_config(ROOT / "configs" / "keggin.yaml")
+    data = read_pdf_data(KEGGIN_GR)
+    sl = data.fit_range(base.fit.rmin, base.fit.rmax)
+    frames = [Frame("keggin", data.r[sl], data.g[sl], None)]
+    probe = ProbePlan(random=30, starts=1, steps=3)
+    for full, kept in list(zip(every, trimmed, strict=True))[:3]:
+        assert set(full.structure.elements) > set(kept.structure.elements) == {"W", "O"}
+        w = kept.structure.xyz[[el == "W" for el in kept.structure.elements]]
+        for x, el in zip(kept.structure.xyz, kept.structure.elements, strict=True):
+            assert el == "W" or np.linalg.norm(w - x, axis=1).min() <= 2.6
+        a, b = (score_candidate(c.structure, frames, fit_plan(base, c.structure), ("W",), 2.6,
+                                probe) for c in (full, kept))
+        assert np.array_equal(a.best_mask, b.best_mask)
+        np.testing.assert_allclose(b.rw_whole, a.rw_whole, rtol=1e-9)
+        np.testing.assert_allclose(b.rw_best, a.rw_best, rtol=1e-9)
+    cands, skipped = template_candidates(CIF / "ICSD_166876.cif", [6.5], ["W"], 1e-3,
+                                         bond_threshold=2.6)
+    assert cands and all(set(c.structure.elements) == {"W", "O"} for c in cands)
+    assert skipped is None or "cuts left out, the first" in skipped.reason
+    assert template_candidates(CIF / "ICSD_166876.cif", [6.5], ["W"], 1e-3)[0] == []
+
+
 def test_a_reference_is_cut_again_atom_for_atom():
     """The ranks are sent references, not clusters: each cluster cut again from its
     template (a crystal at any centre and radius, a cluster file whole) is the one first
@@ -199,10 +230,11 @@ def test_a_reference_is_cut_again_atom_for_atom():
     cands = []
     for name in ("ICSD_110294.cif", "ICSD_26410.cif", "ICSD_15840.cif", "ICSD_35643.cif",
                  "ICSD_166876.cif"):
-        cands += template_candidates(CIF / name, [4.5, 6.5], None, 1e-3)[0]
+        cands += template_candidates(CIF / name, [4.5, 6.5], None, 1e-3,
+                                     bond_threshold=2.6)[0]
     cands += template_candidates(KEGGIN_XYZ, [4.5], None, 1e-3)[0]
     assert len({c.template for c in cands}) > Recutter.KEEP  # the cache is cycled
-    recut = Recutter(1e-3)
+    recut = Recutter(1e-3, bond_threshold=2.6)
     for cand in cands[::-1] + cands:
         ref = cand.reference()
         assert ref.structure is None and ref.permute == cand.permute

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,9 +321,15 @@ class Crystal:
         return self.base is not None
 
 
-def cut_crystal(crystal: Crystal, cut: Cut, partial: str = "refuse") -> Structure:
-    """The finite cluster ``cut`` takes from ``crystal`` (see :func:`read_structure`)."""
-    return _cut(crystal.path, crystal.cell, crystal.base, cut, partial)
+def cut_crystal(crystal: Crystal, cut: Cut, partial: str = "refuse",
+                near: tuple[Sequence[str], float] | None = None) -> Structure:
+    """The finite cluster ``cut`` takes from ``crystal`` (see :func:`read_structure`).
+
+    ``near = (elements, distance)`` keeps, of the atoms cut, only those of ``elements``
+    and the others within ``distance`` Å of one of them: for a screen, the atoms that can
+    be in a motif (the permuted ones and their bonded neighbours), so that a disordered
+    counter-ion or solvent far from them neither refuses the cluster nor fills it."""
+    return _cut(crystal.path, crystal.cell, crystal.base, cut, partial, near)
 
 
 def read_crystal(path: str | Path, *, tolerance: float = CIF_TOLERANCE) -> Crystal:
@@ -612,7 +619,7 @@ def _centre(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut)
 
 
 def _cut(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut,
-         partial: str) -> Structure:
+         partial: str, near: tuple[Sequence[str], float] | None = None) -> Structure:
     """The atoms of the cut: the cell expanded as far as it needs (a crystal), or a
     selection (a cluster)."""
     if base is None and cut.shape == "cells":
@@ -651,6 +658,8 @@ def _cut(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut,
         wanted = np.array([el in cut.elements for el in structure.elements])
         keep &= wanted[index]
     chosen, points = index[keep], xyz[keep]
+    if near is not None:
+        chosen, points = _near(structure, chosen, points, near)
     if chosen.size < 2:
         raise InputError(f"{path}: the cut ({cut.describe()}) holds {chosen.size} atom(s); "
                          "a structure needs at least 2")
@@ -667,6 +676,21 @@ def _cut(path: Path, structure: Structure, base: np.ndarray | None, cut: Cut,
         None if sub.uiso is None else sub.uiso[chosen],
         None if sub.occupancy is None else sub.occupancy[chosen])
     return _finish(path, cluster, partial, cluster.comment)
+
+
+def _near(structure: Structure, chosen: np.ndarray, points: np.ndarray,
+          near: tuple[Sequence[str], float]) -> tuple[np.ndarray, np.ndarray]:
+    """Of the atoms cut, those of ``near``'s elements and the others within its distance
+    of one of them."""
+    from scipy.spatial import cKDTree
+
+    elements, distance = near
+    anchor = np.isin(np.array(structure.elements)[chosen], list(elements))
+    keep = anchor.copy()
+    if anchor.any() and (~anchor).any():
+        hits = cKDTree(points[anchor]).query_ball_point(points[~anchor], distance)
+        keep[~anchor] = [len(h) > 0 for h in hits]
+    return chosen[keep], points[keep]
 
 
 def _box_half(cut: Cut, base: np.ndarray) -> np.ndarray:

@@ -94,7 +94,7 @@ def screen(config: ScreenConfig, comm=None, *, out_dir: Path | None = None,
         with agreed(comm):  # a file rank 0 cannot open ends every rank, not only rank 0
             writer = on_root(lambda: ScreenFile.read(path, "r+"), comm)
         try:
-            recut = Recutter(config.screen.tolerance, config.screen.elements)
+            recut = recutter(config)
 
             def score(index: int) -> Score:
                 return probe_candidate(config, plan.candidates[index], plan.frames, recut)
@@ -131,7 +131,7 @@ TOP_CURVES = 3
 def _report(config: ScreenConfig, plan: ScreenPlan, out_dir: Path, summary: dict) -> Path:
     """Rank 0: ``report.html``, the best motifs of the top candidates refitted to the first
     frame (:func:`~mlmotex_hpc.fit.screening.best_curve`)."""
-    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    recut = recutter(config)
     order = summary["order"]
     frame = plan.frames[0]
     with ScreenFile.read(plan.path) as screen_file:
@@ -150,6 +150,11 @@ def _report(config: ScreenConfig, plan: ScreenPlan, out_dir: Path, summary: dict
         return write_screen_report(
             out_dir, screen_file, order, curves,
             [out_dir / f"extract_{k}" for k in range(1, config.screen.extract + 1)], notes)
+
+
+def recutter(config: ScreenConfig) -> Recutter:
+    """What cuts a candidate's cluster again where it is needed, as the screen cut it."""
+    return Recutter(config.screen.tolerance, config.screen.elements, config.bond_threshold)
 
 
 def probe_candidate(config: ScreenConfig, cand: Candidate, frames: list[Frame],
@@ -184,10 +189,10 @@ def _run_config(config: ScreenConfig, cand: Candidate, margin: float, folder: Pa
     this model, its data by absolute path), read back as a run's config."""
     make_folder(folder)
     model = folder / "candidate.xyz"
-    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    recut = recutter(config)
     cand = dataclasses.replace(cand, structure=recut(cand))
     structure, what = grown(cand, margin, permute, config.screen.tolerance,
-                            config.screen.elements)
+                            config.screen.elements, config.bond_threshold)
     log(f"extracting from {what}, into {folder}")
     write_xyz(model, structure, f"{what} ({formula(structure.elements)}), from a screen")
     raw = yaml.safe_load(config.source) or {}
@@ -232,8 +237,8 @@ class Candidates:
         setup = self.setup
         return [*setup.how,
                 f"{len(setup.templates)} templates read and cut in {self.seconds:.1f} s: "
-                f"{self.cut} candidates, {len(self.candidates)} distinct, "
-                f"{len(self.skipped)} templates skipped",
+                f"{self.cut} candidates, {len(self.candidates)} distinct; "
+                f"{len(self.skipped)} templates skipped or with cuts left out",
                 f"an extraction's model: its candidate's sphere grown by {setup.margin:g} Å"]
 
 
@@ -268,7 +273,8 @@ def cut_templates(config: ScreenConfig, setup: Setup, indices: Iterable[int]) ->
     out = []
     for k in indices:
         made, skip = template_candidates(setup.templates[k], setup.radii, config.permute,
-                                         config.screen.tolerance, config.screen.elements)
+                                         config.screen.tolerance, config.screen.elements,
+                                         config.bond_threshold)
         out.append((k, made, [fingerprint(c.structure) for c in made],
                     None if skip is None else (str(skip.template), skip.reason)))
     return out
@@ -284,9 +290,10 @@ def collect(setup: Setup, cuts: list[TemplateCut], seconds: float, log: Log) -> 
         raise InputError(f"no template of {len(setup.templates)} gave a candidate (the "
                          f"first skipped: {skipped[0][0]}: {skipped[0][1]})" if skipped
                          else "no candidate to screen")
+    whole = sum(1 for _, made, _, skip in cuts if skip is not None and not made)
     log(f"mlmotex-hpc screen: {len(setup.templates)} templates, {len(unique)} distinct "
-        f"candidates (radii {', '.join(f'{r:g}' for r in setup.radii)} Å), {len(skipped)} "
-        f"skipped, {len(setup.frames)} frame(s)")
+        f"candidates (radii {', '.join(f'{r:g}' for r in setup.radii)} Å), {whole} "
+        f"skipped, {len(skipped) - whole} with cuts left out, {len(setup.frames)} frame(s)")
     return Candidates(setup, unique, skipped, len(cands), seconds)
 
 

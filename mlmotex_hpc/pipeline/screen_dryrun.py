@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..candidates import Recutter
 from ..config import ScreenConfig
 from .dryrun import _bytes, _duration
 from .inputs import check_output_dir
@@ -39,6 +38,7 @@ from .screen import (
     cut_templates,
     previous_state,
     probe_candidate,
+    recutter,
     rows_of,
     screen_setup,
 )
@@ -87,7 +87,7 @@ def screen_dry_run(config: ScreenConfig, ranks: int, out_dir: Path | None = None
     n, n_templates = len(cands), len(found.setup.templates)
     sizes = np.array([len(c.structure) for c in cands])
     permuted = np.array([row["permuted"] for row in rows_of(found)])
-    recut = Recutter(config.screen.tolerance, config.screen.elements)
+    recut = recutter(config)
     probe_candidate(config, cands[int(np.argmin(sizes))], found.frames, recut)  # compile
     sample = sample_of(sizes)
     cpu, fits = [], []
