@@ -149,7 +149,9 @@ def test_a_dry_run_measures_the_screen_and_writes_nothing(one_rank, tmp_path):
     n = sum(1 for row in rows if row["rank"])
     skipped = len(rows) - n
     assert skipped >= 1  # the broken CIF
-    assert f"templates       {len(TEMPLATES) + 1} files, {skipped} skipped" in text
+    counts = re.search(rf"templates       {len(TEMPLATES) + 1} files, (\d+) skipped, "
+                       r"(\d+) with cuts left out", text)
+    assert counts and int(counts[1]) + int(counts[2]) == skipped, text
     assert f"candidates      {n} distinct" in text
     assert re.search(rf"screen          {n} candidates to probe, about [\d,]+ fits: "
                      r"[\d.]+ (s|min|h) on 4 rank\(s\)", text), text

@@ -224,7 +224,8 @@ class Candidates:
 
     setup: Setup
     candidates: list[Candidate]
-    skipped: list[tuple[str, str]]
+    skipped: list[tuple[str, str]]  # templates skipped, or with cuts left out
+    skipped_whole: int  # of those, the templates that gave no candidate
     cut: int  # candidates cut, before the same cluster was kept once
     seconds: float  # reading and cutting the templates (wall)
 
@@ -294,7 +295,7 @@ def collect(setup: Setup, cuts: list[TemplateCut], seconds: float, log: Log) -> 
     log(f"mlmotex-hpc screen: {len(setup.templates)} templates, {len(unique)} distinct "
         f"candidates (radii {', '.join(f'{r:g}' for r in setup.radii)} Å), {whole} "
         f"skipped, {len(skipped) - whole} with cuts left out, {len(setup.frames)} frame(s)")
-    return Candidates(setup, unique, skipped, len(cands), seconds)
+    return Candidates(setup, unique, skipped, whole, len(cands), seconds)
 
 
 def read_candidates(config: ScreenConfig, log: Log) -> Candidates:

@@ -109,7 +109,8 @@ def screen_dry_run(config: ScreenConfig, ranks: int, out_dir: Path | None = None
     db_probe = DATABASE * per_db_template * per_candidate / DATABASE_RANKS
     radii = ", ".join(f"{r:g}" for r in found.setup.radii)
     lines = [
-        f"templates       {n_templates} files, {len(found.skipped)} skipped"
+        f"templates       {n_templates} files, {found.skipped_whole} skipped, "
+        f"{len(found.skipped) - found.skipped_whole} with cuts left out"
         + (f" (first: {Path(found.skipped[0][0]).name}: {found.skipped[0][1]})"
            if found.skipped else ""),
         f"reading         {per_template * 1e3:.1f} ms per template to read and cut "
