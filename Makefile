@@ -38,13 +38,19 @@ demo: $(STAMP)
 # elsewhere it runs when chromium is on PATH and is skipped, with the reason, when not.
 # Likewise the cases that mount a small tmpfs (a disk that fills up): required as root
 # on Debian (MLMOTEX_REQUIRE_MOUNT=1), skipped with the reason where mounting is not allowed.
+# And the job scripts run by a real SLURM (tests/test_slurm.py): Debian's SLURM and munge,
+# installed here as root on Debian; the tests start a private one-node cluster of their
+# own and stop it (MLMOTEX_REQUIRE_SLURM=1: required there, skipped with the reason elsewhere).
+TEST_PACKAGES := chromium slurmctld slurmd slurm-client munge
 test: $(STAMP)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
-	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium \
-	         >/dev/null; }; }; \
-	  export MLMOTEX_REQUIRE_BROWSER=1 MLMOTEX_REQUIRE_MOUNT=1; \
+	  { command -v chromium && command -v sbatch && test -x /usr/sbin/slurmctld \
+	    && test -x /usr/sbin/slurmd && test -x /usr/sbin/munged; } >/dev/null || { \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends $(TEST_PACKAGES) >/dev/null 2>&1 \
+	    || { apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	         $(TEST_PACKAGES) >/dev/null; }; }; \
+	  export MLMOTEX_REQUIRE_BROWSER=1 MLMOTEX_REQUIRE_MOUNT=1 MLMOTEX_REQUIRE_SLURM=1; \
 	fi; \
 	$(PY) -m pytest -q -ra
 

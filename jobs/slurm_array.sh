@@ -5,8 +5,10 @@
 # succeeded, joins them into output.dir/motex.h5 with the series' CSV and plots:
 #
 #   jid=$(sbatch --parsable --array=0-7 jobs/slurm_array.sh CONFIG.yaml)
-#   sbatch --dependency=afterok:$jid --ntasks=1 jobs/slurm_array.sh --merge CONFIG.yaml
+#   sbatch --dependency=afterok:$jid --ntasks=1 --ntasks-per-node=1 jobs/slurm_array.sh --merge CONFIG.yaml
 #
+# The merge is one process: --ntasks-per-node=1 as well as --ntasks=1, since SLURM refuses
+# --ntasks=1 beside this script's --ntasks-per-node=64 on nodes of fewer cores.
 # Array indices must run 0..N-1 (a throttle such as --array=0-31%8 is fine); N may be
 # anything up to the number of frames, and every task gets 1/N of them, give or take one.
 # Each task's catalogue is the same (it is built from the config's seed), every frame's

@@ -40,7 +40,7 @@ export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1        # the ranks are the parallel
 export NUMBA_CACHE_DIR=${NUMBA_CACHE_DIR:-$VENV/numba-cache}
 
 requeue() {
-    echo "mlmotex job: walltime nearly over, requeueing job $SLURM_JOB_ID"
+    echo "mlmotex job: USR1 (the walltime is nearly over), requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
 }
 restarts=${SLURM_RESTART_COUNT:-0}

@@ -128,8 +128,9 @@ def dry_run(config: Config, ranks: int, out_dir: Path | None = None, *,
         f"({node_memory() / gib:.1f} GiB available here)",
         f"output          {out_dir / 'motex.h5'}: {state}; "
         f"about {_bytes(size)} when finished (twice that while learning, on its copy)",
-        _learning_line(config, inputs, ranks, learned),
     ]
+    learning, line = _learning(config, inputs, ranks, learned)
+    lines += [line, walltime_line(wall + learning)]
     return "\n".join(lines)
 
 
@@ -146,8 +147,13 @@ def _table_dry_run(config: Config, inputs, ranks: int, out_dir: Path, state: str
         f"({rw_range}); no fits are made",
         f"output          {out_dir / 'motex.h5'}: {state}; "
         f"about {_bytes(size)} when finished",
-        _learning_line(config, inputs, ranks),
+        *_learning_with_advice(config, inputs, ranks),
     ])
+
+
+def _learning_with_advice(config: Config, inputs, ranks: int) -> list[str]:
+    seconds, line = _learning(config, inputs, ranks)
+    return [line, walltime_line(seconds)]
 
 
 def _bytes(n: float) -> str:
@@ -158,10 +164,12 @@ def _bytes(n: float) -> str:
     raise AssertionError
 
 
-def _learning_line(config: Config, inputs, ranks: int, learned: int | None = None) -> str:
-    """Steps 3-4's walltime on ``ranks`` ranks: XGBoost's cost per tree and row and
-    TreeSHAP's per tree and motif, measured here on the catalogue's features, times the
-    trainings and motifs the settings ask for, at :data:`ASSUMED_TREES` trees a model."""
+def _learning(config: Config, inputs, ranks: int, learned: int | None = None
+              ) -> tuple[float, str]:
+    """Steps 3-4's walltime on ``ranks`` ranks (seconds, and the report's line):
+    XGBoost's cost per tree and row and TreeSHAP's per tree and motif, measured here on
+    the catalogue's features, times the trainings and motifs the settings ask for, at
+    :data:`ASSUMED_TREES` trees a model."""
     import xgboost as xgb
 
     from ..learn.explain import FIRST_CHECK, shap_values
@@ -194,10 +202,33 @@ def _learning_line(config: Config, inputs, ranks: int, learned: int | None = Non
         n_motifs, 4 * FIRST_CHECK)
     explain = n_frames * explained * ASSUMED_TREES * per_tree_motif / ranks
     shap_note = "every motif" if lc.shap == "all" else f"about {explained:,} motifs a frame"
-    return (f"steps 3-4       about {_duration(search + final + explain)} on {ranks} rank(s) "
-            f"(search {_duration(search)}, final models {_duration(final)}, SHAP "
-            f"{_duration(explain)} on {shap_note}; rough: measured per tree here, "
-            f"{ASSUMED_TREES} trees a model assumed)")
+    total = search + final + explain
+    return total, (f"steps 3-4       about {_duration(total)} on {ranks} rank(s) "
+                   f"(search {_duration(search)}, final models {_duration(final)}, SHAP "
+                   f"{_duration(explain)} on {shap_note}; rough: measured per tree here, "
+                   f"{ASSUMED_TREES} trees a model assumed)")
+
+
+#: The walltime to ask for: the estimates times this, plus :data:`WALLTIME_MARGIN` s.
+WALLTIME_FACTOR = 1.5
+WALLTIME_MARGIN = 600.0
+
+
+def time_limit(seconds: float) -> str:
+    """A job's time limit in the form SLURM's ``--time`` (and PBS's ``walltime``) take,
+    whole minutes rounded up: ``H:MM:00``, or ``D-HH:MM:00`` from a day on."""
+    minutes = max(1, math.ceil(seconds / 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{days}-{hours:02d}:{minutes:02d}:00" if days else f"{hours}:{minutes:02d}:00"
+
+
+def walltime_line(estimate: float) -> str:
+    """The dry run's advice: the time limit to ask the scheduler for."""
+    limit = time_limit(WALLTIME_FACTOR * estimate + WALLTIME_MARGIN)
+    return (f"ask for         --time={limit} (sbatch; qsub: -l walltime={limit}): the "
+            f"estimates × {WALLTIME_FACTOR:g}, plus {WALLTIME_MARGIN / 60:.0f} min for "
+            "start-up, compiling the kernels and the outputs")
 
 
 def _duration(seconds: float) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ScreenConfig
-from .dryrun import _bytes, _duration
+from .dryrun import _bytes, _duration, walltime_line
 from .inputs import check_output_dir
 from .screen import (
     SCREEN_FILE,
@@ -135,5 +135,6 @@ def screen_dry_run(config: ScreenConfig, ranks: int, out_dir: Path | None = None
         f"({_duration(db_read)} reading, {_duration(db_probe)} probing); every rank "
         f"holds the candidate list: {_bytes(held)} here, about {_bytes(held * scale)} there",
         f"output          {state}",
+        walltime_line(wall),
     ]
     return "\n".join(notes + lines)
