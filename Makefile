@@ -21,7 +21,7 @@ export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache/$(shell cat mlmotex_hpc/*.
 # --bind-to none: rank 0 trains XGBoost on every core while the other ranks sleep.
 MPIRUN ?= mpirun --bind-to none
 
-.PHONY: demo test bench lint clean setup
+.PHONY: demo test check docs bench lint clean setup
 
 setup: $(STAMP)
 
@@ -53,6 +53,16 @@ test: $(STAMP)
 	  export MLMOTEX_REQUIRE_BROWSER=1 MLMOTEX_REQUIRE_MOUNT=1 MLMOTEX_REQUIRE_SLURM=1; \
 	fi; \
 	$(PY) -m pytest -q -ra
+
+# The fast tier, for use while developing (about 3 minutes on 2 cores): the unit tests and
+# a few small MPI runs; the tests marked slow (pyproject.toml) are left to `make test`.
+check: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+# The documentation site (docs/, Sphinx), warnings as errors; open docs/_build/html/index.html.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
 
 # Fit throughput with its answers checked (benchmarks/bench_fit.py) and the scheduler's
 # capacity (benchmarks/bench_scheduler.py); PATH so that

@@ -342,10 +342,10 @@ def auto_radius(r: np.ndarray, g: np.ndarray, window: float = 1.0,
     """Half the r at which the measured PDF's signal ends: an estimate of the cluster's
     radius from its diameter, and a line that says how it was found.
 
-    The envelope of |G| (its running maximum over ``window`` Å) is compared with the
+    The envelope of ``|G|`` (its running maximum over ``window`` Å) is compared with the
     noise level. The noise level is the median envelope over the last ``tail`` of the r
     range, where a finite cluster has no pairs left. The signal ends at the last r whose
-    envelope exceeds 3 times that level and 5 % of the largest |G|. When the signal
+    envelope exceeds 3 times that level and 5 % of the largest ``|G|``. When the signal
     reaches the end of the data, the data's rmax is the diameter, and the line says so:
     the cluster may be larger than the data can show.
     """

@@ -219,3 +219,22 @@ def test_uiso_and_delta2_free_on_one_and_three_ranks(tmp_path, write_config):
     proc = run_cli("run", str(config), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "refine scale, zoom, uiso, delta2" in proc.stdout
+
+
+def test_the_fit_rate_leaves_out_the_kernels_preparation(tmp_path, write_config):
+    """A first run on a fresh machine compiles the kernels inside the fit stage: the rate
+    it prints must be the fitting's alone, the preparation said on its own. A 3 s pause
+    in the warm-up stands in for the compiling."""
+    import re
+
+    config = write_config(keggin_config(tmp_path, catalogue={"size": 200, "seed": 1}))
+    proc = run_cli("run", str(config), "--until", "fit", ranks=2,
+                   env={"MLMOTEX_TEST_PAUSE": "warm_up:3"})
+    assert proc.returncode == 0, proc.stderr
+    line = re.search(r"(\d+) fits in ([\d.]+) s \(([\d,]+) fits/s on 2 rank\(s\)\), after "
+                     r"(\d+) s preparing the kernels", proc.stdout)
+    assert line, proc.stdout
+    fits, seconds, rate, prepared = (int(line[1]), float(line[2]),
+                                     float(line[3].replace(",", "")), int(line[4]))
+    assert prepared >= 3 and seconds < prepared  # 200 fits take well under the pause
+    assert rate > 2 * fits / (seconds + prepared)  # the pause is not in the rate

@@ -273,3 +273,66 @@ def main(args: argparse.Namespace) -> int:
     for command, note in steps:
         print(f"  {command:<{width}}   # {note}")
     return 0
+
+
+#: Kinds whose None default is written ``auto`` in a config.
+AUTO_KINDS = ("radii", "margin")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _rows(cls: type, prefix: str, from_header: Mapping[str, str]) -> list[str]:
+    """One Markdown table row per key of ``cls`` (a section's keys under its name)."""
+    from ..config import _SECTIONS
+
+    rows = []
+    for f in _schema_fields(cls):
+        key = f"{prefix}{f.name}"
+        if not prefix and f.name in _SECTIONS:
+            continue
+        default = _default(f)
+        kind = f.metadata.get("kind", "")
+        shown = ("*(required)*" if default is dataclasses.MISSING else "`auto`"
+                 if default is None and kind in AUTO_KINDS else f"`{_flow(default, kind)}`")
+        doc = "; ".join(filter(None, (meaning(f.metadata), from_header.get(key))))
+        rows.append(f"| `{key}` | {shown} | {_cell(doc)} |")
+    return rows
+
+
+def config_reference() -> str:
+    """Every key of a run's config and of a screen's, with its default, its range and its
+    meaning, as Markdown: the documentation's config reference, written from the same
+    schema as :func:`starting_config` (``python -m mlmotex_hpc.commands.init``)."""
+    from ..config import _SECTIONS, Config, ScreenConfig
+    from ..io.defaults import HEADER_KEYS
+
+    from_header = {f"pdf.{name}": "omitted: the data header's value, if any"
+                   for name in HEADER_KEYS}
+    head = "| key | default | meaning |\n|---|---|---|"
+    out = ["# Config reference", "",
+           "Written from the config schema (`mlmotex_hpc/config.py`), the same source as "
+           "`mlmotex-hpc init`; regenerate with `python -m mlmotex_hpc.commands.init > "
+           "docs/guide/config-reference.md` (a test checks that it is current). Relative "
+           "paths resolve against the folder of the config file.", "",
+           "## A run's config (`mlmotex-hpc run`)", "", head,
+           *_rows(Config, "", from_header)]
+    for f in _schema_fields(Config):
+        if f.name in _SECTIONS:
+            cls = _SECTIONS[f.name]
+            doc = (cls.__doc__ or "").strip().splitlines()[0]
+            out += ["", f"### `{f.name}:` {_cell(doc)}", "", head,
+                    *_rows(cls, f"{f.name}.", from_header)]
+    out += ["", "## A screen's config (`mlmotex-hpc screen`)", "",
+            "The sections `catalogue`, `pdf`, `fit`, `learn`, `extract` and `output` are "
+            "those of a run (above), used for every candidate and each extraction.", "",
+            head, *_rows(ScreenConfig, "", from_header)]
+    screen = _SECTIONS["screen"]
+    out += ["", f"### `screen:` {_cell((screen.__doc__ or '').strip().splitlines()[0])}",
+            "", head, *_rows(screen, "screen.", from_header)]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # the documentation's config reference
+    print(config_reference(), end="")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -27,9 +27,18 @@ if TYPE_CHECKING:
 _RESULTS_TAG = 17  # serial fallback: a batch's results on their way to rank 0
 
 
+class FitCount(NamedTuple):
+    """What :func:`run_fits` did: the fits (all ranks), and the seconds spent before the
+    first, compiling the kernels or loading them from numba's cache."""
+
+    fits: int
+    warm_up: float
+
+
 def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: Callable,
-             pending: np.ndarray) -> int:
-    """Fit the ``pending`` work units on every rank; the number of fits done (all ranks).
+             pending: np.ndarray) -> FitCount:
+    """Fit the ``pending`` work units on every rank; the fits done (all ranks) and the
+    warm-up's seconds, so that a rate leaves out the compiling.
 
     With parallel HDF5 each rank writes its own batches; in the serial fallback the
     other ranks send each batch to rank 0 as soon as it is fitted, and rank 0 writes
@@ -70,7 +79,7 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
             batch, fb, start, results = item
             run.write_batch(start, results, batch, _as_slice(blocks[fb]), fb)
 
-    warm_up(inputs, plan, blocks, groups_for, pending, comm, log)
+    warm_seconds = warm_up(inputs, plan, blocks, groups_for, pending, comm, log)
     counter = Counter(comm=comm)
     progress = Progress()
     done_here = 0
@@ -116,7 +125,7 @@ def run_fits(inputs: Inputs, plan: FitPlan, run: RunFile, comm: MPI.Comm, log: C
             MPI.Request.waitall(sends)
             comm.send(None, dest=0, tag=_RESULTS_TAG)
     leave_together(comm, error)
-    return comm.allreduce(done_here)
+    return FitCount(comm.allreduce(done_here), warm_seconds)
 
 
 def fit_masks(inputs: Inputs, plan: FitPlan, groups: list[FitGroup], masks: np.ndarray,
@@ -148,19 +157,21 @@ def fit_masks(inputs: Inputs, plan: FitPlan, groups: list[FitGroup], masks: np.n
 
 
 def warm_up(inputs: Inputs, plan: FitPlan, blocks: list[range], groups_for, pending,
-            comm: MPI.Comm, log: Callable) -> None:
+            comm: MPI.Comm, log: Callable) -> float:
     """Every rank builds its first frame block's calculators and fits one motif, so that
     the kernels are compiled (first run) or loaded from numba's cache before the clock of
-    the progress lines starts, and so that a calculator that fails fails on every rank
-    at once, before any work unit is handed out."""
+    the progress lines and of the fit rate starts, and so that a calculator that fails
+    fails on every rank at once, before any work unit is handed out. The seconds it took
+    (the slowest rank)."""
     from mpi4py import MPI
 
     if not pending.size:
-        return
+        return 0.0
     t0 = time.perf_counter()
     log("  preparing the fit kernels (compiled on the first run only, then cached)")
     error = None
     try:
+        pause_for_tests("warm_up")
         fb = int(pending[0]) % len(blocks)
         fit_batch(inputs.masks(0, 1), inputs.space, groups_for(fb), inputs.frames, plan.fit,
                   plan.base_uiso, plan.extra, blocks[fb])
@@ -173,6 +184,7 @@ def warm_up(inputs: Inputs, plan: FitPlan, blocks: list[range], groups_for, pend
     if seconds > 5:
         log(f"  kernels ready in {seconds:.0f} s (compiled: later runs load them from the "
             "cache)")
+    return float(seconds)
 
 
 def _as_slice(block: range) -> slice:

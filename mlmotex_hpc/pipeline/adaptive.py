@@ -56,7 +56,7 @@ def adaptive_rounds(cat: CatalogueConfig, label_z: float, inputs: Inputs, plan: 
         if pending.size:
             log(f"  round {round_}: fitting {pending.size} work unit(s) of "
                 f"{plan.batch_size} motifs ({n_drawn:,} of {capacity:,} drawn)")
-            n_fits += run_fits(inputs, plan, run, comm, log, pending)
+            n_fits += run_fits(inputs, plan, run, comm, log, pending).fits
             done[:drawn_batches] = True
         if stopped or n_drawn >= capacity:
             if not stopped:

@@ -74,7 +74,7 @@ def undescribed(entries: Sequence[Entry], h5) -> list[str]:
 
 def reference(entries: Sequence[Entry], name: str, version: int, intro: str) -> str:
     """The file-format reference of the file ``name``, as Markdown."""
-    lines = [f"### `{name}` (layout version {version})", "", intro, "",
+    lines = [f"# `{name}` (layout version {version})", "", intro, "",
              "| path | shape | type | when | meaning |", "|---|---|---|---|---|"]
     for e in entries:
         shape = "group" if e.shape is None else f"({', '.join(e.shape)})"
