@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from .conftest import keggin_config, run_cli
 
 
+@pytest.mark.mpi
 def test_dry_run_reports_and_fits_nothing(tmp_path):
     config = keggin_config(tmp_path)
     path = tmp_path / "config.yaml"

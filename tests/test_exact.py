@@ -147,6 +147,7 @@ def _independent_shapley(masks: np.ndarray, rw: np.ndarray) -> np.ndarray:
     return phi
 
 
+@pytest.mark.mpi
 def test_exhaustive_run_of_16_w_matches_an_independent_shapley_on_2_ranks(tmp_path,
                                                                            write_config):
     config = write_config(keggin_config(
@@ -177,6 +178,7 @@ def test_exhaustive_run_of_16_w_matches_an_independent_shapley_on_2_ranks(tmp_pa
     assert "exact Shapley values" in done.stdout
 
 
+@pytest.mark.mpi
 def test_exhaustive_attributions_are_identical_on_1_2_and_3_ranks(tmp_path, write_config):
     results = []
     for ranks in (1, 2, 3):
@@ -196,6 +198,7 @@ def test_exhaustive_attributions_are_identical_on_1_2_and_3_ranks(tmp_path, writ
 
 
 @pytest.mark.parametrize("hdf5", ["parallel", "serial"])
+@pytest.mark.mpi
 def test_exhaustive_run_killed_while_fitting_resumes_to_the_same_answer(tmp_path, hdf5,
                                                                         write_config):
     from .test_resume import kill_when
@@ -249,6 +252,7 @@ def test_an_exhaustive_catalogue_is_never_held_and_its_limits_are_one_line(tmp_p
         load_inputs(parse_config(yaml.safe_dump(c60), tmp_path))
 
 
+@pytest.mark.mpi
 def test_convergence_compares_catalogues_with_the_exact_answer_on_2_ranks(tmp_path,
                                                                           write_config):
     from mlmotex_hpc.config import parse_config

@@ -4,6 +4,7 @@ and the serial commands never start MPI."""
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -226,6 +227,7 @@ def test_layout_version_recorded_read_and_refused_when_newer(keggin_run, tmp_pat
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
+@pytest.mark.mpi
 def test_exit_policy_every_rank_leaves_together(ranks, tmp_path):
     """The three kinds of region of parallel/exits.py, with a fault on each rank in turn:
     the job always ends (no hang) with one exit code, and the message is printed once."""
@@ -311,3 +313,50 @@ def test_h5py_is_imported_only_in_the_store_and_info():
                    if "import h5py" in p.read_text() or "from h5py" in p.read_text())
     assert all(u.startswith("store/") or u == "commands/info.py" for u in users), users
     assert "store/hdf5.py" in users  # the check can see an import
+
+
+def _launches_mpirun(fn: ast.FunctionDef) -> bool:
+    """Whether a test or fixture starts an mpirun job: ``run_cli(..., ranks=N)``, the
+    ``MPIRUN`` launcher, or the kill helpers of tests/test_resume.py."""
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "run_cli" and any(
+                    k.arg == "ranks" and not (isinstance(k.value, ast.Constant)
+                                              and k.value.value is None)
+                    for k in node.keywords):
+                return True
+            if name in ("kill_when", "kill_session"):
+                return True
+        if isinstance(node, ast.Name) and node.id == "MPIRUN":
+            return True
+    return False
+
+
+def _marks(nodes) -> set[str]:
+    found = set()
+    for node in nodes:
+        for text in re.findall(r"pytest\.mark\.(\w+)", ast.unparse(node)):
+            found.add(text)
+    return found
+
+
+def test_every_test_that_starts_mpirun_is_marked_mpi():
+    """The ``mpi`` marker is applied consistently: every test that starts mpirun, itself
+    or through a fixture of its module, carries it (on the test or the module)."""
+    unmarked = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module = _marks(n.value for n in tree.body if isinstance(n, ast.Assign)
+                        and any(getattr(t, "id", "") == "pytestmark" for t in n.targets))
+        functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        fixtures = {n.name for n in functions
+                    if not n.name.startswith("test_") and _launches_mpirun(n)}
+        for fn in functions:
+            if not fn.name.startswith("test_"):
+                continue
+            uses = {a.arg for a in fn.args.args} & fixtures
+            if (_launches_mpirun(fn) or uses) and "mpi" not in module | _marks(
+                    fn.decorator_list):
+                unmarked.append(f"{path.name}::{fn.name}")
+    assert not unmarked, unmarked

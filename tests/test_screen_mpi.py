@@ -18,6 +18,8 @@ import yaml
 from .conftest import CLI, EXAMPLES, KEGGIN_GR, MPIRUN, mpi_env, run_cli
 from .test_resume import errors
 
+pytestmark = pytest.mark.mpi
+
 CIF = EXAMPLES / "cif"
 TEMPLATES = ("ICSD_110294.cif", "ICSD_15840.cif", "ICSD_26410.cif", "ICSD_710064.cif")
 

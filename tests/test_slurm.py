@@ -45,6 +45,8 @@ from .slurm_cluster import Cluster, missing
 from .test_resume import RESULT_DATASETS, assert_same
 from .test_series import COMPARED, assert_same_file, read, series_config
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slurm, pytest.mark.slow]
+
 JOBS = ROOT / "jobs"
 VENV = Path(sys.executable).parents[1]
 REQUIRED = os.environ.get("MLMOTEX_REQUIRE_SLURM") == "1"

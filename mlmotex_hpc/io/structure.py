@@ -1,9 +1,10 @@
 """Structure models: ``.xyz`` clusters, and crystals (``.cif``, ``.stru``, ...) cut to clusters.
 
-An ``.xyz`` file is read here (Cartesian Å, with messages that name the line). Every other
-format is read by diffpy.structure, the reader PDFgui and DiffPy-CMI users already have,
-with a tolerance that merges the near-duplicate sites a CIF's rounded coordinates make
-(:data:`CIF_TOLERANCE`). A crystal becomes a finite cluster by a :class:`Cut`: a sphere or
+An ``.xyz`` file is read here (Cartesian Å, with messages that name the line). A CIF is
+read by gemmi, expanded by the file's own symmetry operators (:mod:`.cif`); the other
+formats (``.stru``, ``.pdb``, ...) by diffpy.structure, the reader PDFgui and DiffPy-CMI
+users already have. A tolerance merges the near-duplicate sites a CIF's rounded
+coordinates make (:data:`CIF_TOLERANCE`). A crystal becomes a finite cluster by a :class:`Cut`: a sphere or
 a box around a centre, or a supercell of whole cells, the cell expanded as far as the cut
 needs for any cell shape (:func:`cut_crystal`).
 """

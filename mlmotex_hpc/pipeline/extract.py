@@ -232,7 +232,7 @@ def extract_stage(run: RunFile, plan: ExtractPlan, inputs: Inputs, comm, log: Ca
         if lower is not d:
             log(f"  the {lower.origin} start ended lower: {int(lower.mask.sum())} atoms, Rw "
                 f"{lower.rw:.4f} (extract.answer: lowest takes it; real Rw alone often "
-                "prefers a fragment, see the README)")
+                "prefers a fragment: docs/method.md, polishing)")
     timings["extract"] = time.perf_counter() - t0
     log(f"  extract stage: {table.fitted:,} fits in {timings['extract']:.1f} s")
 
