@@ -991,5 +991,13 @@ def select_frames(config: Config, spec: str) -> tuple[Config, tuple[int, int]]:
     )
     # "auto" is decided by the whole series, as a full run would decide it
     fit = dataclasses.replace(config.fit, zoom_search=zoom_search(config))
+    notes = config.notes
+    lc = config.learn
+    if stop - start < n and lc.series_search == "shared" and not lc.params \
+            and lc.search_iterations > 0:
+        notes += (f"--frames {spec}: the series' one hyperparameter search runs in each "
+                  "task on the task's own frames, so after merge the learning of some "
+                  "frames differs from a single run's; for a merge identical to one run, "
+                  "fix the hyperparameters (learn.params)",)
     return dataclasses.replace(config, data=config.data[start:stop], frames=frames,
-                               fit=fit), (start, stop)
+                               fit=fit, notes=notes), (start, stop)

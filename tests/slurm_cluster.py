@@ -308,6 +308,10 @@ if __name__ == "__main__":  # a cluster to try the job scripts by hand
     problem = missing()
     if problem:
         sys.exit(f"no private SLURM here: {problem}")
+    # Ctrl-C or a TERM ends it, also when started in the background by a script (which
+    # starts it with SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with Cluster(folder) as cluster:
         print(f"export SLURM_CONF={cluster.conf}   # then sbatch, squeue, ... ; Ctrl-C ends it",
               flush=True)

@@ -1,5 +1,6 @@
 """Config validation: every bad input is one clear line naming the key, and exit code 2."""
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -165,6 +166,13 @@ def test_select_frames_ranges_and_blocks(tmp_path, write_config):
     assert part.frames.time == (3.0, 4.0, 5.0)
     assert part.fit.zoom_search == "shared"  # decided by the 10-frame series, not the 3
     assert select_frames(config, ":4")[1] == (0, 4)
+    # keggin_config fixes learn.params: a task's learning is a single run's, no warning
+    assert not any("hyperparameter search" in n for n in part.notes)
+    searched = dataclasses.replace(config, learn=dataclasses.replace(config.learn, params=(),
+                                                                     search_iterations=12))
+    note = select_frames(searched, "1/3")[0].notes[-1]
+    assert "runs in each task on the task's own frames" in note and "learn.params" in note
+    assert not select_frames(searched, "0:10")[0].notes  # the whole series is a single run
     assert select_frames(config, "8:")[1] == (8, 10)
     assert select_frames(config, "7:99")[1] == (7, 10)
     for spec, words in [("3/3", "0 <= I < N"), ("0/11", "use at most 10 tasks"),

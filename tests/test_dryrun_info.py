@@ -55,3 +55,6 @@ def test_info_names_the_stack():
     assert short.returncode == 0
     assert "MPI library" in short.stdout and "xgboost" not in short.stdout
     assert len(short.stdout.splitlines()) < len(full.stdout.splitlines())
+    # printable text: Open MPI's version string ends in a NUL byte, which would make every
+    # job log that prints it a binary file to grep
+    assert "\0" not in full.stdout and "\0" not in short.stdout

@@ -81,6 +81,9 @@ def test_a_screen_ranks_a_keggin_salt_first_and_lists_what_it_skipped(one_rank):
     assert skipped["broken.cif"] == ("structure file broken.cif: not a readable CIF (line 3: "
                                      "Wrong number of values in loop _atom_site_*)")
     assert "best: ICSD_110294.cif" in proc.stdout
+    page = (one_rank[2] / "report.html").read_text()
+    assert "2 template(s) gave no candidate; 0 gave candidates with some cuts left out" \
+        in page
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -264,7 +267,10 @@ def test_the_shipped_moox_screen_answers_five_to_seven_mo(tmp_path):
     proc = run_cli("screen", str(ROOT / "configs" / "screen_moox.yaml"), "--out",
                    str(tmp_path), ranks=2)
     assert proc.returncode == 0, proc.stderr
-    assert _rows(tmp_path)[0]["template"] == "decamolybdate.xyz"
+    best = _rows(tmp_path)[0]
+    assert best["template"] == "decamolybdate.xyz"
+    assert best["centre"] == best["radius"] == ""  # a cluster file, taken whole
+    assert "best: decamolybdate.xyz (the whole file), Rw" in proc.stdout
     folder = tmp_path / "extract_1"
     motif = read_xyz(folder / "motif.xyz")
     assert 5 <= motif.elements.count("Mo") <= 7

@@ -34,7 +34,9 @@ def software_stack(short: bool = False) -> list[tuple[str, str]]:
         mpi4py.rc.finalize = False
         from mpi4py import MPI
 
-        library = MPI.Get_library_version().splitlines()[0].strip()
+        # Open MPI's string ends in a NUL byte, which would make every job log a binary
+        # file to grep
+        library = MPI.Get_library_version().replace("\0", "").splitlines()[0].strip()
         rows.append(("MPI library", f"{library} (MPI {'.'.join(map(str, MPI.Get_version()))})"))
     except Exception as exc:  # noqa: BLE001 - report, don't fail
         rows.append(("MPI library", f"unavailable ({exc})"))

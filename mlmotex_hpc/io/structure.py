@@ -4,9 +4,9 @@ An ``.xyz`` file is read here (Cartesian Å, with messages that name the line). 
 read by gemmi, expanded by the file's own symmetry operators (:mod:`.cif`); the other
 formats (``.stru``, ``.pdb``, ...) by diffpy.structure, the reader PDFgui and DiffPy-CMI
 users already have. A tolerance merges the near-duplicate sites a CIF's rounded
-coordinates make (:data:`CIF_TOLERANCE`). A crystal becomes a finite cluster by a :class:`Cut`: a sphere or
-a box around a centre, or a supercell of whole cells, the cell expanded as far as the cut
-needs for any cell shape (:func:`cut_crystal`).
+coordinates make (:data:`CIF_TOLERANCE`). A crystal becomes a finite cluster by a
+:class:`Cut`: a sphere or a box around a centre, or a supercell of whole cells, the cell
+expanded as far as the cut needs for any cell shape (:func:`cut_crystal`).
 """
 
 from __future__ import annotations

@@ -181,14 +181,16 @@ def write_screen_report(out_dir: Path, screen_file, order: np.ndarray,
     else:
         parts.append("<p>No curve was computed.</p>")
 
-    parts.append("<h2>Templates skipped</h2>")
+    parts.append("<h2>Templates skipped, or cuts of them left out</h2>")
     if skipped:
-        parts.append(f"<p>{len(skipped)} template(s) gave no candidate:</p>")
+        whole = _skipped_whole(skipped, cands)
+        parts.append(f"<p>{whole} template(s) gave no candidate; "
+                     f"{len(skipped) - whole} gave candidates with some cuts left out:</p>")
         parts.append(table(["template", "reason"],
                            [[_named(template, Path(template).name), esc(reason)]
                             for template, reason in skipped], left=2))
     else:
-        parts.append("<p>None: every template gave candidates.</p>")
+        parts.append("<p>None: every template gave candidates, from every cut.</p>")
 
     parts.append("<h2>Extractions</h2>")
     parts.append(_extractions(out_dir, extractions, cands, order, rw_best, labels))
@@ -204,6 +206,13 @@ def write_screen_report(out_dir: Path, screen_file, order: np.ndarray,
     return path
 
 
+def _skipped_whole(skipped, cands) -> int:
+    """Of the templates listed as skipped, those that gave no candidate at all (the others
+    had only some of their cuts left out)."""
+    used = set(cands["template"])
+    return sum(1 for template, _ in skipped if template not in used)
+
+
 def _summary(cands, scores, skipped, names, order, rw_best, rw_whole, labels) -> str:
     n_cands = len(cands["template"])
     n_templates = len(dict.fromkeys(cands["template"]))
@@ -212,7 +221,8 @@ def _summary(cands, scores, skipped, names, order, rw_best, rw_whole, labels) ->
             f"{len(names)} frames: {names[0]} … {names[-1]}")
     counted = (f"{n_cands} distinct clusters from {n_templates} template(s)"
                + (f" ({copies} more cuts gave a cluster already listed)" if copies else "")
-               + f"; {len(skipped)} template(s) skipped")
+               + f"; {_skipped_whole(skipped, cands)} template(s) skipped, "
+               f"{len(skipped) - _skipped_whole(skipped, cands)} with cuts left out")
     not_done = int((~scores["done"]).sum())
     if not_done:
         counted += f"; {not_done} candidate(s) not scored"

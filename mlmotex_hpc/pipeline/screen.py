@@ -399,8 +399,9 @@ def _finish(screen_file: ScreenFile, out_dir: Path, log: Log) -> dict:
         out = csv.writer(f)
         out.writerow(CSV_COLUMNS)
         for rank, i in enumerate(order, start=1):
+            radius = cands["radius"][i]  # NaN: a cluster file taken whole
             out.writerow([rank, cands["template"][i], cands["centre"][i],
-                          f"{cands['radius'][i]:g}", int(cands["atoms"][i]),
+                          f"{radius:g}" if np.isfinite(radius) else "", int(cands["atoms"][i]),
                           cands["formula"][i],
                           f"{np.nanmean(scores['rw_whole'][:, i]):.6f}",
                           f"{np.nanmean(scores['rw_best'][:, i]):.6f}",
@@ -409,8 +410,10 @@ def _finish(screen_file: ScreenFile, out_dir: Path, log: Log) -> dict:
         for template, reason in screen_file.skipped():
             out.writerow(["", template, "", "", "", "", "", "", "", "", "", reason])
     best = int(order[0])
-    log(f"best: {Path(cands['template'][best]).name} {cands['centre'][best]} "
-        f"{cands['radius'][best]:g} Å, Rw {np.nanmean(scores['rw_best'][:, best]):.4f} with "
+    where = (f"{cands['centre'][best]} {cands['radius'][best]:g} Å"
+             if cands["centre"][best] else "(the whole file)")
+    log(f"best: {Path(cands['template'][best]).name} {where}, "
+        f"Rw {np.nanmean(scores['rw_best'][:, best]):.4f} with "
         f"{int(scores['best_size'][0, best])} of {int(cands['permuted'][best])} permuted "
         "atoms")
     return {"candidates": len(order), "best": best, "csv": csv_path, "order": order,
