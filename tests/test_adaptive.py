@@ -63,6 +63,7 @@ def adaptive_run(tmp_path_factory):
     return cfg, h5, proc.stdout
 
 
+@pytest.mark.slow
 def test_keggin_answer_with_a_budget_of_1000_fits(adaptive_run):
     _, h5, stdout = adaptive_run
     with h5py.File(h5) as f:
@@ -92,6 +93,7 @@ def test_keggin_answer_with_a_budget_of_1000_fits(adaptive_run):
     assert stopped and "adaptive catalogue:" in stdout
 
 
+@pytest.mark.slow
 def test_a_kill_in_any_round_resumes_to_the_same_result(adaptive_run, tmp_path):
     _, _, _ = adaptive_run
     reference = _read(adaptive_run[1])
@@ -134,6 +136,7 @@ def _cage_and_fragment(path):
     return int(keep_cage.sum())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["random", "adaptive"])
 def test_one_complete_cage_beside_a_fragment(tmp_path, strategy):
     model = tmp_path / "cage_fragment.xyz"
@@ -154,6 +157,7 @@ def test_one_complete_cage_beside_a_fragment(tmp_path, strategy):
     assert missing + stray <= 2, (strategy, np.flatnonzero(in_motif))
 
 
+@pytest.mark.slow
 def test_bad_combinations_are_refused(tmp_path, write_config):
     masks = tmp_path / "masks.txt"
     masks.write_text("\n".join("1" * 24 for _ in range(1)) + "\n")
@@ -174,6 +178,7 @@ def test_bad_combinations_are_refused(tmp_path, write_config):
     assert len(lines) == 1 and "extract.polish_fits" in lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_new_extract_settings_redo_only_the_extract_stage(tmp_path):
     """Other extract settings on the same fits: the fits are kept, the answer is redone
     on 2 ranks (parallel HDF5 rewrites the stage's records of another size)."""

@@ -90,11 +90,13 @@ def test_qmax_limits_are_the_form_factor_tables_and_a_neutron_bound():
         PDFSettings(qstep=1e-9)
 
 
+@pytest.mark.slow
 def test_header_qmax_of_a_neutron_file_is_refused_naming_the_file(tmp_path):
     gr = _edited_gr(tmp_path / "neutron.gr", mode="neutron", qmax="1e6")
     _both(_config(tmp_path, data=gr), "qmax", "header of neutron.gr", "100.0", "neutron")
 
 
+@pytest.mark.slow
 def test_config_neutron_qmax_is_refused_naming_the_key(tmp_path):
     config = _config(tmp_path, pdf={"radiation": "neutron", "qmax": 10000.0})
     _both(config, "config key 'pdf.qmax'", "10000", "100.0")
@@ -133,6 +135,7 @@ def test_table_sizes_are_the_calculators_own():
 
 # -- data files and memory -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_file_of_too_many_points_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
     lines = MAX_DATA_POINTS + MAX_OTHER_LINES + 1
     big = tmp_path / "big.gr"
@@ -159,6 +162,7 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 @pytest.mark.parametrize("calculator, qmax, rmax", [("debye", 70.0, 40.0),
                                                     ("realspace", 20.0, 30.0)])
+@pytest.mark.slow
 def test_dry_run_memory_is_the_measured_peak(calculator, qmax, rmax, tmp_path):
     """A fine-grid file (r 0-200 Å, step 10⁻³ Å: 200,001 points), the tables of a wide
     fit range and a high Qmax: the dry run's rank-0 memory is the peak RSS of the run
@@ -202,6 +206,7 @@ def test_header_problems_are_found():
         assert setting not in header_settings(meta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value, why", BAD_HEADERS, ids=[b[1] for b in BAD_HEADERS])
 def test_a_nonsense_header_value_is_refused_when_the_config_relies_on_it(key, value, why,
                                                                          tmp_path):

@@ -128,6 +128,7 @@ def test_bad_option_is_one_line(capsys):
     assert len(err) == 1 and "--until" in err[0]
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 @pytest.mark.parametrize("key, value", [("permute", ["Mo"]), ("fit.rmax", 60.0), ("pdf.qmaxx", 1)])
 def test_bad_config_under_mpirun_reports_once(tmp_path, write_config, key, value):

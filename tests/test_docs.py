@@ -20,6 +20,7 @@ README = ROOT / "README.md"
 README_LINES = 150
 
 
+@pytest.mark.slow
 def test_the_site_builds_with_no_warning(tmp_path):
     """``make docs``'s build (Sphinx, warnings as errors) into a temporary folder."""
     proc = subprocess.run(

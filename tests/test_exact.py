@@ -147,6 +147,7 @@ def _independent_shapley(masks: np.ndarray, rw: np.ndarray) -> np.ndarray:
     return phi
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_exhaustive_run_of_16_w_matches_an_independent_shapley_on_2_ranks(tmp_path,
                                                                            write_config):
@@ -178,6 +179,7 @@ def test_exhaustive_run_of_16_w_matches_an_independent_shapley_on_2_ranks(tmp_pa
     assert "exact Shapley values" in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_exhaustive_attributions_are_identical_on_1_2_and_3_ranks(tmp_path, write_config):
     results = []
@@ -197,6 +199,7 @@ def test_exhaustive_attributions_are_identical_on_1_2_and_3_ranks(tmp_path, writ
             np.testing.assert_array_equal(other[key], value, err_msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hdf5", ["parallel", "serial"])
 @pytest.mark.mpi
 def test_exhaustive_run_killed_while_fitting_resumes_to_the_same_answer(tmp_path, hdf5,
@@ -252,6 +255,7 @@ def test_an_exhaustive_catalogue_is_never_held_and_its_limits_are_one_line(tmp_p
         load_inputs(parse_config(yaml.safe_dump(c60), tmp_path))
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_convergence_compares_catalogues_with_the_exact_answer_on_2_ranks(tmp_path,
                                                                           write_config):

@@ -61,6 +61,7 @@ def test_model_matches_the_straightforward_implementation(case):
             assert np.max(np.abs(fast - ref)) <= 1e-6 * np.max(np.abs(ref))
 
 
+@pytest.mark.slow
 def test_fitted_rw_matches_a_bounded_search_on_exact_pdfs(case):
     structure, g_obs, calc, masks, fsettings = case
     out = BatchFitter(calc, fsettings, g_obs[None]).fit(masks)

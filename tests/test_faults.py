@@ -46,6 +46,7 @@ STAGES = [("inputs", [0]), ("fit", None), ("learn", None), ("explain", None),
           ("outputs", [0])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_an_input_error_on_any_rank_in_any_stage_ends_the_job(ranks, tmp_path):
     """MLMOTEX_FAULT=stage:rank:input raises an InputError on that rank alone, as bad data
@@ -59,6 +60,7 @@ def test_an_input_error_on_any_rank_in_any_stage_ends_the_job(ranks, tmp_path):
             _expect_one_line(proc, 2, f"MLMOTEX_FAULT={spec}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["fit", "learn", "explain"])
 def test_a_crash_on_the_last_rank_ends_the_job_with_its_traceback(stage, tmp_path):
     cfg = _config(tmp_path)
@@ -70,6 +72,7 @@ def test_a_crash_on_the_last_rank_ends_the_job_with_its_traceback(stage, tmp_pat
     assert f"injected fault in stage '{stage}'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_fits_done_before_a_fault_are_kept_and_resumed(tmp_path):
     cfg = _config(tmp_path, catalogue={"size": 400, "seed": 1, "batch_size": 8})
     proc = run_cli("run", str(cfg), "--quiet", ranks=2, timeout=90,
@@ -145,6 +148,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, overrides, words", REFUSED, ids=[r[0] for r in REFUSED])
 def test_bad_inputs_are_refused_before_any_file_is_written(name, overrides, words, tmp_path):
     raw = keggin_config(tmp_path, catalogue={"size": 300, "seed": 1, "batch_size": 16})
@@ -158,6 +162,7 @@ def test_bad_inputs_are_refused_before_any_file_is_written(name, overrides, word
     assert not (tmp_path / "out" / "motex.h5").exists()
 
 
+@pytest.mark.slow
 def test_unreadable_config_and_masks_files(tmp_path):
     nested = tmp_path / "nested.yaml"
     nested.write_text("structure: " + "[" * 5000 + "]" * 5000 + "\n")
@@ -176,6 +181,7 @@ def test_unreadable_config_and_masks_files(tmp_path):
                      "line 13", "line 4")
 
 
+@pytest.mark.slow
 def test_learn_on_a_truncated_file(keggin_run, tmp_path):
     out, _ = keggin_run
     h5 = tmp_path / "motex.h5"
@@ -186,6 +192,7 @@ def test_learn_on_a_truncated_file(keggin_run, tmp_path):
         _expect_one_line(proc, 2, str(h5))
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_or_added_data(tmp_path):
     frame = _keggin_frame(tmp_path / "a.gr")
     cfg = _config(tmp_path, data=str(tmp_path / "*.gr"))
@@ -206,6 +213,7 @@ def test_resume_refuses_changed_or_added_data(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_a_second_job_is_refused_and_the_first_loses_nothing(tmp_path):
     cfg = _config(tmp_path, catalogue={"size": 300, "seed": 1, "batch_size": 16})
     command = [MPIRUN, "--bind-to", "none", "-n", "2", str(CLI), "run", str(cfg)]
@@ -230,6 +238,7 @@ def test_a_second_job_is_refused_and_the_first_loses_nothing(tmp_path):
         assert f.attrs["complete"] and np.isfinite(f["atoms/contribution"][()]).all()
 
 
+@pytest.mark.slow
 def test_a_run_whose_learn_settings_changed_reuses_its_fits(tmp_path):
     cfg = _config(tmp_path)
     proc = run_cli("run", str(cfg), "--until", "fit", "--quiet", ranks=2)
@@ -265,6 +274,7 @@ def test_serial_commands_refuse_impossible_outputs(keggin_run, tmp_path):
     assert not (tmp_path / "g.gr").exists()
 
 
+@pytest.mark.slow
 def test_a_file_damaged_inside_gives_one_line(keggin_run, tmp_path):
     """A motex.h5 that opens but lacks a dataset (a damaged or foreign file)."""
     out, _ = keggin_run

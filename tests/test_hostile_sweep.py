@@ -51,6 +51,7 @@ def _stage(h5) -> str:
         return f.attrs["finished_stage"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_at_a_stage_is_finished_by_the_next_run(tmp_path):
     cfg = _config(tmp_path)
     h5 = tmp_path / "out" / "motex.h5"
@@ -164,6 +165,7 @@ CASES = {"another config": _another_config, "changed data": _changed_data,
          "other frames": _other_frames, "N = 3": _too_few_motifs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_the_dry_run_refuses_what_the_run_refuses(case, tmp_path):
     args, words = CASES[case](tmp_path)
@@ -178,6 +180,7 @@ def test_the_dry_run_refuses_what_the_run_refuses(case, tmp_path):
     assert files() == before  # nothing written
 
 
+@pytest.mark.slow
 def test_the_dry_run_refuses_a_folder_in_use_and_a_small_disk(tmp_path):
     cfg = _config(tmp_path)
     (tmp_path / "out").mkdir()
@@ -198,6 +201,7 @@ def test_the_dry_run_refuses_a_folder_in_use_and_a_small_disk(tmp_path):
         assert not (small / "out" / "motex.h5").exists()
 
 
+@pytest.mark.slow
 def test_every_command_that_reads_the_inputs_again_checks_them(tmp_path):
     data = tmp_path / "a.gr"
     shutil.copy(KEGGIN_GR, data)
@@ -262,6 +266,7 @@ def _fill(folder) -> object:
     return filler
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_while_learning_ends_in_one_line_and_loses_nothing(tmp_path):
     with _small_disk(tmp_path / "small", "4m") as small:
         cfg = _config(tmp_path, catalogue={"size": 400}, output={"dir": str(small / "out")})
@@ -299,6 +304,7 @@ def test_a_disk_that_fills_while_learning_ends_in_one_line_and_loses_nothing(tmp
         assert _stage(h5) == "explain"
 
 
+@pytest.mark.slow
 def test_refine_on_a_run_learned_from_a_fits_table_says_why_not(tmp_path):
     from mlmotex_hpc.io.fitstable import write_fits_table
 
@@ -331,6 +337,7 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
         parse_config(text.replace("size: 1e3", "size: 1.5e0"), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_fits_table_gives_the_same_answer_in_any_column_order(tmp_path):
     """Per-atom columns named by the model's labels: read by name, not by position."""
     from mlmotex_hpc.io.structure import read_xyz, site_labels
@@ -404,6 +411,7 @@ def test_data_files_are_told_apart(tmp_path):
     assert len(before) == 3 and before != after
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_while_fitting_ends_in_one_line_and_keeps_the_fits(tmp_path):
     """The disk fills after the file is made, while work units are being fitted."""
     from .conftest import CLI, MPIRUN, mpi_env

@@ -229,6 +229,7 @@ def test_header_gives_q_range_and_radiation(tmp_path):
     assert with_file_defaults(_config({**bare, "pdf": {"qmax": 20.0}}, tmp_path)).notes == ()
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_header_warning_is_printed_by_the_dry_run(tmp_path):
     config = keggin_config(tmp_path, pdf={"qmax": 18.0}, catalogue={"size": 50})
@@ -280,6 +281,7 @@ def _table_rows(rng, n_rows: int, n: int):
     return np.arange(n_rows) + 7, rw, masks
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_fits_table_reproduces_the_run_that_made_it(keggin_run, tmp_path):
     """Steps 3-4 on a run's own (ID, Rw, mask) table, on 3 ranks, give its ACV."""
@@ -341,6 +343,7 @@ def _example(name: str, tmp_path: Path, **overrides) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_keggin_cif_example_finds_the_cage(tmp_path):
     path = _example("keggin_cif.yaml", tmp_path)  # as shipped: 1,000 motifs
@@ -370,6 +373,7 @@ def test_keggin_cif_example_finds_the_cage(tmp_path):
     assert (out / "best_fit.fgr").is_file() and (out / "motif_fit.fgr").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_fe2o3_cif_example_runs_on_two_frames(tmp_path):
     frames = sorted((EXAMPLES / "fe2o3_insitu" / "frames").glob("*_1?.gr"))[:2]

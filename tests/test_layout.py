@@ -178,6 +178,7 @@ def test_help_loads_neither_numba_nor_h5py_nor_mpi():
     assert help_text.returncode == 0 and "--dry-run" in help_text.stdout
 
 
+@pytest.mark.slow
 def test_serial_commands_start_no_mpi(keggin_run, tmp_path, write_config):
     out, _ = keggin_run
     h5 = out / "motex.h5"
@@ -199,6 +200,7 @@ def test_serial_commands_start_no_mpi(keggin_run, tmp_path, write_config):
     assert "MPI library            Open MPI" in run_serial("info")[0].stdout
 
 
+@pytest.mark.slow
 def test_layout_version_recorded_read_and_refused_when_newer(keggin_run, tmp_path):
     out, _ = keggin_run
     with h5py.File(out / "motex.h5") as f:
@@ -226,6 +228,7 @@ def test_layout_version_recorded_read_and_refused_when_newer(keggin_run, tmp_pat
     assert not (newer.parent / "report.html").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 @pytest.mark.mpi
 def test_exit_policy_every_rank_leaves_together(ranks, tmp_path):

@@ -30,6 +30,7 @@ def _read(h5, names):
         return {name: f[name][()] for name in names}
 
 
+@pytest.mark.slow
 def test_two_ranks_explain_like_one(tmp_path):
     """Fixed hyperparameters: 400 motifs (2 blocks of 256), each rank explains one."""
     results = {}
@@ -48,6 +49,7 @@ def test_two_ranks_explain_like_one(tmp_path):
         np.testing.assert_array_equal(results[2][name], results[1][name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_sampled_shap_stops_at_the_same_motifs_on_one_and_three_ranks(tmp_path):
     """2000 motifs, a loose target: step 4 stops at the first checkpoint (256 motifs),
     bit-identically for any rank count, with the labels of SHAP on every motif."""
@@ -83,6 +85,7 @@ def test_sampled_shap_stops_at_the_same_motifs_on_one_and_three_ranks(tmp_path):
     assert np.max(se) <= 0.5 * np.max(np.abs(one["atoms/contribution"][0]))
 
 
+@pytest.mark.slow
 def test_search_spreads_each_round_over_the_ranks_and_ends_alike(tmp_path):
     """A round's 4 candidates are dealt out over 3 ranks (2 on rank 0): the search, and
     the model, are those of one rank."""
@@ -102,6 +105,7 @@ def test_search_spreads_each_round_over_the_ranks_and_ends_alike(tmp_path):
     assert params["max_depth"] == best["max_depth"]
 
 
+@pytest.mark.slow
 def test_learn_reruns_steps_3_and_4_without_refitting(tmp_path):
     full_cfg, full_h5 = _write(tmp_path, "full")
     assert run_cli("run", str(full_cfg), "--quiet", ranks=2).returncode == 0
@@ -126,6 +130,7 @@ def test_learn_reruns_steps_3_and_4_without_refitting(tmp_path):
     assert "nothing to do" in run_cli("run", str(cfg), ranks=1).stdout
 
 
+@pytest.mark.slow
 def test_learn_refuses_unfinished_fits(tmp_path):
     cfg, h5 = _write(tmp_path, "out")
     assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0

@@ -58,6 +58,7 @@ def check_xyz(path, h5_path, atom_mask: np.ndarray) -> None:
     assert 0.99 - 1e-6 <= np.median(zoom) <= 1.01 + 1e-6
 
 
+@pytest.mark.slow
 def test_refine_best_motif(run_dir, tmp_path):
     h5_path = run_dir / "motex.h5"
     model_before = KEGGIN_XYZ.read_bytes()

@@ -129,6 +129,7 @@ def assert_same(h5, reference, names=RESULT_DATASETS):
             np.testing.assert_array_equal(f[name][()], reference[name], err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hdf5", ["parallel", "serial"])
 def test_kill_during_fitting_then_resume(tmp_path, uninterrupted, hdf5):
     cfg, h5 = _config(tmp_path)
@@ -147,6 +148,7 @@ def test_kill_during_fitting_then_resume(tmp_path, uninterrupted, hdf5):
     assert_same(h5, uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill_during_learning_then_resume_without_flag(tmp_path, uninterrupted):
     cfg, h5 = _config(tmp_path)
     kill_when(cfg, "step 3", ranks=2, pause="learn:30")
@@ -159,6 +161,7 @@ def test_kill_during_learning_then_resume_without_flag(tmp_path, uninterrupted):
     assert_same(h5, uninterrupted)
 
 
+@pytest.mark.slow
 def test_kill_right_after_start_then_resume(tmp_path, uninterrupted):
     cfg, h5 = _config(tmp_path)
     kill_when(cfg, "step 2", ranks=2, pause="fit:0.2")
@@ -167,6 +170,7 @@ def test_kill_right_after_start_then_resume(tmp_path, uninterrupted):
     assert_same(h5, uninterrupted)
 
 
+@pytest.mark.slow
 def test_finished_run_is_left_alone_and_overwrite_redoes_it(tmp_path, uninterrupted):
     cfg, h5 = _config(tmp_path)
     assert run_cli("run", str(cfg), "--quiet", ranks=2).returncode == 0
@@ -179,6 +183,7 @@ def test_finished_run_is_left_alone_and_overwrite_redoes_it(tmp_path, uninterrup
     assert_same(h5, uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_different_config_is_refused(tmp_path):
     cfg, h5 = _config(tmp_path)
     kill_when(cfg, "fit:", ranks=2, pause="fit:0.1", count=2)
@@ -196,6 +201,7 @@ def test_a_different_config_is_refused(tmp_path):
     assert run_cli("run", str(cfg), "--quiet", ranks=1).returncode == 0
 
 
+@pytest.mark.slow
 def test_resume_without_a_run_starts_one(tmp_path, uninterrupted):
     """Requeue-safe job scripts always pass --resume, their first start included."""
     cfg, h5 = _config(tmp_path)
@@ -205,6 +211,7 @@ def test_resume_without_a_run_starts_one(tmp_path, uninterrupted):
     assert_same(h5, uninterrupted)
 
 
+@pytest.mark.slow
 def test_one_killed_rank_ends_the_whole_job(tmp_path):
     """A rank that dies (the OOM killer, a node failure) takes the job down, no hang."""
     cfg, h5 = _config(tmp_path)
@@ -236,6 +243,7 @@ def test_one_killed_rank_ends_the_whole_job(tmp_path):
         assert f["fits/batch_done"][()].all() and f.attrs["complete"]
 
 
+@pytest.mark.slow
 def test_an_output_in_use_by_another_job_is_refused(tmp_path):
     cfg, h5 = _config(tmp_path)
     kill_when(cfg, "fit:", ranks=2, pause="fit:0.1", count=2)

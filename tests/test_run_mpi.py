@@ -100,6 +100,7 @@ def test_csv_and_motif_files(keggin_run):
     assert " ".join(f"W{i + 1}" for i in KEGGIN_MOTIF_W) in proc.stdout  # 1-based labels
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_rank_count(tmp_path, write_config):
     """Same catalogue and bit-identical fits on 1, 2 and 5 (oversubscribed) ranks."""
     config = write_config(keggin_config(tmp_path, catalogue={"size": 150, "batch_size": 7}))
@@ -130,6 +131,7 @@ def test_a_run_that_would_not_fit_in_memory_is_refused(tmp_path, write_config):
     assert not (tmp_path / "out" / "motex.h5").exists()
 
 
+@pytest.mark.slow
 def test_serial_hdf5_fallback_gives_the_same_file(tmp_path, write_config):
     config = write_config(keggin_config(tmp_path, catalogue={"size": 120, "batch_size": 8}))
     contents = {}
@@ -148,6 +150,7 @@ def test_serial_hdf5_fallback_gives_the_same_file(tmp_path, write_config):
         np.testing.assert_array_equal(value, contents["serial"][name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_fault_on_one_rank_ends_the_job(tmp_path, write_config):
     config = write_config(keggin_config(tmp_path, catalogue={"size": 2000, "batch_size": 4}))
     # A hang would end in subprocess.TimeoutExpired: the job must come down by itself.
@@ -167,6 +170,7 @@ def test_single_rank_without_mpirun(tmp_path, write_config):
         assert "atoms" not in h5
 
 
+@pytest.mark.slow
 def test_results_that_would_not_fit_on_disk_are_refused(tmp_path, write_config):
     """151 frames × 3·10^5 motifs of the 456-atom parent: ~38 GiB of results (SHAP values
     for every frame) and twice that while learning, on a small file system (/dev/shm)."""
@@ -187,6 +191,7 @@ def test_results_that_would_not_fit_on_disk_are_refused(tmp_path, write_config):
         shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_uiso_and_delta2_free_on_one_and_three_ranks(tmp_path, write_config):
     """``fit.refine: [scale, zoom, uiso, delta2]`` through the whole fit stage under mpirun:
     each freed parameter stored per motif within its bounds, statuses from the documented
@@ -221,6 +226,7 @@ def test_uiso_and_delta2_free_on_one_and_three_ranks(tmp_path, write_config):
     assert "refine scale, zoom, uiso, delta2" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_fit_rate_leaves_out_the_kernels_preparation(tmp_path, write_config):
     """A first run on a fresh machine compiles the kernels inside the fit stage: the rate
     it prints must be the fitting's alone, the preparation said on its own. A 3 s pause

@@ -86,6 +86,7 @@ def test_a_screen_ranks_a_keggin_salt_first_and_lists_what_it_skipped(one_rank):
         in page
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_any_number_of_ranks_gives_the_same_ranking(one_rank, tmp_path, ranks):
     path, out = _config(tmp_path)
@@ -94,6 +95,7 @@ def test_any_number_of_ranks_gives_the_same_ranking(one_rank, tmp_path, ranks):
     assert _rows(out) == one_rank[0]
 
 
+@pytest.mark.slow
 def test_a_killed_screen_resumes_to_the_same_ranking(one_rank, tmp_path):
     """kill -9 of the whole job mid-screen, then the same command: the candidates done
     are kept and the ranking is the uninterrupted one's."""
@@ -128,6 +130,7 @@ def test_a_bad_screen_config_is_one_line_and_exit_2(tmp_path):
     assert "screen.radii" in lines[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_screen_file_of_another_config_is_kept_unless_overwrite(one_rank, tmp_path):
     path, out = _config(tmp_path)
     shutil.copytree(_out_of(one_rank), out)
@@ -172,6 +175,7 @@ def test_a_dry_run_measures_the_screen_and_writes_nothing(one_rank, tmp_path):
     assert proc.returncode == 2 and len(errors(proc)) == 1, proc.stderr
 
 
+@pytest.mark.slow
 def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
     """``--extract 1``: the best candidate becomes an ordinary run in extract_1 (its model,
     its config, motex.h5, the motif and the report), in the same job. The motif is made of
@@ -207,6 +211,7 @@ def test_extract_runs_the_whole_pipeline_on_the_best_candidate(tmp_path):
         assert (out / name).stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
     """The issue's test as a new user runs it: ``configs/screen_keggin.yaml`` (the 24 CIFs,
     the α-Keggin data, radii auto, ``extract: 1``) on 2 ranks. A Keggin salt ranks first,
@@ -252,6 +257,7 @@ def test_the_shipped_keggin_screen_answers_one_w12_cage(tmp_path):
         assert np.isfinite(f["polish/rw"][()]).all()
 
 
+@pytest.mark.slow
 def test_the_shipped_moox_screen_answers_five_to_seven_mo(tmp_path):
     """``configs/screen_moox.yaml`` (the shipped Mo36 and three molybdate models, Uiso
     free, ``extract: 1``) on 2 ranks: the decamolybdate ranks first and the chained answer
@@ -292,6 +298,7 @@ def test_the_shipped_moox_screen_answers_five_to_seven_mo(tmp_path):
     assert len(reached) == len(mo)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["0", "1"])
 def test_a_crash_on_one_rank_ends_the_whole_screen(tmp_path, where):
     """A fault while probing, on rank 0 or on rank 1 alone: every rank leaves (no hang),

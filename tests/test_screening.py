@@ -243,6 +243,7 @@ def test_a_reference_is_cut_again_atom_for_atom():
         assert np.array_equal(again.xyz, cand.structure.xyz)
 
 
+@pytest.mark.slow
 def test_the_keggin_data_picks_a_keggin_salt():
     """The database's first known answer: for the α-Keggin data, clusters cut from the
     Keggin salts fit far better than any iron-oxide cluster."""
@@ -256,6 +257,7 @@ def test_the_keggin_data_picks_a_keggin_salt():
     assert cand.structure.elements.count("W") >= 11
 
 
+@pytest.mark.slow
 def test_the_late_fe2o3_frame_picks_an_iron_oxide():
     """The second known answer: frame 150 of the Fe₂O₃ series is a spinel-type iron oxide,
     so iron oxides lead and no tungstate is near the top."""
@@ -293,6 +295,7 @@ def test_a_probe_reports_real_fits():
     assert general.rw >= score.rw_best[0] - 1e-4
 
 
+@pytest.mark.slow
 def test_the_moox_data_picks_the_decamolybdate_and_its_seven_mo():
     """MoOx (the paper's settings, Uiso free) against the four molybdate models: the shipped
     Mo36 model's best sub-motifs stay above Rw 0.5, and the decamolybdate ranks first with

@@ -125,6 +125,7 @@ def series(tmp_path_factory):
     return folder, proc.stdout, read(folder / "out" / "motex.h5")
 
 
+@pytest.mark.slow
 def test_series_layout_and_outputs(series):
     folder, stdout, results = series
     out = folder / "out"
@@ -158,6 +159,7 @@ def test_series_layout_and_outputs(series):
     assert report.count("<img ") == 2 and "series_1.gr" in report
 
 
+@pytest.mark.slow
 def test_plot_draws_chosen_frames_of_a_series(series, tmp_path):
     folder, _, _ = series
     proc = run_cli("plot", str(folder / "out" / "motex.h5"), "--frame", "3", "--frame", "1",
@@ -174,6 +176,7 @@ def test_plot_draws_chosen_frames_of_a_series(series, tmp_path):
     assert proc.returncode == 2 and "holds frames 0 to 3" in errors(proc)[0]
 
 
+@pytest.mark.slow
 def test_a_frame_of_the_series_equals_that_frame_alone(series, tmp_path):
     """Fits (same zoom search) and steps 3-4 of frame 2 do not depend on the others."""
     folder, _, results = series
@@ -186,6 +189,7 @@ def test_a_frame_of_the_series_equals_that_frame_alone(series, tmp_path):
         np.testing.assert_array_equal(alone[name][0], results[name][2], err_msg=name)
 
 
+@pytest.mark.slow
 def test_series_same_on_3_ranks_with_serial_hdf5(series, tmp_path):
     """3 ranks (3 learning groups, frames 0 and 3 on one), serial-HDF5 fallback: the
     same bits as 2 ranks with parallel HDF5."""
@@ -197,6 +201,7 @@ def test_series_same_on_3_ranks_with_serial_hdf5(series, tmp_path):
         np.testing.assert_array_equal(got[name], series[2][name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_job_array_tasks_then_merge(series, tmp_path):
     """As jobs/slurm_array.sh runs it: task I of N takes `--frames I/N`, then `merge
     CONFIG` joins every task's file and refuses while a task is missing."""
@@ -234,6 +239,7 @@ def test_job_array_tasks_then_merge(series, tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_merge_refuses_gaps_overlaps_and_unfinished_parts(tmp_path):
     cfg = series_config(tmp_path)
     for frames in ("0:2", "3:4", "1:3"):
@@ -263,6 +269,7 @@ def test_merge_refuses_gaps_overlaps_and_unfinished_parts(tmp_path):
     assert not (tmp_path / "motex.h5").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["fit", "learn"])
 def test_series_killed_then_resumed_is_identical(series, tmp_path, stage):
     cfg = series_config(tmp_path)
@@ -295,6 +302,7 @@ def _coarsen(src, dst, keep_every=2, rmax=None):
     dst.write_text("\n".join(rows) + "\n")
 
 
+@pytest.mark.slow
 def test_frames_on_different_r_grids(tmp_path):
     """A frame on a coarser grid is fitted on its own grid, as it is alone."""
     frames = tmp_path / "frames"
@@ -320,6 +328,7 @@ def test_frames_on_different_r_grids(tmp_path):
         np.testing.assert_array_equal(f["fits/rw"][0], rw[1])
 
 
+@pytest.mark.slow
 def test_one_search_for_the_series_or_one_per_frame(series, tmp_path):
     """The default for a series: one search on representative frames (3 of 4: 0, 2, 3),
     its hyperparameters used by every frame's model; per_frame searches each frame."""

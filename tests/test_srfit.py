@@ -62,6 +62,7 @@ def test_generator_refuses_another_grid(keggin):
     assert start_zooms((0.99, 1.01)) == pytest.approx((0.99, 1.0, 1.01))
 
 
+@pytest.mark.slow
 def test_fast_fitter_matches_srfit_on_200_keggin_motifs(keggin):
     """Issue 3, point 5: our Rw equals the Rw of a diffpy.srfit FitRecipe to <= 1e-3.
 

@@ -416,6 +416,7 @@ def _gr(path: Path) -> np.ndarray:
     return np.loadtxt(path, comments="#")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix, tolerance", [(".stru", 1e-6), (".pdb", 1e-2)])
 def test_pdf_and_cut_commands_on_stru_and_pdb(tmp_path, keggin_files, suffix, tolerance):
     """The model PDF of the .stru (.pdb) agrees with the .xyz's (to the format's precision:
@@ -437,6 +438,7 @@ def test_pdf_and_cut_commands_on_stru_and_pdb(tmp_path, keggin_files, suffix, to
                 1e-5 if suffix == ".stru" else 1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_run_on_stru_and_pdb_agrees_with_xyz(tmp_path, keggin_files):
     """A short 2-rank run on the .stru and on the .pdb: exit 0, the fits' Rw as the .xyz
