@@ -217,12 +217,12 @@ def _summary(cands, scores, skipped, names, order, rw_best, rw_whole, labels) ->
     n_cands = len(cands["template"])
     n_templates = len(dict.fromkeys(cands["template"]))
     copies = sum(len(c) for c in cands["copies"])
+    whole = _skipped_whole(skipped, cands)
     data = (", ".join(names) if len(names) <= 6 else
             f"{len(names)} frames: {names[0]} … {names[-1]}")
     counted = (f"{n_cands} distinct clusters from {n_templates} template(s)"
                + (f" ({copies} more cuts gave a cluster already listed)" if copies else "")
-               + f"; {_skipped_whole(skipped, cands)} template(s) skipped, "
-               f"{len(skipped) - _skipped_whole(skipped, cands)} with cuts left out")
+               + f"; {whole} template(s) skipped, {len(skipped) - whole} with cuts left out")
     not_done = int((~scores["done"]).sum())
     if not_done:
         counted += f"; {not_done} candidate(s) not scored"

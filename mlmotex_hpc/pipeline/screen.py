@@ -298,14 +298,6 @@ def collect(setup: Setup, cuts: list[TemplateCut], seconds: float, log: Log) -> 
     return Candidates(setup, unique, skipped, whole, len(cands), seconds)
 
 
-def read_candidates(config: ScreenConfig, log: Log) -> Candidates:
-    """:func:`screen_setup`, then every template cut here, on one process."""
-    setup = screen_setup(config, log)
-    t0 = time.perf_counter()
-    cuts = cut_templates(config, setup, range(len(setup.templates)))
-    return collect(setup, cuts, time.perf_counter() - t0, log)
-
-
 def rows_of(found: Candidates) -> list[dict]:
     """``screen.h5``'s candidate rows."""
     return [_row(c) for c in found.candidates]

@@ -82,11 +82,12 @@ def screen_dry_run(config: ScreenConfig, ranks: int, out_dir: Path | None = None
     held = len(pickle.dumps([c.reference() for c in found.candidates],
                             protocol=pickle.HIGHEST_PROTOCOL))
     path = out_dir / SCREEN_FILE
-    done = previous_state(config, path, rows_of(found), overwrite, notes)
+    rows = rows_of(found)
+    done = previous_state(config, path, rows, overwrite, notes)
     cands = found.candidates
     n, n_templates = len(cands), len(found.setup.templates)
     sizes = np.array([len(c.structure) for c in cands])
-    permuted = np.array([row["permuted"] for row in rows_of(found)])
+    permuted = np.array([row["permuted"] for row in rows])
     recut = recutter(config)
     probe_candidate(config, cands[int(np.argmin(sizes))], found.frames, recut)  # compile
     sample = sample_of(sizes)
